@@ -1,0 +1,319 @@
+"""What train.py runs: validate the config, build data/model/engine, fit, export.
+
+Everything that can be checked without loading a model is checked first (`validate`), so a
+bad config or a missing path fails within seconds with a message that says how to fix it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mapo.config import AlgorithmConfig, ConfigError
+from mapo.module import OptimConfig
+from mapo.rollout import ENGINES
+from mapo.rollout.base import SamplingConfig
+
+log = logging.getLogger(__name__)
+_HUB_NAME = "org/name"
+
+
+@dataclass
+class Plan:
+    """The validated, typed view of a config."""
+
+    algo: AlgorithmConfig
+    optim: OptimConfig
+    sampling: SamplingConfig
+    eval_sampling: SamplingConfig
+    run_dir: Path
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    if cfg.get("run_dir"):
+        return Path(cfg.run_dir)
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _check_path(value: Any, what: str, how: str) -> None:
+    if value is None:
+        return
+    p = str(value)
+    looks_like_hub = (
+        p.count("/") == 1 and not p.startswith((".", "/", "~")) and not os.path.exists(p)
+    )
+    if looks_like_hub and not os.environ.get("HF_HUB_OFFLINE"):
+        return  # a hub name on a machine that can reach the hub
+    if not any(ch in p for ch in "*?[") and not os.path.exists(p):
+        raise FileNotFoundError(f"{what} not found: {p}\n  fix: {how}")
+
+
+def validate(cfg: DictConfig) -> Plan:
+    """Fail fast, before any model or dataset loads."""
+    algo = AlgorithmConfig.from_dict(OmegaConf.to_container(cfg.algorithm, resolve=True))
+    optim = OptimConfig(**{k: (tuple(v) if k == "betas" else v) for k, v in cfg.optim.items()})
+    if cfg.rollout.engine not in ENGINES:
+        raise ConfigError(
+            f"rollout.engine={cfg.rollout.engine!r} is unknown; known: {sorted(ENGINES)}"
+        )
+    from mapo.rewards import REWARDS
+
+    if cfg.data.task not in REWARDS:
+        raise ConfigError(f"data.task={cfg.data.task!r} has no reward; known: {sorted(REWARDS)}")
+    if not 0 <= cfg.reward.format_weight <= 1:
+        raise ConfigError(
+            f"reward.format_weight={cfg.reward.format_weight} must be in [0, 1]: APD/MAPO divide by "
+            "the group mean and need non-negative rewards"
+        )
+    if cfg.steps < 1:
+        raise ConfigError(f"steps={cfg.steps} must be >= 1")
+    if cfg.model.path is None and cfg.model.name != "tiny":
+        raise ConfigError("model.path is null; set model.path=/path/to/model (a local HF folder)")
+    _check_path(cfg.model.path, "model folder (model.path)",
+                "download Qwen2.5-VL-7B-Instruct to a local folder and pass model.path=/that/folder "
+                "(or set MAPO_MODEL_DIR to the folder that contains it)")  # fmt: skip
+    if cfg.data.get("synthetic") is None:
+        how = (f"prepare it with `python -m mapo.data.prepare {cfg.data.name} --src RAW --out DIR` and "
+               "pass data.root=DIR's parent (or set MAPO_DATA_DIR); see docs/data.md")  # fmt: skip
+        _check_path(cfg.data.train, "training data (data.train)", how)
+        for name, path in {**cfg.data.in_domain, **cfg.data.out_of_domain}.items():
+            _check_path(path, f"evaluation set {name!r}", how)
+    r = cfg.rollout
+    sampling = SamplingConfig(n=algo.group_size, temperature=r.temperature, top_p=r.top_p,
+                              max_new_tokens=r.max_new_tokens, seed=cfg.seed)  # fmt: skip
+    ev = r.eval
+    eval_sampling = SamplingConfig(n=1, temperature=ev.temperature, top_p=ev.top_p,
+                                   max_new_tokens=ev.max_new_tokens, seed=cfg.seed)  # fmt: skip
+    return Plan(algo, optim, sampling, eval_sampling, run_dir_of(cfg))
+
+
+def make_scorer(cfg: DictConfig):
+    from mapo.rewards import score_batch
+
+    def scorer(prompts, completions) -> dict[str, Any]:
+        kinds = [prompts[i].task for i in completions.prompt_index]
+        answers = [prompts[i].answer for i in completions.prompt_index]
+        rb = score_batch(kinds, completions.text, answers, format_weight=cfg.reward.format_weight,
+                         grader=cfg.reward.grader, timeout_s=cfg.reward.timeout_s)  # fmt: skip
+        return {
+            "overall": torch.as_tensor(rb.overall, dtype=torch.float64),
+            "format": torch.as_tensor(rb.format, dtype=torch.float64),
+            "accuracy": torch.as_tensor(rb.accuracy, dtype=torch.float64),
+            "timeouts": float(rb.timeouts), "errors": float(rb.errors),
+        }  # fmt: skip
+
+    return scorer
+
+
+def prepare_data(cfg: DictConfig) -> dict[str, Any]:
+    """Generate the synthetic sets if missing; load and validate every split."""
+    from mapo.data.loader import load_split
+
+    syn = cfg.data.get("synthetic")
+    if syn is not None and not Path(cfg.data.train).exists():
+        from mapo.data.synthetic import write_synthetic
+
+        write_synthetic(
+            syn.name, cfg.data.root, seed=syn.seed, n_train=syn.n_train, n_test=syn.n_test
+        )
+    load = partial(load_split, on_bad_row=cfg.data.on_bad_row)
+    train = load(cfg.data.train)
+    evals = {
+        name: load(path) for name, path in {**cfg.data.in_domain, **cfg.data.out_of_domain}.items()
+    }
+    for name, split in [("train", train), *evals.items()]:
+        if split.num_skipped:
+            log.warning(
+                "data %s: skipped %d bad rows %s", name, split.num_skipped, dict(split.skipped)
+            )
+    limit = cfg.data.eval_limit
+    return {
+        "train": list(train.rows),
+        "eval": {n: list(s.rows)[:limit] if limit else list(s.rows) for n, s in evals.items()},
+        "in_domain": next(iter(cfg.data.in_domain)),
+        "skipped": {n: s.num_skipped for n, s in [("train", train), *evals.items()]},
+    }
+
+
+def prepare_model(cfg: DictConfig, data: dict[str, Any]) -> Path:
+    """The policy's folder: cfg.model.path, or the tiny model built (and cold-started) offline."""
+    if cfg.model.path is not None:
+        return Path(cfg.model.path) if os.path.exists(str(cfg.model.path)) else cfg.model.path
+    from mapo.models.tiny import tiny_model_path
+
+    base = tiny_model_path(Path(cfg.paths.cache_dir), seed=cfg.model.seed, size=cfg.model.size)
+    cs = cfg.model.coldstart
+    if not cs.enabled:
+        return base
+    from mapo.models.coldstart import coldstarted_model_path
+
+    return coldstarted_model_path(
+        base, data["train"], template=cfg.data.template, cache_dir=Path(cfg.paths.cache_dir),
+        steps=cs.steps, batch_size=cs.batch_size, lr=cs.lr, seed=cfg.seed,
+        min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels,
+    )  # fmt: skip
+
+
+def _to_prompt_fn(cfg: DictConfig, processor: Any):
+    from mapo.data.prompts import load_template, to_prompt
+
+    template = load_template(cfg.data.template)
+    return partial(to_prompt, processor=processor, template=template,
+                   min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)  # fmt: skip
+
+
+def _filter_long(rows: list[dict], to_prompt, processor, limit: int, name: str) -> list[dict]:
+    """Drop (never truncate) rows whose prompt exceeds `limit` tokens; log the count."""
+    from mapo.data.prompts import count_prompt_tokens
+
+    kept = [r for r in rows if count_prompt_tokens(to_prompt(r), processor) <= limit]
+    if len(kept) < len(rows):
+        log.warning(
+            "data %s: filtered %d prompts longer than %d tokens", name, len(rows) - len(kept), limit
+        )
+    if not kept:
+        raise ConfigError(
+            f"data {name}: every prompt is longer than data.max_prompt_tokens={limit}"
+        )
+    return kept
+
+
+def build_trainer(cfg: DictConfig, callbacks: list, run_dir: Path) -> pl.Trainer:
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    extra = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    return hydra.utils.instantiate(
+        cfg.trainer, max_steps=cfg.steps, logger=loggers or False, callbacks=callbacks + extra,
+        default_root_dir=str(run_dir), use_distributed_sampler=False, _convert_="partial",
+    )  # fmt: skip
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run one experiment; returns (metrics, objects) so tests can inspect both."""
+    from mapo.callbacks import Evaluation, RolloutCallback
+    from mapo.evaluation import EvalSets
+    from mapo.models.loading import load_policy, load_processor, load_reference
+    from mapo.module import MAPOModule
+    from mapo.prompt_stream import PromptStream
+    from mapo.records import RecordWriter
+    from mapo.rollout import build_engine
+
+    plan = validate(cfg)
+    run_dir = plan.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = prepare_data(cfg)
+    model_path = prepare_model(cfg, data)
+
+    m = cfg.model
+    kw = dict(
+        dtype=m.dtype,
+        attn_implementation=m.attn_implementation,
+        trust_remote_code=m.trust_remote_code,
+    )
+    processor = load_processor(model_path)
+    policy = load_policy(
+        model_path,
+        freeze_vision=m.freeze_vision,
+        gradient_checkpointing=m.gradient_checkpointing,
+        **kw,
+    )
+    reference = load_reference(model_path, **kw) if plan.algo.needs_reference else None
+    to_prompt = _to_prompt_fn(cfg, processor)
+    train_rows = _filter_long(
+        data["train"], to_prompt, processor, cfg.data.max_prompt_tokens, "train"
+    )
+    engine = build_engine(cfg.rollout.engine, policy, processor, model_path, cfg.rollout)
+    scorer = make_scorer(cfg)
+
+    sets = EvalSets(
+        data["in_domain"], {n: [to_prompt(r) for r in rows] for n, rows in data["eval"].items()}
+    )
+    evaluation = Evaluation(
+        engine, sets, scorer, plan.eval_sampling, run_dir, before=cfg.eval.before, after=cfg.eval.after,
+        every_n_steps=cfg.eval.every_n_steps, batch_size=cfg.rollout.eval.batch_size,
+        extra={"config": {"experiment_name": cfg.experiment_name, "estimator": plan.algo.estimator,
+                          "model_path": str(model_path), "skipped_rows": data["skipped"]}},
+    )  # fmt: skip
+    rollout_cb = RolloutCallback(engine, to_prompt, plan.algo, plan.sampling, scorer)
+    trainer = build_trainer(cfg, [rollout_cb, evaluation], run_dir)
+    if (
+        plan.algo.rollout_batch_size % trainer.world_size
+        or plan.algo.mini_batch_size % trainer.world_size
+    ):
+        raise ConfigError(
+            f"algorithm.rollout_batch_size={plan.algo.rollout_batch_size} and mini_batch_size="
+            f"{plan.algo.mini_batch_size} must be multiples of the world size {trainer.world_size}"
+        )
+    records = RecordWriter(run_dir, rank=trainer.global_rank, with_text=cfg.records_text)
+    module = MAPOModule(
+        policy, processor, plan.algo, plan.optim, reference=reference, scorer=scorer,
+        temperature=plan.sampling.temperature, total_steps=cfg.steps,
+        suppress_ids=getattr(engine, "suppress_ids", None), records=records,
+    )  # fmt: skip
+    module.stream = PromptStream(
+        train_rows, seed=cfg.seed, rank=trainer.global_rank, world_size=trainer.world_size
+    )
+    steps = torch.utils.data.DataLoader(
+        list(range(cfg.steps)), batch_size=1
+    )  # step ticks; prompts come from the stream
+    trainer.fit(module, train_dataloaders=steps, ckpt_path=_ckpt_path(cfg, run_dir))
+
+    if cfg.export_hf:
+        export_hf(module, processor, run_dir / "hf_model", trainer)
+    metrics = _read_metrics(run_dir)
+    metrics["train"] = dict(module.last_metrics)
+    return metrics, {"module": module, "trainer": trainer, "engine": engine, "run_dir": run_dir,
+                     "model_path": model_path}  # fmt: skip
+
+
+def _ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
+    if cfg.ckpt_path != "last":
+        return cfg.ckpt_path
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.exists():
+        log.warning("ckpt_path=last but %s does not exist: starting from scratch", last)
+        return None
+    return str(last)
+
+
+def _read_metrics(run_dir: Path) -> dict[str, Any]:
+    import json
+
+    path = run_dir / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def export_hf(module: Any, processor: Any, out: Path, trainer: pl.Trainer) -> None:
+    """Save the policy as a Hugging Face folder that transformers and vLLM load directly.
+    Under ZeRO-3 the parameters are gathered from every rank first (collective)."""
+    policy = module.policy
+    params = list(policy.parameters())
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            state = {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()}
+    else:
+        state = None
+    if trainer.global_rank != 0:
+        return
+    tmp = out.with_name(out.name + ".tmp")
+    policy.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+    processor.save_pretrained(tmp)
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    log.info("exported the policy to %s", out)

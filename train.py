@@ -1,0 +1,31 @@
+"""Train a vision-language policy with MAPO / GRPO / DAPO.
+
+python train.py                              # the embedded default: tiny VLM, SynthEmo, CPU
+python train.py experiment=emoset_mapo       # the paper's EmoSet run (GPUs, local weights)
+python train.py experiment=synth_emo_grpo steps=50 hydra.run.dir=outputs/grpo
+python train.py hydra.run.dir=DIR ckpt_path=last   # resume a run in DIR
+"""
+
+import os
+
+import hydra
+from omegaconf import DictConfig
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from mapo.pipeline import train
+
+    metrics, _ = train(cfg)
+    for tag in ("before", "after"):
+        if tag in metrics:
+            b = metrics[tag]
+            print(
+                f"{tag:>6}: A_S={b['A_S']:.3f}  A_T={b['A_T']:.3f}  A_avg={b['A_avg']:.3f}  {b['datasets']}"
+            )
+
+
+if __name__ == "__main__":
+    main()
