@@ -11,12 +11,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from mapo.data.schema import decode_image
-from mapo.rollout.base import Prompt
+
+if TYPE_CHECKING:  # mapo.rollout.base imports torch; templates alone should not need it
+    from mapo.rollout.base import Prompt
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 # Qwen2.5-VL's smallest image (56x56 = 4 patches of 28) and EasyR1's default ceiling.
@@ -94,6 +96,8 @@ def to_prompt(
 ) -> Prompt:
     """One schema row as a ``Prompt``: chat-templated text ending with the assistant header,
     and the decoded RGB images resized into [min_pixels, max_pixels]."""
+    from mapo.rollout.base import Prompt
+
     text = processor.apply_chat_template(
         build_messages(row, template), add_generation_prompt=True, tokenize=False
     )

@@ -244,7 +244,7 @@ def write_synthetic(
 def tokenizer_corpus() -> list[str]:
     """Every prompt / answer / think string the tiny tokenizer must cover (both synthetic
     tasks, their templates filled in, all labels, numbers 0-20 and sample completions)."""
-    from mapo.data.prompts import fill_template, load_template  # prompts imports torch
+    from mapo.data.prompts import fill_template, load_template
 
     emo, math_t = load_template("emotion"), load_template("math")
     corpus: list[str] = []
