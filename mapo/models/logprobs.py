@@ -1,0 +1,108 @@
+"""Per-token log-probabilities of completions under a model, for the policy-gradient loss.
+
+Only the L completion positions go through the LM head: the backbone's hidden states are
+sliced to [N, L, H] first, and the head runs over row chunks in fp32, so no [N, P+L, V]
+tensor (and, without autograd, no [N, L, V] one beyond a chunk) is ever materialised.
+
+Positions: the Qwen2.5-VL forward gets ``mm_token_type_ids`` (and the rows' image grids), from
+which it builds the 3-D rope index on the unpadded tokens. Without them transformers 5.x
+silently falls back to plain 1-D positions and the log-probs are wrong (DESIGN.md section 6).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from mapo.models.batching import PolicyInputs
+
+_CHUNK_ELEMENTS = 1 << 26  # logits per head chunk: 64 M fp32 = 256 MiB
+
+
+def _backbone_kwargs(model: torch.nn.Module, inputs: PolicyInputs, share_vision: bool) -> dict:
+    base = model.model
+    kwargs = dict(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, use_cache=False)
+    if inputs.pixel_values is None:
+        # Text only: positions that skip the left padding, as generate() uses.
+        positions = inputs.attention_mask.long().cumsum(-1) - 1  # [N, P+L]
+        kwargs["position_ids"] = positions.masked_fill(inputs.attention_mask == 0, 1)
+        return kwargs
+    kwargs["mm_token_type_ids"] = inputs.mm_token_type_ids
+    kwargs["image_grid_thw"] = inputs.row_image_grid_thw()  # [row images, 3], row order
+    accepts_features = "mm_encoder_outputs" in inspect.signature(base.forward).parameters
+    if share_vision and accepts_features and hasattr(base, "get_image_features"):
+        # Encode each distinct image once; the G rows of a group reuse its features.
+        features = base.get_image_features(
+            inputs.pixel_values, inputs.image_grid_thw, return_dict=True
+        ).pooler_output  # tuple over distinct images of [tokens_i, H]
+        per_row = tuple(features[i] for i in inputs.row_images().tolist())
+        kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=per_row)}
+    else:
+        kwargs["pixel_values"] = inputs.row_pixel_values()
+    return kwargs
+
+
+def completion_hidden_states(
+    model: torch.nn.Module, inputs: PolicyInputs, *, share_vision: bool = True
+) -> torch.Tensor:
+    """[N, L, H] final hidden states at the positions that predict the completion tokens.
+
+    ``model`` is a transformers causal LM with the usual ``model.model`` backbone and
+    ``get_output_embeddings()`` head (Qwen2/2.5-VL, Qwen2, Llama, ...)."""
+    hidden = model.model(**_backbone_kwargs(model, inputs, share_vision)).last_hidden_state
+    p, length = inputs.prompt_len, inputs.completion_len
+    return hidden[:, p - 1 : p - 1 + length]  # [N, L, H]: column P-1+j predicts token j
+
+
+def _safe_token(num_tokens: int, suppress: torch.Tensor | None) -> int:
+    """A token id that is not suppressed, gathered at padded slots so no -inf appears."""
+    banned = set() if suppress is None else set(suppress.tolist())
+    return next(i for i in range(num_tokens) if i not in banned)
+
+
+def token_logprobs(
+    model: torch.nn.Module,
+    inputs: PolicyInputs,
+    *,
+    temperature: float = 1.0,
+    suppress_ids: torch.Tensor | list[int] | None = None,
+    return_entropy: bool = False,
+    share_vision: bool = True,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """log p(completion token) [N, L] in fp32, 0 where ``completion_mask`` is False.
+
+    ``temperature`` divides the logits (as the sampler does); ``suppress_ids`` are set to -inf
+    before the softmax, matching generation with those ids suppressed. With
+    ``return_entropy`` also returns the entropy of each position's distribution [N, L]
+    (0 where masked)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 for log-probs, got {temperature}")
+    hidden = completion_hidden_states(model, inputs, share_vision=share_vision)  # [N, L, H]
+    head = model.get_output_embeddings()
+    vocab = head.weight.shape[0]
+    suppress = None
+    if suppress_ids is not None and len(suppress_ids) > 0:
+        suppress = torch.as_tensor(suppress_ids, dtype=torch.long, device=hidden.device)
+    mask = inputs.completion_mask
+    ids = inputs.completion_ids.masked_fill(~mask, _safe_token(vocab, suppress))  # [N, L]
+
+    n, length = ids.shape
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, length * vocab))
+    logps, entropies = [], []
+    for s in range(0, n, chunk):
+        logits = head(hidden[s : s + chunk]).float() / temperature  # [n, L, V] fp32
+        if suppress is not None:
+            logits = logits.index_fill(-1, suppress, float("-inf"))
+        log_z = logits.logsumexp(-1)  # [n, L]
+        logps.append(logits.gather(-1, ids[s : s + chunk, :, None]).squeeze(-1) - log_z)
+        if return_entropy:
+            # H = log Z - E_p[logit]; suppressed entries have p = 0 and must not add -inf * 0.
+            probs = (logits - log_z[..., None]).exp()
+            finite = logits.masked_fill(~torch.isfinite(logits), 0.0)
+            entropies.append(log_z - (probs * finite).sum(-1))
+    logp = torch.cat(logps).masked_fill(~mask, 0.0)  # [N, L]
+    if not return_entropy:
+        return logp
+    return logp, torch.cat(entropies).masked_fill(~mask, 0.0)

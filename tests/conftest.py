@@ -1,0 +1,73 @@
+"""Shared fixtures. Session-scoped ones are built once per test run; never mutate them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mapo.rollout.base import Prompt
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The tiny Qwen2.5-VL (seed 0, default corpus), built once per session in a temp dir."""
+    from mapo.models.tiny import tiny_model_path
+
+    return tiny_model_path(tmp_path_factory.mktemp("tiny-cache"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(tiny_model_dir):
+    from mapo.models.loading import load_processor
+
+    return load_processor(tiny_model_dir)
+
+
+def _make_prompt(processor, question: str, image_sizes, *, seed: int = 0) -> Prompt:
+    rng = np.random.default_rng(seed)
+    images = tuple(
+        Image.fromarray((rng.random((h, w, 3)) * 255).astype("uint8")) for w, h in image_sizes
+    )
+    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+    )
+    return Prompt(uid=f"{question}-{seed}", text=text, images=images, answer="awe", task="emotion")
+
+
+@pytest.fixture(scope="session")
+def make_tiny_prompt(tiny_processor):
+    """make_tiny_prompt(question, [(width, height), ...], seed=0) -> a chat-templated Prompt
+    with one random RGB image per size (no sizes: a text-only prompt)."""
+
+    def make(question: str, image_sizes=(), *, seed: int = 0) -> Prompt:
+        return _make_prompt(tiny_processor, question, image_sizes, seed=seed)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_prompts(make_tiny_prompt) -> list[Prompt]:
+    """Three prompts of different lengths and image layouts (1 square, 2 mixed, 1 wide image)."""
+    return [
+        make_tiny_prompt("Which emotion does this image evoke?", [(56, 56)], seed=1),
+        make_tiny_prompt("How many dots?", [(56, 56), (84, 28)], seed=2),
+        make_tiny_prompt(
+            "How many dots are in the image? Add 2 to the count. Answer with one number.",
+            [(112, 56)],
+            seed=3,
+        ),
+    ]
+
+
+@pytest.fixture
+def torch_threads():
+    """Two intra-op threads for the test (the CPU is shared), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
