@@ -68,7 +68,7 @@ class RolloutCallback(Callback):
             )
             metrics.update(dapo)
         metrics["time/rollout"] = time.perf_counter() - clock
-        module.rollout = RolloutBatch(trainer.global_step, prompts, comps, gids, rewards, metrics)
+        module.rollout = RolloutBatch(module.rl_step, prompts, comps, gids, rewards, metrics)
 
     # ------------------------------------------------------------------ DAPO dynamic sampling
     def _dynamic_sampling(self, module, prompts, comps, gids, world):
@@ -146,11 +146,11 @@ class Evaluation(Callback):
         block, _ = evaluate(self.engine, self.sets, self.scorer, self.sampling, batch_size=self.batch_size,
                             rank=trainer.global_rank, world_size=trainer.world_size)  # fmt: skip
         module.policy.train(was)
-        block["step"] = trainer.global_step
+        block["step"] = module.rl_step
         scalars = {f"val/{k}": float(v) for k, v in block.items() if k in ("A_S", "A_T", "A_avg")}
         scalars.update({f"val/acc/{k}": float(v) for k, v in block["datasets"].items()})
         for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=trainer.global_step)
+            logger.log_metrics(scalars, step=module.rl_step)
         self._write(trainer, tag, block)
         return block
 
@@ -169,11 +169,11 @@ class Evaluation(Callback):
         os.replace(tmp, path)
 
     def on_train_start(self, trainer: pl.Trainer, module: MAPOModule) -> None:
-        if self.before and trainer.global_step == 0:
+        if self.before and module.rl_step == 0:
             self._run(trainer, module, "before")
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if self.every and trainer.global_step % self.every == 0:
+        if self.every and module.rl_step % self.every == 0:
             self._run(trainer, module, "history")
 
     def on_train_end(self, trainer: pl.Trainer, module: MAPOModule) -> None:

@@ -156,6 +156,12 @@ class MAPOModule(pl.LightningModule):
 
         self._log_step(rb, rewards, adv, upd, t)
 
+    @property
+    def rl_step(self) -> int:
+        """RL steps done. Lightning's global_step counts optimizer steps under manual
+        optimization, i.e. updates_per_rollout per RL step."""
+        return self.global_step // self.algo.updates_per_rollout
+
     def _micro_slices(self, n: int) -> list[Tensor]:
         return list(torch.arange(n).split(self.algo.micro_batch_size))
 
@@ -213,7 +219,7 @@ class MAPOModule(pl.LightningModule):
                     )
                     if not torch.isfinite(loss):
                         raise FloatingPointError(
-                            f"non-finite loss ({float(loss)}) at step {self.global_step}; the update "
+                            f"non-finite loss ({float(loss)}) at RL step {self.rl_step}; the update "
                             "was not applied. Lower optim.lr, check rewards/advantages "
                             "(advantage/* metrics) or set algorithm.dual_clip."
                         )
@@ -275,11 +281,16 @@ class MAPOModule(pl.LightningModule):
         m.update(rb.metrics)
         m.update(t)
         self.last_metrics = m
-        self.log_dict(m, on_step=True, on_epoch=False, batch_size=1)
+        step = rb.step
+        if self.global_rank == 0:  # x-axis = RL step (self.log would use optimizer steps)
+            for logger in self.loggers:
+                logger.log_metrics(
+                    {f"train/{k}" if "/" not in k else k: v for k, v in m.items()}, step=step
+                )
         hists["certainty/lambda"] = adv.stats.lam.float()
         hists["certainty/p"] = adv.stats.p.float()
         hists["advantage/values"] = adv.advantages.float()
-        self._log_histograms(hists)
+        self._log_histograms(hists, step)
         if self.records is not None:
             from mapo.records import records_table
 
@@ -291,20 +302,20 @@ class MAPOModule(pl.LightningModule):
                 std=self.algo.std,
             )
             table = records_table(
-                step=self.global_step, prompts=rb.prompts, completions=rb.completions,
+                step=step, prompts=rb.prompts, completions=rb.completions,
                 group_ids=rb.group_ids, rewards=rewards, result=adv, grpo_advantages=grpo.advantages,
                 estimator=self.algo.estimator,
             )  # fmt: skip
-            self.records.write(self.global_step, table)
+            self.records.write(step, table)
 
-    def _log_histograms(self, hists: dict[str, Tensor]) -> None:
+    def _log_histograms(self, hists: dict[str, Tensor], step: int) -> None:
         logger = self.logger
         writer = getattr(logger, "experiment", None) if logger is not None else None
         if writer is None or not hasattr(writer, "add_histogram") or self.global_rank != 0:
             return
         for name, values in hists.items():
             if values.numel():
-                writer.add_histogram(name, values.detach().cpu(), global_step=self.global_step)
+                writer.add_histogram(name, values.detach().cpu(), global_step=step)
 
     # ------------------------------------------------------------------ checkpoint state
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -189,11 +189,24 @@ def _filter_long(rows: list[dict], to_prompt, processor, limit: int, name: str) 
     return kept
 
 
-def build_trainer(cfg: DictConfig, callbacks: list, run_dir: Path) -> pl.Trainer:
-    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    extra = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+def build_trainer(
+    cfg: DictConfig, callbacks: list, run_dir: Path, updates_per_rollout: int
+) -> pl.Trainer:
+    """Lightning counts optimizer steps (updates_per_rollout per RL step) under manual
+    optimization; `steps` and checkpoint intervals in the config are RL steps."""
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    extra = []
+    for name, c in (cfg.get("callbacks") or {}).items():
+        if not c:
+            continue
+        if name == "model_checkpoint" and c.get("every_n_train_steps"):
+            c = OmegaConf.merge(
+                c, {"every_n_train_steps": c.every_n_train_steps * updates_per_rollout}
+            )
+        extra.append(hydra.utils.instantiate(c))
     return hydra.utils.instantiate(
-        cfg.trainer, max_steps=cfg.steps, logger=loggers or False, callbacks=callbacks + extra,
+        cfg.trainer, max_steps=cfg.steps * updates_per_rollout, logger=loggers or False,
+        callbacks=callbacks + extra,
         default_root_dir=str(run_dir), use_distributed_sampler=False, _convert_="partial",
     )  # fmt: skip
 
@@ -246,7 +259,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
                           "model_path": str(model_path), "skipped_rows": data["skipped"]}},
     )  # fmt: skip
     rollout_cb = RolloutCallback(engine, to_prompt, plan.algo, plan.sampling, scorer)
-    trainer = build_trainer(cfg, [rollout_cb, evaluation], run_dir)
+    trainer = build_trainer(cfg, [rollout_cb, evaluation], run_dir, plan.algo.updates_per_rollout)
     if (
         plan.algo.rollout_batch_size % trainer.world_size
         or plan.algo.mini_batch_size % trainer.world_size
