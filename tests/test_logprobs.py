@@ -99,12 +99,18 @@ def test_omitting_mm_token_type_ids_gives_wrong_logprobs(
     assert (good - bad).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("with_image", [False, True])
 @torch.no_grad()
-def test_text_only_prompts_match_reference(model, tiny_processor, make_tiny_prompt, special):
+def test_text_only_prompts_match_reference(
+    model, tiny_processor, make_tiny_prompt, special, with_image
+):
+    # text-only prompts alone, and mixed into a batch with an image prompt
     prompts = [make_tiny_prompt("Count to three."), make_tiny_prompt("Which emotion is it?")]
-    comps = _completions(special, [0, 1, 1], [4, 6, 2], seed=1)
+    if with_image:
+        prompts.insert(1, make_tiny_prompt("And this one?", [(56, 56)], seed=9))
+    comps = _completions(special, [0, 1, 1, len(prompts) - 1], [4, 6, 2, 5], seed=1)
     inputs = build_policy_inputs(tiny_processor, prompts, comps, pad_token_id=special["pad"])
-    assert inputs.pixel_values is None
+    assert (inputs.pixel_values is None) == (not with_image)
     logp = token_logprobs(model, inputs, suppress_ids=special["suppress"])
     for row, (p, ids) in enumerate(zip(comps.prompt_index, comps.token_ids)):
         ref = _reference_logprobs(model, tiny_processor, prompts[p], ids, special["suppress"])

@@ -4,9 +4,10 @@ Only the L completion positions go through the LM head: the backbone's hidden st
 sliced to [N, L, H] first, and the head runs over row chunks in fp32, so no [N, P+L, V]
 tensor (and, without autograd, no [N, L, V] one beyond a chunk) is ever materialised.
 
-Positions: the Qwen2.5-VL forward gets ``mm_token_type_ids`` (and the rows' image grids), from
-which it builds the 3-D rope index on the unpadded tokens. Without them transformers 5.x
-silently falls back to plain 1-D positions and the log-probs are wrong (DESIGN.md section 6).
+Positions: Qwen2.5-VL needs 3-D rope positions built from ``mm_token_type_ids`` and the image
+grids on the unpadded tokens. We build them with the model's own ``get_rope_index`` once per
+distinct prompt and pass ``position_ids``; given neither, transformers 5.x silently falls back
+to plain 1-D positions and the log-probs are wrong (DESIGN.md section 6).
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ def _backbone_kwargs(model: torch.nn.Module, inputs: PolicyInputs, share_vision:
         positions = inputs.attention_mask.long().cumsum(-1) - 1  # [N, P+L]
         kwargs["position_ids"] = positions.masked_fill(inputs.attention_mask == 0, 1)
         return kwargs
-    kwargs["mm_token_type_ids"] = inputs.mm_token_type_ids
-    kwargs["image_grid_thw"] = inputs.row_image_grid_thw()  # [row images, 3], row order
+    if hasattr(base, "get_rope_index"):
+        kwargs["position_ids"] = _rope_positions(base, inputs)  # [3, N, P+L]
+    else:  # let the model build the positions from the token types and the row grids
+        kwargs["mm_token_type_ids"] = inputs.mm_token_type_ids
+        kwargs["image_grid_thw"] = inputs.row_image_grid_thw()
     accepts_features = "mm_encoder_outputs" in inspect.signature(base.forward).parameters
     if share_vision and accepts_features and hasattr(base, "get_image_features"):
         # Encode each distinct image once; the G rows of a group reuse its features.
@@ -40,8 +44,30 @@ def _backbone_kwargs(model: torch.nn.Module, inputs: PolicyInputs, share_vision:
         per_row = tuple(features[i] for i in inputs.row_images().tolist())
         kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=per_row)}
     else:
-        kwargs["pixel_values"] = inputs.row_pixel_values()
+        kwargs["pixel_values"] = inputs.row_pixel_values()  # [row patches, D]
+        kwargs["image_grid_thw"] = inputs.row_image_grid_thw()  # [row images, 3], row order
     return kwargs
+
+
+def _rope_positions(base: torch.nn.Module, inputs: PolicyInputs) -> torch.Tensor:
+    """[3, N, P+L] Qwen2.5-VL 3-D rope positions, from the model's own ``get_rope_index`` run
+    once per distinct prompt (not per rollout). The completion continues the prompt's last
+    text segment, so its positions are the prompt's last position + 1, 2, ..."""
+    p, length = inputs.prompt_len, inputs.completion_len
+    # one representative row per distinct prompt (all rows of a prompt share its P columns)
+    index = inputs.prompt_index
+    rep = torch.zeros(int(index.max()) + 1, dtype=torch.long, device=index.device)
+    rep[index] = torch.arange(inputs.num_rows, device=index.device)
+    prompt_pos, _ = base.get_rope_index(
+        inputs.input_ids[rep, :p],
+        mm_token_type_ids=inputs.mm_token_type_ids[rep, :p],
+        image_grid_thw=inputs.image_grid_thw,  # distinct images, in distinct-prompt order
+        attention_mask=inputs.attention_mask[rep, :p],
+    )  # [3, B, P]; prompts are left-padded, so column P-1 is each prompt's last token
+    prompt_pos = prompt_pos[:, inputs.prompt_index]  # [3, N, P]
+    steps = torch.arange(1, length + 1, device=prompt_pos.device)
+    completion_pos = prompt_pos[:, :, -1:] + steps  # [3, N, L]
+    return torch.cat([prompt_pos, completion_pos], dim=-1)
 
 
 def completion_hidden_states(
