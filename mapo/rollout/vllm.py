@@ -160,10 +160,10 @@ def gathered_state_dict(model: torch.nn.Module) -> Iterator[dict[str, torch.Tens
         yield model.state_dict()
 
 
-def _stop_and_banned_ids(model_path: str) -> tuple[list[int], list[str], dict[int, float]]:
-    """Stop ids (eos of the generation config and tokenizer), and how to forbid every other
-    special token: as vLLM ``bad_words`` (exact -inf masking) when the token's text encodes back
-    to that single id, else (e.g. padded vocabulary rows) a -100 logit bias."""
+def _eos_and_suppressed_ids(model_path: str) -> tuple[list[int], list[int]]:
+    """Stop ids (eos of the generation config and of the tokenizer) and the ids a completion
+    must never contain (``mapo.models.suppressed_token_ids``: the other special tokens and the
+    padded vocabulary rows), the same lists the HF engine and the trainer's log-probs use."""
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
     from mapo.models.processor import suppressed_token_ids
@@ -177,17 +177,29 @@ def _stop_and_banned_ids(model_path: str) -> tuple[list[int], list[str], dict[in
         pass
     if tokenizer.eos_token_id is not None:
         eos.add(tokenizer.eos_token_id)
-    config = AutoConfig.from_pretrained(model_path)
-    vocab = getattr(config.get_text_config(), "vocab_size", None)
-    banned = suppressed_token_ids(tokenizer, eos_token_ids=eos, vocab_size=vocab)
+    vocab = getattr(AutoConfig.from_pretrained(model_path).get_text_config(), "vocab_size", None)
+    return sorted(eos), suppressed_token_ids(tokenizer, eos_token_ids=eos, vocab_size=vocab)
+
+
+def _suppression(tokenizer, ids: Sequence[int]) -> tuple[list[str], dict[int, float]]:
+    """How to forbid ``ids`` in vLLM: as ``bad_words`` (exact -inf masking) when the token's
+    text encodes back to that single id (special tokens do), else (padded vocabulary rows,
+    which have no text, or past vLLM's bad-words cap) a -100 logit bias, the most negative
+    vLLM allows."""
+    # vLLM refuses more than VLLM_MAX_NUM_BAD_WORDS token sequences; a word may add two.
+    cap = int(os.environ.get("VLLM_MAX_NUM_BAD_WORDS", "128")) // 2
     words, bias = [], {}
-    for token_id in banned:
+    for token_id in ids:
         text = tokenizer.convert_ids_to_tokens(token_id) if token_id < len(tokenizer) else None
-        if text and tokenizer.encode(text, add_special_tokens=False) == [token_id]:
+        if (
+            text
+            and len(words) < cap
+            and tokenizer.encode(text, add_special_tokens=False) == [token_id]
+        ):
             words.append(text)
         else:
-            bias[token_id] = -100.0  # vLLM clamps logit biases to [-100, 100]
-    return sorted(eos), words, bias
+            bias[token_id] = -100.0
+    return words, bias
 
 
 def _request_seed(seed: int, call: int, prompt: int) -> int:
@@ -250,9 +262,8 @@ class VLLMEngine:
             # Under a trainer's process group every rank runs its own engine on the existing
             # group; vLLM would otherwise try to create a world of its own.
             llm_kwargs.setdefault("distributed_executor_backend", "external_launcher")
-        self.stop_ids, self._bad_words, self._logit_bias = _stop_and_banned_ids(self.model_path)
-        if not suppress_special:
-            self._bad_words, self._logit_bias = [], {}
+        self.eos_token_ids, suppress = _eos_and_suppressed_ids(self.model_path)
+        self.suppress_ids = suppress if suppress_special else []  # the trainer masks these too
         limits = {"image": 1, "video": 0, **(limit_mm_per_prompt or {})}
         clock = time.perf_counter()
         with _preserve_process_state():
@@ -270,6 +281,7 @@ class VLLMEngine:
             )
         self.start_time = time.perf_counter() - clock
         self.tokenizer = self.llm.get_tokenizer()
+        self._bad_words, self._logit_bias = _suppression(self.tokenizer, self.suppress_ids)
         if enable_sleep_mode:
             self.sleep()  # the trainer runs first; wake on the first sync / generate
 
@@ -283,7 +295,7 @@ class VLLMEngine:
             max_tokens=sampling.max_new_tokens,
             logprobs=0,  # the sampled token's log-prob only
             seed=seed,
-            stop_token_ids=self.stop_ids,
+            stop_token_ids=self.eos_token_ids,
             bad_words=self._bad_words or None,
             logit_bias=self._logit_bias or None,
             skip_special_tokens=True,
