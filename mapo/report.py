@@ -77,11 +77,47 @@ def _check_block(block: object, path: Path, name: str) -> dict:
     return block
 
 
-def _run_config(run_dir: Path, metrics: dict) -> dict:
-    path = run_dir / ".hydra" / "config.yaml"
-    if path.is_file():
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    return metrics.get("config") or {}
+def _plain(value: object) -> str | None:
+    """A config value usable as a name: not missing, not an unresolved ${...} interpolation."""
+    if value is None or not isinstance(value, (str, int, float)):
+        return None
+    text = str(value)
+    return None if "${" in text or text == "???" else text
+
+
+def _yaml(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+    except Exception as err:  # omegaconf/yaml raise several types; name the file either way
+        raise ValueError(f"{path} is not a readable YAML config: {err}") from err
+
+
+def run_names(run_dir: Path, metrics: dict) -> tuple[str | None, str | None]:
+    """(experiment name, estimator) of a run.
+
+    Hydra saves .hydra/config.yaml unresolved (experiment_name is an interpolation of the chosen
+    experiment there), so values resolved by the run itself in metrics.json["config"] come
+    first, then plain values of .hydra/config.yaml, then the choice in .hydra/hydra.yaml.
+    """
+    saved = metrics.get("config") or {}
+    cfg = _yaml(run_dir / ".hydra" / "config.yaml")
+    choices = (
+        (_yaml(run_dir / ".hydra" / "hydra.yaml").get("hydra") or {}).get("runtime") or {}
+    ).get("choices") or {}
+    algorithm = cfg.get("algorithm") or {}
+    experiment = (
+        _plain(saved.get("experiment_name"))
+        or _plain(cfg.get("experiment_name"))
+        or _plain(choices.get("experiment"))
+    )
+    estimator = (
+        _plain(saved.get("estimator"))
+        or _plain((saved.get("algorithm") or {}).get("estimator"))
+        or _plain(algorithm.get("estimator"))
+    )
+    return experiment, estimator
 
 
 def load_rows(run_dir: str | Path, block: str = "after", label_by: str = "experiment") -> list[Row]:
@@ -90,10 +126,10 @@ def load_rows(run_dir: str | Path, block: str = "after", label_by: str = "experi
     if block not in BLOCKS:
         raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
     metrics = _load_metrics(run_dir)
-    cfg = _run_config(run_dir, metrics)
-    estimator = str((cfg.get("algorithm") or {}).get("estimator", "?"))
+    experiment, estimator = run_names(run_dir, metrics)
+    estimator = estimator or "?"
     names = {
-        "experiment": cfg.get("experiment_name") or run_dir.name,
+        "experiment": experiment or (estimator if estimator != "?" else run_dir.name),
         "estimator": estimator,
         "dir": run_dir.name,
     }

@@ -135,3 +135,25 @@ def test_module_entry_point(runs):
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     assert "| geo3k_mapo | 37.43 | 24.51 | 67.20 | 40.02 | 43.91 | 40.67 |" in proc.stdout
+
+
+def test_names_from_hydra_files_when_unresolved(tmp_path):
+    """Hydra saves config.yaml unresolved: the experiment name comes from hydra.yaml's choice."""
+    run = make_run(tmp_path, "dir_name", "mapo", [0.1] * 4, [0.2] * 4)
+    data = json.loads((run / "metrics.json").read_text())
+    del data["config"]
+    (run / "metrics.json").write_text(json.dumps(data))
+    (run / ".hydra" / "config.yaml").write_text(
+        "experiment_name: ${hydra:runtime.choices.experiment}\nalgorithm:\n  estimator: mapo\n"
+    )
+    (run / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  runtime:\n    choices:\n      experiment: geo3k_mapo\n      model: tiny\n"
+    )
+    assert load_rows(run)[0].label == "geo3k_mapo"
+    assert load_rows(run, label_by="estimator")[0].label == "mapo"
+    (run / ".hydra" / "hydra.yaml").unlink()  # no experiment known: the estimator names the row
+    assert load_rows(run)[0].label == "mapo"
+    assert load_rows(run, label_by="dir")[0].label == "dir_name"
+    (run / ".hydra" / "config.yaml").write_text("algorithm: [unclosed\n")
+    with pytest.raises(ValueError, match="config.yaml is not a readable YAML config"):
+        load_rows(run)
