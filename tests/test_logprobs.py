@@ -14,21 +14,9 @@ from mapo.rollout.base import Completions
 pytestmark = pytest.mark.usefixtures("torch_threads")
 
 
-def _sharpen(model):
-    """Scale the text attention logits and the LM head up. At random init attention is nearly
-    uniform, so even wrong positions change log-probs by only ~2e-3 nats; sharpened, a position
-    bug shows up as whole nats (like the ~9 nats DESIGN.md measured on a trained model)."""
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "language_model" in name and ("q_proj" in name or "k_proj" in name):
-                param.mul_(8.0)
-        model.lm_head.weight.mul_(10.0)
-    return model
-
-
 @pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    return _sharpen(load_policy(tiny_model_dir).eval())
+def model(tiny_model_dir, sharpen):
+    return sharpen(load_policy(tiny_model_dir).eval())
 
 
 @pytest.fixture(scope="module")
