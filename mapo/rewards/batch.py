@@ -30,9 +30,9 @@ def combine(accuracy: float, fmt: float, format_weight: float) -> float:
 
 @dataclass
 class RewardBatch:
-    overall: torch.Tensor  # [N] float32
-    format: torch.Tensor  # [N] float32, 0 or 1
-    accuracy: torch.Tensor  # [N] float32, 0 or 1
+    overall: torch.Tensor  # [N] float64
+    format: torch.Tensor  # [N] float64, 0 or 1
+    accuracy: torch.Tensor  # [N] float64, 0 or 1
     timeouts: int  # answers whose grading ran past timeout_s (or the batch budget): scored 0
     errors: int  # grader/reward exceptions or crashed workers: scored 0
     rejected: int  # answers refused before grading (too long, explosive shape): scored 0
@@ -132,9 +132,9 @@ def score_batch(
     overall, fmt, acc = _score_lists(kinds_or_kind, completions, answers, format_weight, grading)
     c = grading.counts
     return RewardBatch(
-        overall=torch.tensor(overall, dtype=torch.float32),
-        format=torch.tensor(fmt, dtype=torch.float32),
-        accuracy=torch.tensor(acc, dtype=torch.float32),
+        overall=torch.tensor(overall, dtype=torch.float64),
+        format=torch.tensor(fmt, dtype=torch.float64),
+        accuracy=torch.tensor(acc, dtype=torch.float64),
         timeouts=c.timeouts,
         errors=c.errors,
         rejected=c.rejected,

@@ -184,6 +184,7 @@ def get_grader(name: str) -> Grader:
 def preload() -> None:
     """Import everything a worker needs before it reports ready (so no item pays for it)."""
     _install_math_verify_guard()
+    logging.getLogger("pylatexenc").setLevel(logging.ERROR)  # one warning per odd macro
     from .safety import _parse_expr_namespace
 
     _parse_expr_namespace()

@@ -171,13 +171,17 @@ class GraderPool:
 
     def close(self) -> None:
         with self._lock:
-            for worker in [*self._slots, self._spare]:
-                if worker is None:
-                    continue
+            workers = [w for w in [*self._slots, self._spare] if w is not None]
+            for worker in workers:  # ask all to exit first, then wait for them together
                 try:
                     worker.inbox.send(None)
-                    worker.process.wait(timeout=1)
-                except (OSError, subprocess.TimeoutExpired):
+                except OSError:
+                    pass
+            deadline = time.monotonic() + 1.0
+            for worker in workers:
+                try:
+                    worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
                     pass
                 _kill(worker)
             self._slots = [None] * self.workers

@@ -62,8 +62,10 @@ def last_boxed(text: str, max_chars: int) -> str | None:
     Differences from mathruler, both on purpose:
     - no answer gives ``None``, not the string ``"None"`` (which would grade as correct
       against a gold answer ``None``);
-    - the scan stops after ``max_chars`` characters of content: a longer box is no answer
-      (``None``), which bounds the work on megabyte or 10^5-deep brace floods.
+    - the scan stops after ``max_chars`` characters of content, which bounds the work on
+      megabyte or 10^5-deep brace floods: a box still open there is returned as its first
+      ``max_chars + 1`` characters (unstripped), i.e. longer than the cap, so the caller can
+      tell "too long" (``len > max_chars``, rejected and counted) from "no answer".
     """
     start = text.rfind(BOX_OPEN)
     if start < 0:
@@ -75,7 +77,7 @@ def last_boxed(text: str, max_chars: int) -> str | None:
         depth += 1 if m[0] == "{" else -1
         if depth < 0:  # the brace that closes the box; its index is <= max_chars
             return window[: m.start()].strip()
-    return None
+    return window if len(window) > max_chars else None
 
 
 _BRACE = re.compile(r"[{}]")
