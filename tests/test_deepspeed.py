@@ -340,5 +340,45 @@ def test_registered_strategy_names():
     assert type(StrategyRegistry.get("deepspeed_stage_2")).__name__ == "DeepSpeedStrategy"
 
 
+TRAINER_FILES = sorted(p.stem for p in (ROOT / "conf" / "trainer").glob("*.yaml"))
+
+
+def _compose_trainer(tmp_path: Path, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    # A primary config of our own: conf/config.yaml pulls in every other group.
+    (tmp_path / "trainer_only.yaml").write_text(
+        "defaults:\n  - trainer: default\n  - _self_\n"
+        f"hydra:\n  searchpath:\n    - file://{ROOT / 'conf'}\n"
+    )
+    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
+        return compose(config_name="trainer_only", overrides=overrides).trainer
+
+
+@pytest.mark.parametrize("name", TRAINER_FILES)
+def test_trainer_config_composes_and_builds_its_strategy(tmp_path, name):
+    from hydra.utils import instantiate
+    from lightning.pytorch.strategies import Strategy
+
+    cfg = _compose_trainer(tmp_path, [f"trainer={name}"])
+    assert cfg._target_ == "lightning.pytorch.Trainer"
+    # Manual optimization: accumulation and clipping belong to optimizer_update.
+    assert cfg.accumulate_grad_batches == 1 and cfg.gradient_clip_val is None
+    if not isinstance(cfg.strategy, str):
+        assert isinstance(instantiate(cfg.strategy), Strategy)
+
+
+def test_cpu_deepspeed_trainer_builds_with_stage_override(tmp_path):
+    from hydra.utils import instantiate
+
+    from mapo.strategies import CPUDeepSpeedStrategy
+
+    overrides = ["trainer=cpu_deepspeed", "trainer.strategy.stage=3", "trainer.devices=2"]
+    trainer = instantiate(_compose_trainer(tmp_path, overrides), logger=False)
+    assert isinstance(trainer.strategy, CPUDeepSpeedStrategy)
+    assert trainer.strategy.zero_stage_3 and trainer.num_devices == 2
+    assert trainer.strategy._process_group_backend == "gloo"
+
+
 if __name__ == "__main__":
     _worker_main()
