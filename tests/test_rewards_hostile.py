@@ -9,6 +9,7 @@ worker processes: sympy, pylatexenc, timeouts, kills and restarts.
 from __future__ import annotations
 
 import builtins
+import threading
 import time
 from pathlib import Path
 
@@ -278,6 +279,28 @@ def test_a_hang_times_out_and_the_worker_is_replaced(pool):
     assert batch.timeouts == 2 and pool.restarts == restarts + 2
     assert batch.accuracy.tolist() == [0.0, 1.0, 0.0, 1.0]  # items after a kill still graded
     assert elapsed < 30.0
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_costs_one_item(pool):
+    score_batch("math", [boxed("\\sqrt{48}")], ["4\\sqrt{3}"], pool=pool, timeout_s=30.0)
+    pool._slots[0].process.kill()  # dead between calls: replaced before use
+    pool._slots[0].process.wait()
+    batch = score_batch("math", [boxed("\\sqrt{48}")], ["4\\sqrt{3}"], pool=pool, timeout_s=30.0)
+    assert batch.accuracy.tolist() == [1.0] and batch.errors == 0
+
+    victim = pool._slots[0].process  # dies mid-item, long before the 30 s timeout
+    killer = threading.Timer(2.0, victim.kill)
+    killer.start()
+    start = time.perf_counter()
+    batch = score_batch(
+        "math", [boxed("9**9**9**9"), boxed("x+1")], ["9**9**9**8", "1+x"], pool=pool,
+        timeout_s=30.0,
+    )  # fmt: skip
+    killer.join()
+    assert batch.errors == 1 and batch.timeouts == 0
+    assert batch.accuracy.tolist() == [0.0, 1.0]
+    assert time.perf_counter() - start < 25.0
 
 
 @pytest.mark.slow

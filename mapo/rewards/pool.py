@@ -38,7 +38,7 @@ STARTUP_TIMEOUT_S = 120.0  # a cold start imports sympy + math-verify (~2 s idle
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])  # makes `mapo` importable in workers
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity
 class _Worker:
     process: subprocess.Popen
     inbox: Connection  # parent -> worker
@@ -97,9 +97,15 @@ class GraderPool:
     def run(self, jobs: list[Job], timeout_s: float, budget_s: float) -> list[Outcome]:
         """Grade every job; never raises on job content. ``len(result) == len(jobs)``."""
         outcomes: list[Outcome | None] = [None] * len(jobs)
-        if jobs:
-            with self._lock:
+        if not jobs:
+            return []
+        with self._lock:
+            try:
                 self._run(jobs, outcomes, timeout_s, time.monotonic() + budget_s)
+            except Exception:  # a pool bug (or exhausted fds): fail these items, not the batch
+                for slot in range(self.workers):
+                    self._replace(slot)
+                return [o if o is not None else ("error", False) for o in outcomes]
         return [o if o is not None else ("timeout", False) for o in outcomes]
 
     def _run(self, jobs, outcomes, timeout_s: float, budget_end: float) -> None:
@@ -154,7 +160,10 @@ class GraderPool:
 
     def _dispatch(self, worker: _Worker, jobs, timeout_s: float) -> None:
         if worker.queue:
-            worker.inbox.send([(i, *jobs[i]) for i in worker.queue])
+            try:
+                worker.inbox.send([(i, *jobs[i]) for i in worker.queue])
+            except OSError:
+                pass  # it just died: its outbox reports EOF next and _receive replaces it
         worker.deadline = time.monotonic() + timeout_s
 
     def _replace(self, slot: int) -> _Worker:
