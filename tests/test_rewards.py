@@ -278,3 +278,14 @@ def test_score_batch_sends_only_undecided_items_to_the_pool(pool):
     batch = score_batch("math", completions, ["3", "3", "4\\sqrt{3}", "12.5"], pool=pool)
     assert batch.accuracy.tolist() == [1.0, 0.0, 1.0, 1.0]
     assert batch.pooled == 1
+
+
+def test_every_dataset_label_matches_itself_and_no_other():
+    from mapo.data.schema import EMOSET_LABELS, EMOTION6_LABELS
+
+    labels = sorted(set(EMOSET_LABELS) | set(EMOTION6_LABELS))
+    completions = [boxed(given.capitalize()) for given in labels for _ in labels]
+    golds = [gold for _ in labels for gold in labels]
+    batch = score_batch("emotion", completions, golds)
+    expected = [float(g == a) for g in labels for a in labels]
+    assert batch.accuracy.tolist() == expected
