@@ -147,8 +147,9 @@ class Evaluation(Callback):
                             rank=trainer.global_rank, world_size=trainer.world_size)  # fmt: skip
         module.policy.train(was)
         block["step"] = module.rl_step
-        scalars = {f"val/{k}": float(v) for k, v in block.items() if k in ("A_S", "A_T", "A_avg")}
-        scalars.update({f"val/acc/{k}": float(v) for k, v in block["datasets"].items()})
+        # None marks a dataset with no samples (nothing to log)
+        scalars = {f"val/{k}": float(v) for k, v in block.items() if k in ("A_S", "A_T", "A_avg") and v is not None}
+        scalars.update({f"val/acc/{k}": float(v) for k, v in block["datasets"].items() if v is not None})
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=module.rl_step)
         self._write(trainer, tag, block)

@@ -56,7 +56,7 @@ def evaluate(
             comps = engine.generate(chunk, one)
             scores = scorer(chunk, comps)
             correct = torch.as_tensor(scores["accuracy"]).float() == 1.0
-            metric.update(name, correct)
+            metric.update(correct, name)
             if keep_predictions:
                 for i, p in enumerate(chunk):
                     preds.append({

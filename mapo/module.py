@@ -278,6 +278,7 @@ class MAPOModule(pl.LightningModule):
         m.update(scalars)
         m.update(response_metrics(lengths, truncated, None))
         m.update({f"actor/{k}": v for k, v in upd.items()})
+        m["actor/lr"] = float(self.optimizers().param_groups[0]["lr"])
         m.update(rb.metrics)
         m.update(t)
         self.last_metrics = m
@@ -294,17 +295,13 @@ class MAPOModule(pl.LightningModule):
         if self.records is not None:
             from mapo.records import records_table
 
-            grpo = compute_advantages_with_stats(
-                "grpo",
-                rewards["overall"].double(),
-                rb.group_ids,
-                eps=self.algo.eps,
-                std=self.algo.std,
-            )
             table = records_table(
-                step=step, prompts=rb.prompts, completions=rb.completions,
-                group_ids=rb.group_ids, rewards=rewards, result=adv, grpo_advantages=grpo.advantages,
-                estimator=self.algo.estimator,
+                step=step, group_ids=rb.group_ids, rewards=rewards, result=adv,
+                prompt_ids=[rb.prompts[i].uid for i in rb.completions.prompt_index],
+                sources=[rb.prompts[i].source for i in rb.completions.prompt_index],
+                estimator=self.algo.estimator, response_lengths=lengths, truncated=truncated,
+                std=self.algo.std, eps=self.algo.eps,
+                texts=rb.completions.text if self.records.with_text else None,
             )  # fmt: skip
             self.records.write(step, table)
 

@@ -67,10 +67,10 @@ def validate(cfg: DictConfig) -> Plan:
         raise ConfigError(
             f"rollout.engine={cfg.rollout.engine!r} is unknown; known: {sorted(ENGINES)}"
         )
-    from mapo.rewards import REWARDS
+    from mapo.rewards import known_kinds
 
-    if cfg.data.task not in REWARDS:
-        raise ConfigError(f"data.task={cfg.data.task!r} has no reward; known: {sorted(REWARDS)}")
+    if cfg.data.task not in known_kinds():
+        raise ConfigError(f"data.task={cfg.data.task!r} has no reward; known: {sorted(known_kinds())}")
     if not 0 <= cfg.reward.format_weight <= 1:
         raise ConfigError(
             f"reward.format_weight={cfg.reward.format_weight} must be in [0, 1]: APD/MAPO divide by "
