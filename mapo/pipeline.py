@@ -105,7 +105,8 @@ def make_scorer(cfg: DictConfig):
         kinds = [prompts[i].task for i in completions.prompt_index]
         answers = [prompts[i].answer for i in completions.prompt_index]
         rb = score_batch(kinds, completions.text, answers, format_weight=cfg.reward.format_weight,
-                         grader=cfg.reward.grader, timeout_s=cfg.reward.timeout_s)  # fmt: skip
+                         grader=cfg.reward.grader, timeout_s=cfg.reward.timeout_s,
+                         budget_s=cfg.reward.budget_s)  # fmt: skip
         return {
             "overall": torch.as_tensor(rb.overall, dtype=torch.float64),
             "format": torch.as_tensor(rb.format, dtype=torch.float64),
