@@ -26,7 +26,8 @@ t_all=$SECONDS
 step() {  # step NAME CMD... : run and print how long it took
   local name="$1" t=$SECONDS
   shift
-  "$@"
+  # pip warns once per package about index folders this machine's pip config names but lacks.
+  "$@" 2>&1 | { grep -v -e "is ignored: it is neither a file nor a directory" || true; }
   echo "vllm env: $name took $((SECONDS - t)) s"
 }
 
