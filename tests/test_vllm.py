@@ -100,6 +100,37 @@ def test_missing_vllm_gives_install_instructions(monkeypatch):
         import_vllm()
 
 
+def test_gathered_state_dict_gathers_zero3_shards(monkeypatch):
+    """Under ZeRO-3 (parameters carry ``ds_id``) the state dict is read while DeepSpeed has
+    gathered every parameter; plain models are read directly."""
+    deepspeed = pytest.importorskip("deepspeed")
+    from mapo.rollout.vllm import gathered_state_dict
+
+    model = torch.nn.Linear(3, 2)
+    events = []
+
+    class FakeGathered:  # records what DeepSpeed would gather, and when
+        def __init__(self, params, modifier_rank=None):
+            events.append(("gather", len(list(params)), modifier_rank))
+
+        def __enter__(self):
+            events.append("enter")
+
+        def __exit__(self, *exc):
+            events.append("exit")
+
+    monkeypatch.setattr(deepspeed.zero, "GatheredParameters", FakeGathered)
+    with gathered_state_dict(model) as state:
+        assert sorted(state) == ["bias", "weight"]
+    assert events == []  # not sharded: nothing to gather
+    for p in model.parameters():
+        p.ds_id = 0
+    with gathered_state_dict(model) as state:
+        assert events == [("gather", 2, None), "enter"]
+        assert torch.equal(state["weight"], model.weight)
+    assert events[-1] == "exit"
+
+
 @vllm_test
 def test_construction_restores_process_state(built):
     _, state = built
