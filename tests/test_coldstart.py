@@ -52,12 +52,14 @@ def test_label_set_of_synthetic_tasks():
     assert all(a.isdigit() for a in math) and len(math) >= 9
 
 
-def test_batches_cover_every_row_without_repeats_in_a_batch():
-    gen = torch.Generator().manual_seed(0)
-    batches = list(cs._batches(10, 4, 5, gen))  # 20 draws = 2 epochs of 10 rows
-    assert all(len(b) == 4 and len(set(b)) == 4 for b in batches)
-    flat = [i for b in batches for i in b]
-    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
+@pytest.mark.parametrize("n_rows,batch_size,steps", [(10, 4, 5), (7, 3, 7), (5, 5, 3), (9, 8, 9)])
+def test_batches_cover_every_row_without_repeats_in_a_batch(n_rows, batch_size, steps):
+    for seed in range(10):  # epoch boundaries fall inside batches: the top-up must not repeat
+        batches = list(cs._batches(n_rows, batch_size, steps, torch.Generator().manual_seed(seed)))
+        assert all(len(b) == batch_size and len(set(b)) == batch_size for b in batches)
+        flat = [i for b in batches for i in b]
+        for epoch in range(len(flat) // n_rows):  # every row once per epoch
+            assert sorted(flat[epoch * n_rows : (epoch + 1) * n_rows]) == list(range(n_rows))
 
 
 def test_targets_are_single_think_tokens_and_end_with_im_end(tiny_processor):

@@ -97,16 +97,23 @@ def _targets(processor: Any, labels: list[str], think: str) -> tuple[list[list[i
 
 def _batches(n_rows: int, batch_size: int, steps: int, generator: torch.Generator):
     """Row indices of each step: shuffled epochs, no row twice within one batch."""
-    order: list[int] = []
+    pending: list[int] = []  # the rest of the current epoch's permutation
     for _ in range(steps):
-        while len(order) < batch_size:
-            order += torch.randperm(n_rows, generator=generator).tolist()
-        yield order[:batch_size]
-        order = order[batch_size:]
+        batch, pending = pending[:batch_size], pending[batch_size:]
+        if len(batch) < batch_size:  # epoch boundary: top up from the next epoch, no repeats
+            fresh = torch.randperm(n_rows, generator=generator).tolist()
+            taken = set(batch)
+            top_up = [i for i in fresh if i not in taken][: batch_size - len(batch)]
+            batch += top_up
+            used = set(top_up)
+            pending = [i for i in fresh if i not in used]
+        yield batch
 
 
-def _train(model, processor, prompts, labels, *, steps, batch_size, lr, seed, think, log_every):
-    """The SFT loop; returns the per-step losses."""
+def _train(
+    model, processor, prompt_of, n_rows, labels, *, steps, batch_size, lr, seed, think, log_every
+):
+    """The SFT loop over rows 0..n_rows-1 (``prompt_of(i)`` -> Prompt); returns the losses."""
     from mapo.models.batching import build_policy_inputs
     from mapo.models.logprobs import token_logprobs
     from mapo.models.processor import suppressed_token_ids
@@ -120,11 +127,11 @@ def _train(model, processor, prompts, labels, *, steps, batch_size, lr, seed, th
     )
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW((p for p in model.parameters() if p.requires_grad), lr=lr)
-    batch_size = min(batch_size, len(prompts))
+    batch_size = min(batch_size, n_rows)
     losses: list[float] = []
     start = time.perf_counter()
     model.train()
-    for step, rows in enumerate(_batches(len(prompts), batch_size, steps, generator)):
+    for step, rows in enumerate(_batches(n_rows, batch_size, steps, generator)):
         picks = torch.randint(len(labels), (len(rows),), generator=generator).tolist()
         completions = Completions(
             prompt_index=list(range(len(rows))),
@@ -133,7 +140,7 @@ def _train(model, processor, prompts, labels, *, steps, batch_size, lr, seed, th
             truncated=[False] * len(rows),
         )
         inputs = build_policy_inputs(
-            processor, [prompts[r] for r in rows], completions, pad_token_id=pad_id
+            processor, [prompt_of(r) for r in rows], completions, pad_token_id=pad_id
         )
         logprobs = token_logprobs(model, inputs, suppress_ids=suppress)  # [B, L]
         mask = inputs.completion_mask  # [B, L]
@@ -153,14 +160,21 @@ def _train(model, processor, prompts, labels, *, steps, batch_size, lr, seed, th
     return losses
 
 
-def _save(model, base: Path, out: Path, meta: dict[str, Any]) -> None:
+def _save(model, processor, base: Path, out: Path, meta: dict[str, Any]) -> None:
     """Write the warm model into ``out`` (which must not exist) via a sibling temp folder."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        for item in base.iterdir():  # tokenizer / processor / chat template, unchanged
-            if item.is_file() and item.suffix != ".safetensors" and item.name not in _MODEL_FILES:
-                shutil.copy2(item, tmp / item.name)
+        if base.is_dir():  # tokenizer / processor / chat template exactly as the base has them
+            for item in base.iterdir():
+                if (
+                    item.is_file()
+                    and item.suffix != ".safetensors"
+                    and item.name not in _MODEL_FILES
+                ):
+                    shutil.copy2(item, tmp / item.name)
+        else:  # a hub name: the processor as loaded
+            processor.save_pretrained(tmp)
         model.save_pretrained(tmp)
         (tmp / "coldstart.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         os.rename(tmp, out)
@@ -203,41 +217,28 @@ def coldstart(
     base = Path(resolve_model_path(base_model_dir))
     labels = label_set(rows)
     template_text = _resolve_template(template)
+    recipe = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, think=think)
     with _threads(num_threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the caller's random stream stays untouched
         processor = load_processor(base)
         model = load_policy(base)
-        prompts = [
-            to_prompt(r, processor, template_text, min_pixels=min_pixels, max_pixels=max_pixels)
-            for r in rows
-        ]
+        prompts: dict[int, Any] = {}  # built on first use: images are decoded once, lazily
+
+        def prompt_of(i: int):
+            if i not in prompts:
+                prompts[i] = to_prompt(
+                    rows[i], processor, template_text, min_pixels=min_pixels, max_pixels=max_pixels
+                )
+            return prompts[i]
+
         start = time.perf_counter()
         losses = _train(
-            model,
-            processor,
-            prompts,
-            labels,
-            steps=steps,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            think=think,
-            log_every=log_every,
+            model, processor, prompt_of, len(rows), labels, log_every=log_every, **recipe
         )
         seconds = time.perf_counter() - start
-    meta = {
-        "base": str(base),
-        "labels": labels,
-        "steps": steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "seed": seed,
-        "think": think,
-        "final_loss": losses[-1],
-        "train_seconds": seconds,
-        "version": COLDSTART_VERSION,
-    }
-    _save(model.eval(), base, out, meta)
+    meta = {"base": str(base), "labels": labels, **recipe, "final_loss": losses[-1],
+            "train_seconds": round(seconds, 2), "version": COLDSTART_VERSION}  # fmt: skip
+    _save(model.eval(), processor, base, out, meta)
     return out
 
 
