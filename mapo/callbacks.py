@@ -26,15 +26,21 @@ class RolloutCallback(Callback):
 
     def __init__(
         self,
-        engine: RolloutEngine,
+        engine_factory: Callable[[], RolloutEngine],
         to_prompt: Callable[[dict], Prompt],
         algo: AlgorithmConfig,
         sampling: SamplingConfig,
         scorer: Callable[[Sequence[Prompt], Any], dict[str, Any]],
     ):
-        self.engine, self.to_prompt, self.algo, self.scorer = engine, to_prompt, algo, scorer
+        self.engine_factory, self.to_prompt, self.algo, self.scorer = engine_factory, to_prompt, algo, scorer
         self.sampling = sampling
+        self.engine: RolloutEngine | None = None
         self._synced_version: int | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Built here, not earlier: a colocated vLLM engine must see the trainer's process group.
+        if self.engine is None:
+            self.engine = self.engine_factory()
 
     def _sync(self, module: MAPOModule) -> float:
         if self._synced_version == module.weights_version:
@@ -128,22 +134,20 @@ class Evaluation(Callback):
     Results go to the logger (`val/A_S`, ...) and to <run dir>/metrics.json (`before`,
     `after`, `history`), written atomically by rank 0."""
 
-    def __init__(self, engine, sets: EvalSets, scorer, sampling: SamplingConfig, run_dir: str | Path,
+    def __init__(self, rollout: RolloutCallback, sets: EvalSets, scorer, sampling: SamplingConfig, run_dir: str | Path,
                  *, before: bool = True, after: bool = True, every_n_steps: int = 0, batch_size: int = 256,
                  extra: dict | None = None):  # fmt: skip
-        self.engine, self.sets, self.scorer, self.sampling = engine, sets, scorer, sampling
+        self.rollout, self.sets, self.scorer, self.sampling = rollout, sets, scorer, sampling
         self.run_dir = Path(run_dir)
         self.before, self.after, self.every = before, after, every_n_steps
         self.batch_size = batch_size
         self.extra = extra or {}
 
     def _run(self, trainer: pl.Trainer, module: MAPOModule, tag: str) -> dict[str, Any]:
-        if module.weights_version != getattr(self, "_synced", None):
-            self.engine.sync_weights(module.policy)
-            self._synced = module.weights_version
+        self.rollout._sync(module)  # the engine the rollouts use, on the current weights
         was = module.policy.training
         module.policy.eval()
-        block, _ = evaluate(self.engine, self.sets, self.scorer, self.sampling, batch_size=self.batch_size,
+        block, _ = evaluate(self.rollout.engine, self.sets, self.scorer, self.sampling, batch_size=self.batch_size,
                             rank=trainer.global_rank, world_size=trainer.world_size)  # fmt: skip
         module.policy.train(was)
         block["step"] = module.rl_step

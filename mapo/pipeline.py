@@ -90,8 +90,10 @@ def validate(cfg: DictConfig) -> Plan:
         for name, path in {**cfg.data.in_domain, **cfg.data.out_of_domain}.items():
             _check_path(path, f"evaluation set {name!r}", how)
     r = cfg.rollout
+    # seed=None: training rollouts draw from the global RNG (seeded once, saved in checkpoints),
+    # so every step gets fresh noise and a resumed run continues the same random stream.
     sampling = SamplingConfig(n=algo.group_size, temperature=r.temperature, top_p=r.top_p,
-                              max_new_tokens=r.max_new_tokens, seed=cfg.seed)  # fmt: skip
+                              max_new_tokens=r.max_new_tokens, seed=None)  # fmt: skip
     ev = r.eval
     eval_sampling = SamplingConfig(n=1, temperature=ev.temperature, top_p=ev.top_p,
                                    max_new_tokens=ev.max_new_tokens, seed=cfg.seed)  # fmt: skip
@@ -247,19 +249,19 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     train_rows = _filter_long(
         data["train"], to_prompt, processor, cfg.data.max_prompt_tokens, "train"
     )
-    engine = build_engine(cfg.rollout.engine, policy, processor, model_path, cfg.rollout)
+    engine_factory = partial(build_engine, cfg.rollout.engine, policy, processor, model_path, cfg.rollout)
     scorer = make_scorer(cfg)
 
     sets = EvalSets(
         data["in_domain"], {n: [to_prompt(r) for r in rows] for n, rows in data["eval"].items()}
     )
+    rollout_cb = RolloutCallback(engine_factory, to_prompt, plan.algo, plan.sampling, scorer)
     evaluation = Evaluation(
-        engine, sets, scorer, plan.eval_sampling, run_dir, before=cfg.eval.before, after=cfg.eval.after,
+        rollout_cb, sets, scorer, plan.eval_sampling, run_dir, before=cfg.eval.before, after=cfg.eval.after,
         every_n_steps=cfg.eval.every_n_steps, batch_size=cfg.rollout.eval.batch_size,
         extra={"config": {"experiment_name": cfg.experiment_name, "estimator": plan.algo.estimator,
                           "model_path": str(model_path), "skipped_rows": data["skipped"]}},
     )  # fmt: skip
-    rollout_cb = RolloutCallback(engine, to_prompt, plan.algo, plan.sampling, scorer)
     trainer = build_trainer(cfg, [rollout_cb, evaluation], run_dir, plan.algo.updates_per_rollout)
     if (
         plan.algo.rollout_batch_size % trainer.world_size
@@ -273,7 +275,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     module = MAPOModule(
         policy, processor, plan.algo, plan.optim, reference=reference, scorer=scorer,
         temperature=plan.sampling.temperature, total_steps=cfg.steps,
-        suppress_ids=getattr(engine, "suppress_ids", None), records=records,
+        suppress_ids=_suppress_ids(policy, processor), records=records,
     )  # fmt: skip
     module.stream = PromptStream(
         train_rows, seed=cfg.seed, rank=trainer.global_rank, world_size=trainer.world_size
@@ -287,8 +289,21 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         export_hf(module, processor, run_dir / "hf_model", trainer)
     metrics = _read_metrics(run_dir)
     metrics["train"] = dict(module.last_metrics)
-    return metrics, {"module": module, "trainer": trainer, "engine": engine, "run_dir": run_dir,
+    return metrics, {"module": module, "trainer": trainer, "engine": rollout_cb.engine, "run_dir": run_dir,
                      "model_path": model_path}  # fmt: skip
+
+
+def _suppress_ids(policy: Any, processor: Any) -> list[int]:
+    """Token ids the engines never sample (vision pads and other specials but eos, unused
+    vocabulary rows), computed as the engines do; the training log-probs mask the same ids so
+    both sides see the same distribution."""
+    from mapo.models.processor import suppressed_token_ids
+
+    tok = getattr(processor, "tokenizer", processor)
+    eos = policy.generation_config.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos or [tok.eos_token_id])
+    vocab = policy.get_output_embeddings().weight.shape[0]
+    return suppressed_token_ids(tok, eos_token_ids=eos, vocab_size=vocab)
 
 
 def _ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:

@@ -1,0 +1,24 @@
+"""Evaluate a model (base folder, exported hf_model/, hub name or .ckpt) on an experiment's sets.
+
+python eval.py                                         # the tiny default, cold-started model
+python eval.py model_to_eval=outputs/runs/synth_emo_mapo/DATE/hf_model
+python eval.py experiment=emoset_mapo model_to_eval=/models/Qwen2.5-VL-7B-Instruct rollout=vllm
+"""
+
+import os
+
+import hydra
+from omegaconf import DictConfig
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    from mapo.eval_pipeline import run_eval
+
+    run_eval(cfg)
+
+
+if __name__ == "__main__":
+    main()
