@@ -3,12 +3,11 @@
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from mapo.config import ConfigError
 from mapo.pipeline import validate
+from mapo.quickrun import compose_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(
@@ -17,13 +16,7 @@ EXPERIMENTS = sorted(
 
 
 def compose_cfg(overrides=(), tmp_path=None):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    if tmp_path is not None:
-        with open_dict(cfg):
-            cfg.run_dir = str(tmp_path)
-    return cfg
+    return compose_config(overrides, run_dir=tmp_path)
 
 
 def test_there_are_paper_and_cpu_experiments():

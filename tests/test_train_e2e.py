@@ -5,15 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
 from mapo.advantages import certainty_weight
 from mapo.pipeline import train
+from mapo.quickrun import compose_config
 from mapo.records import read_records
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 pytestmark = pytest.mark.slow
 
 
@@ -21,7 +18,6 @@ def small_cfg(run_dir: Path, cache_dir: Path, *extra: str):
     overrides = [
         "experiment=synth_emo_mapo",
         "debug=fast",
-        f"paths.cache_dir={cache_dir}",
         "logger=none",
         "callbacks.progress_bar=null",
         "algorithm.rollout_batch_size=4",
@@ -33,17 +29,14 @@ def small_cfg(run_dir: Path, cache_dir: Path, *extra: str):
         "steps=3",
         *extra,
     ]
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.run_dir = str(run_dir)
-    return cfg
+    return compose_config(overrides, run_dir=run_dir)
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
+def cache_dir():
+    """The project's cache (.cache): the tiny model, its cold start and the synthetic data are
+    built once per machine and shared with the other tests and the demo."""
+    return None
 
 
 def test_short_run_learns_writes_and_exports(tmp_path, cache_dir):
