@@ -59,6 +59,64 @@ def _check_path(value: Any, what: str, how: str) -> None:
         raise FileNotFoundError(f"{what} not found: {p}\n  fix: {how}")
 
 
+# (key, test, rule): values that would otherwise fail (or silently misbehave) only after the
+# model has loaded. Structural rules live in AlgorithmConfig / OptimConfig / LossConfig.
+_VALUE_RULES = (
+    ("rollout.temperature", lambda v: v > 0, "> 0: training needs G different samples and "
+     "log-probs divide by it"),
+    ("rollout.top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("rollout.max_new_tokens", lambda v: v >= 1, ">= 1"),
+    ("rollout.eval.temperature", lambda v: v >= 0, ">= 0 (0 is greedy)"),
+    ("rollout.eval.top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("rollout.eval.max_new_tokens", lambda v: v >= 1, ">= 1"),
+    ("rollout.eval.batch_size", lambda v: v >= 1, ">= 1"),
+    ("algorithm.eps", lambda v: v >= 0, ">= 0: it keeps the std and mean denominators off 0"),
+    ("optim.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("optim.grad_clip", lambda v: v is None or v > 0, "> 0, or null for no clipping"),
+    ("optim.warmup_steps", lambda v: v >= 0, ">= 0"),
+    ("optim.min_lr_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("reward.grader", lambda v: v in ("mathruler", "math_verify"), "mathruler or math_verify"),
+    ("reward.timeout_s", lambda v: v > 0, "> 0 seconds"),
+    ("reward.budget_s", lambda v: v > 0, "> 0 seconds"),
+    ("data.on_bad_row", lambda v: v in ("error", "skip"), "error or skip"),
+    ("data.max_prompt_tokens", lambda v: v >= 1, ">= 1 (longer prompts are dropped, not cut)"),
+    ("data.eval_limit", lambda v: v is None or v >= 0, "null (every row) or >= 0"),
+    ("data.min_pixels", lambda v: 1 <= v, ">= 1"),
+    ("data.max_pixels", lambda v: v >= 1, ">= data.min_pixels"),
+    ("model.dtype", lambda v: v in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16",
+     "fp16"), "auto, float32, bfloat16 or float16"),
+    ("eval.every_n_steps", lambda v: v >= 0, ">= 0 (0 disables)"),
+    ("callbacks.model_checkpoint.every_n_train_steps", lambda v: v is None or v >= 0, ">= 0"),
+    ("seed", lambda v: 0 <= v < 2**32, "in [0, 2**32): seeds numpy too"),
+)  # fmt: skip
+
+
+def _check_values(cfg: DictConfig) -> None:
+    for key, ok, rule in _VALUE_RULES:
+        value = OmegaConf.select(cfg, key, default=None)
+        try:
+            good = ok(value) and not (key == "data.max_pixels" and value < cfg.data.min_pixels)
+        except TypeError:  # None or a string where a number belongs
+            good = False
+        if not good:
+            raise ConfigError(f"{key}={value!r} must be {rule}")
+    t = cfg.trainer
+    ints = all(isinstance(x, int) for x in (t.devices, t.num_nodes))
+    world = t.devices * t.num_nodes if ints else 1  # "auto": checked again once the trainer exists
+    a = cfg.algorithm
+    if a.rollout_batch_size % world or a.mini_batch_size % world:
+        raise ConfigError(
+            f"algorithm.rollout_batch_size={a.rollout_batch_size} and mini_batch_size="
+            f"{a.mini_batch_size} must be multiples of the world size {world} (trainer.devices x "
+            "trainer.num_nodes): every rank takes the same share of prompts"
+        )
+    if cfg.ckpt_path not in (None, "last") and not os.path.exists(str(cfg.ckpt_path)):
+        raise FileNotFoundError(
+            f"checkpoint not found: ckpt_path={cfg.ckpt_path}\n  fix: give an existing .ckpt, "
+            "ckpt_path=last (resume in hydra.run.dir) or ckpt_path=null"
+        )
+
+
 def validate(cfg: DictConfig) -> Plan:
     """Fail fast, before any model or dataset loads."""
     algo = AlgorithmConfig.from_dict(OmegaConf.to_container(cfg.algorithm, resolve=True))
@@ -78,6 +136,10 @@ def validate(cfg: DictConfig) -> Plan:
         )
     if cfg.steps < 1:
         raise ConfigError(f"steps={cfg.steps} must be >= 1")
+    _check_values(cfg)
+    from mapo.data.prompts import load_template
+
+    load_template(cfg.data.template)  # raises naming the known templates
     if cfg.model.path is None and cfg.model.name != "tiny":
         raise ConfigError("model.path is null; set model.path=/path/to/model (a local HF folder)")
     _check_path(cfg.model.path, "model folder (model.path)",
@@ -207,9 +269,11 @@ def build_trainer(
                 c, {"every_n_train_steps": c.every_n_train_steps * updates_per_rollout}
             )
         extra.append(hydra.utils.instantiate(c))
+    from mapo.checkpointing import AtomicCheckpointIO
+
     return hydra.utils.instantiate(
         cfg.trainer, max_steps=cfg.steps * updates_per_rollout, logger=loggers or False,
-        callbacks=callbacks + extra,
+        callbacks=callbacks + extra, plugins=[AtomicCheckpointIO()],  # crash-safe last.ckpt
         default_root_dir=str(run_dir), use_distributed_sampler=False, _convert_="partial",
     )  # fmt: skip
 
@@ -260,7 +324,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         rollout_cb, sets, scorer, plan.eval_sampling, run_dir, before=cfg.eval.before, after=cfg.eval.after,
         every_n_steps=cfg.eval.every_n_steps, batch_size=cfg.rollout.eval.batch_size,
         extra={"config": {"experiment_name": cfg.experiment_name, "estimator": plan.algo.estimator,
-                          "model_path": str(model_path), "skipped_rows": data["skipped"]}},
+                          "model_path": str(model_path), "skipped_rows": data["skipped"],
+                          "filtered_long_prompts": {"train": len(data["train"]) - len(train_rows)}}},
     )  # fmt: skip
     trainer = build_trainer(cfg, [rollout_cb, evaluation], run_dir, plan.algo.updates_per_rollout)
     if (
@@ -283,7 +348,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     steps = torch.utils.data.DataLoader(
         list(range(cfg.steps)), batch_size=1
     )  # step ticks; prompts come from the stream
-    trainer.fit(module, train_dataloaders=steps, ckpt_path=_ckpt_path(cfg, run_dir))
+    trainer.fit(module, train_dataloaders=steps, ckpt_path=_ckpt_path(cfg, run_dir),
+                weights_only=True)  # a checkpoint never runs code on load  # fmt: skip
 
     if cfg.export_hf:
         export_hf(module, processor, run_dir / "hf_model", trainer)
