@@ -186,7 +186,7 @@ def prepare_data(cfg: DictConfig) -> dict[str, Any]:
     from mapo.data.loader import load_split
 
     syn = cfg.data.get("synthetic")
-    if syn is not None and not Path(cfg.data.train).exists():
+    if syn is not None:  # cached: reused when meta.json matches
         from mapo.data.synthetic import write_synthetic
 
         write_synthetic(
