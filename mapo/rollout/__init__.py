@@ -56,4 +56,7 @@ def _vllm(policy, processor, model_path, cfg):
         tensor_parallel_size=cfg.get("tensor_parallel_size", 1),
         max_model_len=cfg.get("max_model_len", 4096),
         enable_sleep_mode=cfg.get("enable_sleep_mode", False),
+        enforce_eager=cfg.get("enforce_eager", False),
+        limit_mm_per_prompt=dict(cfg.get("limit_mm_per_prompt") or {"image": 1}),
+        seed=cfg.get("seed", 0),
     )

@@ -1,0 +1,35 @@
+"""A short RL run with rollout=vllm on the tiny model (`make test-vllm`)."""
+
+import importlib.util
+
+import pytest
+
+from mapo.quickrun import run
+from mapo.records import read_records
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed: run `make test-vllm`"),
+]
+
+
+def test_short_rl_run_with_vllm_rollouts(tmp_path):
+    metrics, objs = run(
+        [
+            "experiment=synth_emo_mapo", "debug=fast", "rollout=vllm", "rollout.max_model_len=512",
+            "rollout.enforce_eager=true", "logger=none", "callbacks.progress_bar=null",
+            "algorithm.rollout_batch_size=4", "algorithm.mini_batch_size=4", "algorithm.micro_batch_size=32",
+            "algorithm.group_size=4", "model.coldstart.steps=20", "data.eval_limit=8", "steps=3",
+            "eval.before=false", "export_hf=false",
+        ],
+        run_dir=tmp_path,
+    )  # fmt: skip
+    from mapo.rollout.vllm import VLLMEngine
+
+    assert isinstance(objs["engine"], VLLMEngine)
+    df = read_records(tmp_path)
+    assert sorted(df.step.unique()) == [0, 1, 2] and len(df) == 3 * 4 * 4
+    assert objs["module"].weights_version == 3  # one update per step, each synced into vLLM
+    assert {"A_S", "A_T", "A_avg"} <= set(metrics["after"])
+    assert metrics["train"]["time/weight_sync"] >= 0
