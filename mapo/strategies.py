@@ -45,8 +45,6 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
     (``stage``, ``offload_optimizer``, ``config``, ``process_group_backend``, ...).
     """
 
-    strategy_name = "cpu_deepspeed"
-
     def _on_cuda(self) -> bool:
         return isinstance(self.accelerator, CUDAAccelerator)
 
@@ -208,15 +206,17 @@ def _deepspeed_update(
     _check_same_count_on_all_ranks(len(micro_batches), module.device)
     _set_deepspeed_grad_clip(engine, grad_clip)
     total = torch.zeros((), device=module.device)
-    for i, mb in enumerate(micro_batches):
-        engine.set_gradient_accumulation_boundary(i == len(micro_batches) - 1)
-        loss = _forward_through_engine(engine, module, loss_fn, mb)
-        module.manual_backward(loss, scale_wrt_gas=False)  # -> engine.backward
-        total += loss.detach()
-    # -> engine.step(): reduce, clip the accumulated gradient, step, zero the gradients. Going
-    # through Lightning's optimizer keeps its hooks and its global_step count.
-    module.optimizers().step()
-    engine.set_gradient_accumulation_boundary(None)  # back to DeepSpeed's own counter
+    try:
+        for i, mb in enumerate(micro_batches):
+            engine.set_gradient_accumulation_boundary(i == len(micro_batches) - 1)
+            loss = _forward_through_engine(engine, module, loss_fn, mb)
+            module.manual_backward(loss, scale_wrt_gas=False)  # -> engine.backward
+            total += loss.detach()
+        # -> engine.step(): reduce, clip the accumulated gradient, step, zero the gradients.
+        # Going through Lightning's optimizer keeps its hooks and its global_step count.
+        module.optimizers().step()
+    finally:
+        engine.set_gradient_accumulation_boundary(None)  # back to DeepSpeed's own counter
     norm = engine.get_global_grad_norm()  # pre-clip norm of the accumulated gradient
     return {"grad_norm": float("nan") if norm is None else float(norm), "loss": float(total)}
 
