@@ -105,10 +105,14 @@ class MAPOModule(pl.LightningModule):
     # ------------------------------------------------------------------ optimisation setup
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(
-            params, lr=self.optim_cfg.lr, betas=tuple(self.optim_cfg.betas),
-            weight_decay=self.optim_cfg.weight_decay,
-        )  # fmt: skip
+        kw = dict(lr=self.optim_cfg.lr, betas=tuple(self.optim_cfg.betas), weight_decay=self.optim_cfg.weight_decay)
+        if _offloads_optimizer(self._trainer):
+            # DeepSpeed refuses torch's AdamW with the optimizer offloaded to CPU
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            opt = DeepSpeedCPUAdam(params, adamw_mode=True, **kw)
+        else:
+            opt = torch.optim.AdamW(params, **kw)
         total = max(1, self.total_steps * self.algo.updates_per_rollout)
         cfg = self.optim_cfg
 
@@ -350,6 +354,13 @@ class MAPOModule(pl.LightningModule):
         torch.set_rng_state(rng["torch"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _offloads_optimizer(trainer: Any) -> bool:
+    strategy = getattr(trainer, "strategy", None) if trainer is not None else None
+    config = getattr(strategy, "config", None) or {}
+    offload = config.get("zero_optimization", {}).get("offload_optimizer") if isinstance(config, dict) else None
+    return bool(offload) and offload.get("device", "cpu") != "none"
 
 
 def _split_hists(metrics: dict[str, Any]) -> tuple[dict[str, float], dict[str, Tensor]]:

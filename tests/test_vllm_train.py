@@ -19,7 +19,7 @@ def test_short_rl_run_with_vllm_rollouts(tmp_path):
         [
             "experiment=synth_emo_mapo", "debug=fast", "rollout=vllm", "rollout.max_model_len=512",
             "rollout.enforce_eager=true", "logger=none", "callbacks.progress_bar=null",
-            "algorithm.rollout_batch_size=4", "algorithm.mini_batch_size=4", "algorithm.micro_batch_size=32",
+            "algorithm.rollout_batch_size=4", "algorithm.mini_batch_size=4", "algorithm.micro_batch_size=16",
             "algorithm.group_size=4", "model.coldstart.steps=20", "data.eval_limit=8", "steps=3",
             "eval.before=false", "export_hf=false",
         ],
