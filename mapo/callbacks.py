@@ -192,6 +192,9 @@ class RLProgressBar(RichProgressBar):
     KEYS = {"reward/overall": "reward", "reward/accuracy": "acc", "reward/format": "fmt",
             "actor/kl_ref": "kl", "time/step": "s/step"}  # fmt: skip
 
+    def _get_train_description(self, current_epoch: int) -> str:
+        return "RL steps"  # one epoch of step ticks: "Epoch 0/-2" would mean nothing here
+
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         last = getattr(pl_module, "last_metrics", {}) or {}
         return {short: f"{last[k]:.3g}" for k, short in self.KEYS.items() if k in last}
