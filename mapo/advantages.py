@@ -39,6 +39,12 @@ class GroupStats:
     n_success: Tensor  # [K] N_k = #(success)
     p: Tensor  # [K] N_k / G_k
     lam: Tensor  # [K] lambda(p) = 1 - 4 p (1 - p); mapo_random replaces it with U(0, 1) draws
+    constant: Tensor  # [K] bool, every reward of the group is equal
+
+    def centered(self, r: Tensor) -> Tensor:
+        """r - mu [N], exactly 0 in constant groups (the float mean can be one ulp off, which
+        eps = 0 would turn into advantages of +-1)."""
+        return torch.where(self.expand(self.constant), torch.zeros_like(r), r - self.expand(self.mu))
 
     def expand(self, per_group: Tensor) -> Tensor:
         """[K] -> [N]: each rollout gets its own group's value (by id, never by position)."""
@@ -111,9 +117,12 @@ def group_stats(
         raise ValueError(f"std must be 'population' or 'unbiased', got {std!r}")
     n_success = torch.zeros_like(size).index_add_(0, index, success.to(torch.float64))
     p = n_success / size
+    lo = torch.full_like(size, float("inf")).scatter_reduce_(0, index, r, "amin")
+    hi = torch.full_like(size, float("-inf")).scatter_reduce_(0, index, r, "amax")
+    constant = lo == hi
     return GroupStats(
-        index=index, keys=keys, size=size, mu=mu, sigma=var.sqrt(),
-        n_success=n_success, p=p, lam=certainty_weight(p),
+        index=index, keys=keys, size=size, mu=mu, sigma=torch.where(constant, 0.0, var.sqrt()),
+        n_success=n_success, p=p, lam=certainty_weight(p), constant=constant,
     )  # fmt: skip
 
 
@@ -136,15 +145,14 @@ def _require_nonnegative_mean(name: str, s: GroupStats) -> None:
 @register_advantage("grpo")
 def grpo(r, s, *, eps, generator):
     """GRPO z-score (r - mu) / (sigma + eps). Shao et al. 2024, DeepSeekMath (arXiv 2402.03300)."""
-    mu, sigma = s.expand(s.mu), s.expand(s.sigma)
-    return _safe_div(r - mu, sigma + eps), {}
+    return _safe_div(s.centered(r), s.expand(s.sigma) + eps), {}
 
 
 @register_advantage("dr_grpo")
 def dr_grpo(r, s, *, eps, generator):
     """Dr. GRPO: r - mu, no std normalisation. Liu et al. 2025, "Understanding R1-Zero-Like
     Training: A Critical Perspective" (arXiv 2503.20783)."""
-    return r - s.expand(s.mu), {}
+    return s.centered(r), {}
 
 
 @register_advantage("gpg")
@@ -161,7 +169,7 @@ def gpg(r, s, *, eps, generator):
     valid = s.expand(s.sigma) > 0  # [N]
     n_valid = valid.sum()
     alpha = r.numel() / n_valid if n_valid > 0 else torch.tensor(1.0, dtype=r.dtype)
-    return alpha * (r - s.expand(s.mu)), {"gpg_alpha": torch.full_like(r, float(alpha))}
+    return alpha * s.centered(r), {"gpg_alpha": torch.full_like(r, float(alpha))}
 
 
 @register_advantage("treerpo")
@@ -169,7 +177,7 @@ def treerpo(r, s, *, eps, generator):
     """TreeRPO: (r - mu) / (mu (1 - mu) + eps), the Bernoulli variance in place of sigma.
     Yang et al. 2025, "TreeRPO: Tree Relative Policy Optimization" (arXiv 2506.05183)."""
     mu = s.expand(s.mu)
-    return _safe_div(r - mu, mu * (1.0 - mu) + eps), {}
+    return _safe_div(s.centered(r), mu * (1.0 - mu) + eps), {}
 
 
 def _apd(r: Tensor, s: GroupStats, eps: float) -> Tensor:
@@ -179,8 +187,7 @@ def _apd(r: Tensor, s: GroupStats, eps: float) -> Tensor:
     (r = 0.1, the rest 0) that rollout gets (0.1 - 0.1/12) / (0.1/12) = 11. The trainer logs its
     magnitude (`advantage/apd_abs_max`). An all-zero group gives 0, not 0/0.
     """
-    mu = s.expand(s.mu)
-    return _safe_div(r - mu, mu + eps)
+    return _safe_div(s.centered(r), s.expand(s.mu) + eps)
 
 
 @register_advantage("apd")

@@ -185,6 +185,15 @@ def _plain_update(
         norm = torch.nn.utils.get_total_norm([p.grad for p in params])
     else:
         norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)  # returns the pre-clip norm
+    if not torch.isfinite(norm):
+        # Stepping would write NaN into the weights and the optimizer state (and then into
+        # last.ckpt); stop with the weights of the last good step instead.
+        optimizer.zero_grad()
+        raise FloatingPointError(
+            f"non-finite gradient norm ({float(norm)}) from a finite loss: the update was not "
+            "applied. Lower optim.lr, check the advantages (advantage/* metrics) or the model's "
+            "dtype (model.dtype=float32)."
+        )
     optimizer.step()
     optimizer.zero_grad()
     return {"grad_norm": float(norm), "loss": float(total)}

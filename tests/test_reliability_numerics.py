@@ -40,20 +40,12 @@ def test_advantages_finite_for_any_rewards_in_0_1_even_with_eps_0(groups, name, 
     gids = [k for k, g in enumerate(groups) for _ in g]
     a = _adv(name, rewards, gids, eps=eps, std=std)
     assert bool(torch.isfinite(a).all()), (name, eps, std, groups)
-    if eps == 0:
-        return  # constant groups need eps > 0 to be ~0: see the xfail test below
+    # constant groups are exactly 0 even with eps = 0 (GroupStats.centered)
     for k, g in enumerate(groups):  # a group with no spread carries no signal
         if len(set(g)) == 1:
             assert float(a[torch.tensor(gids) == k].abs().max()) < 1e-8
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mapo/advantages.py::group_stats: the group mean of [0.7] * 3 rounds to 0.7 + 1e-16, "
-    "so with eps = 0 GRPO divides 1e-16 by a std of 1e-16 and gives advantage 1.0 to every "
-    "rollout of a constant group. validate() now requires algorithm.eps > 0 (1e-6 gives 1e-10). "
-    "Fix: set r - mu and sigma to 0 in groups whose min == max. Remove this marker with the fix.",
-)
 @pytest.mark.parametrize("name", ["grpo", "mapo_random"])  # the z-score users
 def test_constant_groups_are_zero_with_eps_0(name):
     for value, size in [(0.7, 3), (0.1, 3), (0.9, 12)]:

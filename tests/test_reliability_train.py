@@ -96,12 +96,6 @@ def _inf_gradient(module, adv):
     return adv
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mapo/strategies.py::_plain_update steps even when the gradient norm is not finite "
-    "(clip_grad_norm_ then turns every gradient into NaN); fix: check torch.isfinite(norm) before "
-    "optimizer.step() and raise FloatingPointError. Remove this marker with the fix.",
-)
 def test_a_nonfinite_gradient_stops_the_step_before_any_weight_changes(tmp_path, monkeypatch):
     seen = _poison_step(monkeypatch, step=1, poison=_inf_gradient)
     with pytest.raises(FloatingPointError):
