@@ -70,8 +70,7 @@ _VALUE_RULES = (
     ("rollout.eval.top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("rollout.eval.max_new_tokens", lambda v: v >= 1, ">= 1"),
     ("rollout.eval.batch_size", lambda v: v >= 1, ">= 1"),
-    ("algorithm.eps", lambda v: v > 0, "> 0: with 0, GRPO divides rounding noise by rounding "
-     "noise in constant groups (advantage 1 instead of 0)"),
+    ("algorithm.eps", lambda v: v >= 0, ">= 0 (the paper's worked numbers use 0; default 1e-6)"),
     ("optim.weight_decay", lambda v: v >= 0, ">= 0"),
     ("optim.grad_clip", lambda v: v is None or v > 0, "> 0, or null for no clipping"),
     ("optim.warmup_steps", lambda v: v >= 0, ">= 0"),

@@ -51,7 +51,7 @@ BAD_CONFIGS = [
     ("algorithm.loss_agg=mean", ConfigError, "unknown loss aggregation 'mean'; known"),
     ("algorithm.kl_estimator=k4", ConfigError, "unknown kl_estimator 'k4'; known"),
     ("algorithm.std=sample", ConfigError, "algorithm.std"),
-    ("algorithm.eps=0", ConfigError, "algorithm.eps=0 must be > 0"),
+    ("algorithm.eps=-1e-6", ConfigError, "algorithm.eps=-1e-06 must be >= 0"),
     ("rollout.engine=sglang", ConfigError, "rollout.engine='sglang' is unknown; known"),
     ("rollout.temperature=0", ConfigError, "rollout.temperature=0 must be > 0"),
     ("rollout.top_p=1.5", ConfigError, "rollout.top_p"),
