@@ -44,7 +44,9 @@ class GroupStats:
     def centered(self, r: Tensor) -> Tensor:
         """r - mu [N], exactly 0 in constant groups (the float mean can be one ulp off, which
         eps = 0 would turn into advantages of +-1)."""
-        return torch.where(self.expand(self.constant), torch.zeros_like(r), r - self.expand(self.mu))
+        return torch.where(
+            self.expand(self.constant), torch.zeros_like(r), r - self.expand(self.mu)
+        )
 
     def expand(self, per_group: Tensor) -> Tensor:
         """[K] -> [N]: each rollout gets its own group's value (by id, never by position)."""

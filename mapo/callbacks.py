@@ -32,7 +32,12 @@ class RolloutCallback(Callback):
         sampling: SamplingConfig,
         scorer: Callable[[Sequence[Prompt], Any], dict[str, Any]],
     ):
-        self.engine_factory, self.to_prompt, self.algo, self.scorer = engine_factory, to_prompt, algo, scorer
+        self.engine_factory, self.to_prompt, self.algo, self.scorer = (
+            engine_factory,
+            to_prompt,
+            algo,
+            scorer,
+        )
         self.sampling = sampling
         self.engine: RolloutEngine | None = None
         self._synced_version: int | None = None
@@ -152,8 +157,14 @@ class Evaluation(Callback):
         module.policy.train(was)
         block["step"] = module.rl_step
         # None marks a dataset with no samples (nothing to log)
-        scalars = {f"val/{k}": float(v) for k, v in block.items() if k in ("A_S", "A_T", "A_avg") and v is not None}
-        scalars.update({f"val/acc/{k}": float(v) for k, v in block["datasets"].items() if v is not None})
+        scalars = {
+            f"val/{k}": float(v)
+            for k, v in block.items()
+            if k in ("A_S", "A_T", "A_avg") and v is not None
+        }
+        scalars.update(
+            {f"val/acc/{k}": float(v) for k, v in block["datasets"].items() if v is not None}
+        )
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=module.rl_step)
         self._write(trainer, tag, block)

@@ -105,7 +105,11 @@ class MAPOModule(pl.LightningModule):
     # ------------------------------------------------------------------ optimisation setup
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        kw = dict(lr=self.optim_cfg.lr, betas=tuple(self.optim_cfg.betas), weight_decay=self.optim_cfg.weight_decay)
+        kw = dict(
+            lr=self.optim_cfg.lr,
+            betas=tuple(self.optim_cfg.betas),
+            weight_decay=self.optim_cfg.weight_decay,
+        )
         if _offloads_optimizer(self._trainer):
             # DeepSpeed refuses torch's AdamW with the optimizer offloaded to CPU
             from deepspeed.ops.adam import DeepSpeedCPUAdam
@@ -359,7 +363,11 @@ class MAPOModule(pl.LightningModule):
 def _offloads_optimizer(trainer: Any) -> bool:
     strategy = getattr(trainer, "strategy", None) if trainer is not None else None
     config = getattr(strategy, "config", None) or {}
-    offload = config.get("zero_optimization", {}).get("offload_optimizer") if isinstance(config, dict) else None
+    offload = (
+        config.get("zero_optimization", {}).get("offload_optimizer")
+        if isinstance(config, dict)
+        else None
+    )
     return bool(offload) and offload.get("device", "cpu") != "none"
 
 

@@ -128,7 +128,9 @@ def validate(cfg: DictConfig) -> Plan:
     from mapo.rewards import known_kinds
 
     if cfg.data.task not in known_kinds():
-        raise ConfigError(f"data.task={cfg.data.task!r} has no reward; known: {sorted(known_kinds())}")
+        raise ConfigError(
+            f"data.task={cfg.data.task!r} has no reward; known: {sorted(known_kinds())}"
+        )
     if not 0 <= cfg.reward.format_weight <= 1:
         raise ConfigError(
             f"reward.format_weight={cfg.reward.format_weight} must be in [0, 1]: APD/MAPO divide by "
@@ -313,7 +315,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     train_rows = _filter_long(
         data["train"], to_prompt, processor, cfg.data.max_prompt_tokens, "train"
     )
-    engine_factory = partial(build_engine, cfg.rollout.engine, policy, processor, model_path, cfg.rollout)
+    engine_factory = partial(
+        build_engine, cfg.rollout.engine, policy, processor, model_path, cfg.rollout
+    )
     scorer = make_scorer(cfg)
 
     sets = EvalSets(

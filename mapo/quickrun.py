@@ -1,7 +1,7 @@
 """Compose a Hydra config and run the pipeline from Python (notebooks, tests, benchmarks).
 
-    from mapo.quickrun import compose_config, run
-    metrics, objs = run(["experiment=synth_emo_grpo", "steps=20"], run_dir="outputs/my_run")
+from mapo.quickrun import compose_config, run
+metrics, objs = run(["experiment=synth_emo_grpo", "steps=20"], run_dir="outputs/my_run")
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ def compose_config(
     return cfg
 
 
-def run(overrides: Sequence[str] = (), *, run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def run(
+    overrides: Sequence[str] = (), *, run_dir: str | Path
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train like `python train.py OVERRIDES hydra.run.dir=RUN_DIR`; returns (metrics, objects)."""
     from mapo.pipeline import train
 
