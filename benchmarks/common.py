@@ -1,0 +1,172 @@
+"""What both sides of a benchmark share: the settings, the Hydra config of our trainer, the
+model folder, the prompts, a step clock and the result format.
+
+Every worker process prints one line ``RESULT {json}`` on stdout; the drivers parse it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+RESULT_PREFIX = "RESULT "
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One comparison point; both sides get exactly these numbers."""
+
+    size: str = "tiny"  # tiny (~0.8 M params) | 10m
+    prompts: int = 16  # B: prompts per RL step (TRL: per_device_train_batch_size = B * G)
+    group: int = 8  # G: completions per prompt
+    max_new_tokens: int = 16
+    beta: float = 0.1  # KL coefficient (k3 to the frozen reference); 0 skips the reference
+    updates: int = 1  # optimizer steps per rollout batch (ours: B / mini_batch_size; TRL:
+    # num_iterations). With 1 both sides skip the old-policy forward (ratio == 1).
+    warmup: int = 3  # steps not timed (first-call costs: allocator, generate setup)
+    timed: int = 10
+    threads: int = 1
+    lr: float = 5e-4
+    seed: int = 0
+    engine: str = "hf"  # our rollout engine: hf | vllm (TRL always uses HF generate here)
+    cache_dir: str = str(ROOT / ".cache")
+
+    @property
+    def steps(self) -> int:
+        return self.warmup + self.timed
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        return cls(**json.loads(text))
+
+
+def set_threads(n: int) -> None:
+    """Pin intra-op threads before torch does any work (OMP_NUM_THREADS for BLAS, too)."""
+    import torch
+
+    torch.set_num_threads(n)
+    torch.set_num_interop_threads(1)
+
+
+def overrides(s: Settings, run_dir: str | os.PathLike, *extra: str) -> list[str]:
+    """Hydra overrides that make our trainer run `s` with nothing else (no evaluation, no
+    checkpoints, no export, no logger); rollout records stay on, as in every real run."""
+    if s.prompts % s.updates:
+        raise ValueError(f"prompts={s.prompts} must be a multiple of updates={s.updates}")
+    return [
+        "experiment=synth_emo_grpo",
+        f"paths.cache_dir={s.cache_dir}",
+        f"model.size={s.size}",
+        f"seed={s.seed}",
+        f"steps={s.steps}",
+        "logger=none",
+        "callbacks.progress_bar=null",
+        "callbacks.model_checkpoint=null",
+        "trainer.enable_checkpointing=false",
+        "eval.before=false",
+        "eval.after=false",
+        "export_hf=false",
+        f"algorithm.group_size={s.group}",
+        f"algorithm.rollout_batch_size={s.prompts}",
+        f"algorithm.mini_batch_size={s.prompts // s.updates}",
+        f"algorithm.micro_batch_size={s.prompts * s.group}",  # one forward per update
+        f"algorithm.kl_coef={s.beta}",
+        f"rollout={s.engine}",
+        f"rollout.max_new_tokens={s.max_new_tokens}",
+        "rollout.temperature=1.0",
+        "rollout.top_p=1.0",
+        f"optim.lr={s.lr}",
+        f"+run_dir={run_dir}",
+        *extra,
+    ]
+
+
+def compose(over: list[str]):
+    """The config train.py would build from these overrides (with Hydra's runtime set)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=over, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def model_and_rows(s: Settings, run_dir: str | os.PathLike) -> tuple[Path, list[dict[str, Any]]]:
+    """The cold-started model folder our trainer uses for `s` (built and cached on first use)
+    and the SynthEmo training rows."""
+    from mapo.pipeline import prepare_data, prepare_model
+
+    cfg = compose(overrides(s, run_dir))
+    data = prepare_data(cfg)
+    return Path(prepare_model(cfg, data)), data["train"]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+@dataclass
+class StepClock:
+    """Wall time between consecutive step ends: everything the trainer does per step
+    (rollout, scoring, log-probs, updates, logging, framework overhead) is inside."""
+
+    ends: list[float] = field(default_factory=list)
+
+    def tick(self) -> None:
+        self.ends.append(time.perf_counter())
+
+    def step_times(self, every: int = 1) -> list[float]:
+        """Durations of steps 1, 2, ... (step 0 has no start); with `every` > 1 the clock
+        ticked once per optimizer step and a step is `every` ticks."""
+        ends = self.ends[every - 1 :: every]
+        return [b - a for a, b in zip(ends, ends[1:])]
+
+
+def summary(step_times: list[float], warmup: int, rollouts_per_step: int) -> dict[str, Any]:
+    """Median seconds/step over the timed steps (step index >= warmup)."""
+    timed = step_times[max(0, warmup - 1) :]  # step_times[i] is step i + 1
+    if not timed:
+        raise RuntimeError(f"no timed steps: got {len(step_times) + 1} steps, warmup {warmup}")
+    med = statistics.median(timed)
+    return {
+        "s_per_step": med,
+        "rollouts_per_s": rollouts_per_step / med,
+        "step_times": timed,
+    }
+
+
+def emit(result: dict[str, Any]) -> None:
+    result.setdefault("peak_rss_mb", peak_rss_mb())
+    result.setdefault("load_average", load_average())
+    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+def parse_result(stdout: str) -> dict[str, Any]:
+    lines = [x for x in stdout.splitlines() if x.startswith(RESULT_PREFIX)]
+    if not lines:
+        raise RuntimeError(
+            "worker printed no RESULT line; its output ends with:\n" + stdout[-3000:]
+        )
+    return json.loads(lines[-1][len(RESULT_PREFIX) :])

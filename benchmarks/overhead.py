@@ -1,0 +1,130 @@
+"""Where one RL step of our trainer spends its time: generation, reward scoring, old/reference
+log-probs, forward (loss), backward, optimizer, and everything else, as shares of the wall
+time between consecutive step ends.
+
+    python -m benchmarks.overhead [--size tiny --engine hf --prompts 16 --group 8 ...]
+
+The trainer's own timings (module.last_metrics: time/rollout, time/scoring, time/logprobs,
+time/update) give the big phases; this script wraps a few functions for the finer split
+(build_policy_inputs, the advantage kernel, _log_step, manual_backward, grad clipping,
+optimizer step / zero_grad). Wrapping costs microseconds per call; mapo/ is not modified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import replace
+
+from benchmarks.common import Settings, load_average
+from benchmarks.run_ours import StepClockCallback, run
+
+_ACC: dict[str, float] = defaultdict(float)  # seconds per wrapped category, this step
+
+
+def _timed(name: str, fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        clock = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _ACC[name] += time.perf_counter() - clock
+
+    return wrapper
+
+
+def instrument() -> None:
+    """Wrap the functions whose time the trainer does not report separately."""
+    import torch
+    from lightning.pytorch.core.optimizer import LightningOptimizer
+
+    import mapo.module as mm
+
+    mm.build_policy_inputs = _timed("inputs", mm.build_policy_inputs)
+    mm.compute_advantages_with_stats = _timed("advantages", mm.compute_advantages_with_stats)
+    mm.MAPOModule._log_step = _timed("logging", mm.MAPOModule._log_step)
+    mm.MAPOModule.manual_backward = _timed("backward", mm.MAPOModule.manual_backward)
+    torch.nn.utils.clip_grad_norm_ = _timed("optimizer", torch.nn.utils.clip_grad_norm_)
+    LightningOptimizer.step = _timed("optimizer", LightningOptimizer.step)
+    torch.optim.Optimizer.zero_grad = _timed("optimizer", torch.optim.Optimizer.zero_grad)
+
+
+class PhaseClock(StepClockCallback):
+    """The step clock, also keeping (and resetting) the wrapped categories per step."""
+
+    def __init__(self):
+        super().__init__()
+        self.wrapped: list[dict[str, float]] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
+        self.wrapped.append(dict(_ACC))
+        _ACC.clear()
+
+
+def breakdown(wall: float, m: dict[str, float], w: dict[str, float]) -> dict[str, float]:
+    """Seconds per category for one step; the categories add up to `wall`."""
+    main = {
+        "generation": m["time/rollout"],  # weight sync + prompt encoding + generate
+        "reward scoring": m["time/scoring"],
+        "old/ref log-probs": m["time/logprobs"] - w.get("inputs", 0.0),
+        "forward (loss)": m["time/update"] - w.get("backward", 0.0) - w.get("optimizer", 0.0),
+        "backward": w.get("backward", 0.0),
+        "optimizer (clip, step, zero)": w.get("optimizer", 0.0),
+    }
+    rest = {
+        "  inputs (tokens, images, masks)": w.get("inputs", 0.0),
+        "  advantages": w.get("advantages", 0.0),
+        "  metrics + records (_log_step)": w.get("logging", 0.0),
+    }
+    rest["  Lightning loop, callbacks, rest"] = wall - sum(main.values()) - sum(rest.values())
+    return {**main, "everything else": sum(rest.values()), **rest}
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    d = Settings()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", default=d.size, choices=["tiny", "10m"])
+    ap.add_argument("--engine", default=d.engine, choices=["hf", "vllm"])
+    ap.add_argument("--prompts", type=int, default=d.prompts)
+    ap.add_argument("--group", type=int, default=d.group)
+    ap.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    ap.add_argument("--beta", type=float, default=d.beta)
+    ap.add_argument("--updates", type=int, default=d.updates)
+    ap.add_argument("--warmup", type=int, default=d.warmup)
+    ap.add_argument("--timed", type=int, default=d.timed)
+    ap.add_argument("--threads", type=int, default=d.threads)
+    a = ap.parse_args(argv)
+    s = replace(d, size=a.size, engine=a.engine, prompts=a.prompts, group=a.group,
+                max_new_tokens=a.max_new_tokens, beta=a.beta, updates=a.updates,
+                warmup=a.warmup, timed=a.timed, threads=a.threads)  # fmt: skip
+    os.environ.setdefault("OMP_NUM_THREADS", str(s.threads))
+    load = load_average()
+    instrument()
+    result, cb = run(s, callback=PhaseClock)
+    walls = cb.clock.step_times()[s.warmup - 1 :]  # walls[i] is step warmup + i
+    steps = [
+        breakdown(wall, m, w)
+        for wall, m, w in zip(walls, cb.metrics[s.warmup :], cb.wrapped[s.warmup :])
+    ]
+    wall = statistics.mean(walls)
+    mean = {k: statistics.mean(st[k] for st in steps) for k in steps[0]}
+    print(f"overhead: {s.size} VLM, engine {s.engine}, {s.prompts} prompts x G={s.group}, "
+          f"max_new_tokens {s.max_new_tokens}, beta {s.beta}, {s.updates} update(s), "
+          f"{s.threads} thread(s), mean of {len(steps)} steps after {s.warmup} warm-up; "
+          f"load average {load} -> {load_average()}")  # fmt: skip
+    print(f"  {'phase':36s} {'ms/step':>9s} {'share':>7s}")
+    for k, v in mean.items():
+        print(f"  {k:36s} {v * 1e3:9.1f} {v / wall:7.1%}")
+    print(f"  {'step (wall, end to end)':36s} {wall * 1e3:9.1f} {1:7.1%}")
+    print(f"everything_else_share {mean['everything else'] / wall:.3f}")
+    return {**mean, "wall": wall}
+
+
+if __name__ == "__main__":
+    main()

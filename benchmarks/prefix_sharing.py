@@ -1,0 +1,168 @@
+"""Proposed trainer fix, measured without touching mapo/: run each distinct prompt through the
+backbone ONCE and reuse its key/value cache for the G completions of its group.
+
+Today `mapo.models.logprobs.completion_hidden_states` runs the full [N, P+L] sequence for
+each of the N = B*G rollouts, so the P prompt tokens (52 for SynthEmo: system text, image
+tokens, question) are computed G times in every reference forward, every policy forward and
+every backward. With the prompt's cache shared, a group costs P + G*L token-positions instead
+of G*(P+L): 180 instead of 544 for P=52, L=16, G=8. Gradients flow back through the
+cache gather (an index_select) into the single prompt pass, so they are the same.
+
+    python -m benchmarks.prefix_sharing [--size tiny|10m]   # check + time, prints both
+    benchmarks.prefix_sharing.patch()                       # monkeypatch for other scripts
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from mapo.models.batching import PolicyInputs
+
+
+def shared_prompt_hidden_states(
+    model: torch.nn.Module, inputs: PolicyInputs, *, share_vision: bool = True
+) -> torch.Tensor:
+    """Drop-in for `completion_hidden_states`: [N, L, H] hidden states predicting the
+    completion tokens, with one prompt pass per distinct prompt (Qwen2/2.5-VL backbones)."""
+    from mapo.models import logprobs as lp
+
+    base = model.model
+    if inputs.pixel_values is None or not hasattr(base, "get_rope_index"):
+        return _ORIGINAL(model, inputs, share_vision=share_vision)
+    p, length = inputs.prompt_len, inputs.completion_len
+    index = inputs.prompt_index  # [N] distinct prompt of each row
+    rep = torch.zeros(int(index.max()) + 1, dtype=torch.long, device=index.device)
+    rep[index] = torch.arange(inputs.num_rows, device=index.device)  # one row per prompt [B]
+    positions = lp._rope_positions(base, inputs)  # [3, N, P+L]
+    prompt = base(
+        input_ids=inputs.input_ids[rep, :p],  # [B, P]
+        attention_mask=inputs.attention_mask[rep, :p],
+        position_ids=positions[:, rep, :p],  # [3, B, P]
+        pixel_values=inputs.pixel_values,  # distinct images, distinct-prompt order
+        image_grid_thw=inputs.image_grid_thw,
+        use_cache=True,
+    )
+    cache = prompt.past_key_values
+    cache.batch_select_indices(index)  # [B, h, P, d] -> [N, h, P, d]; differentiable gather
+    completion = base.language_model(
+        input_ids=inputs.input_ids[:, p : p + length - 1],  # the last token predicts nothing
+        attention_mask=inputs.attention_mask[:, : p + length - 1],
+        position_ids=positions[:, :, p : p + length - 1],  # [3, N, L-1]
+        past_key_values=cache,
+        use_cache=True,
+    ).last_hidden_state  # [N, L-1, H]
+    first = prompt.last_hidden_state[index, -1:]  # [N, 1, H]: the prompt's last column
+    return torch.cat([first, completion], dim=1)  # [N, L, H]
+
+
+_ORIGINAL = None
+
+
+def patch() -> None:
+    """Make token_logprobs (reference, old and policy forwards) use the shared prompt pass."""
+    global _ORIGINAL
+    from mapo.models import logprobs as lp
+
+    if _ORIGINAL is None:
+        _ORIGINAL = lp.completion_hidden_states
+        lp.completion_hidden_states = shared_prompt_hidden_states
+
+
+def _batch(size: str, prompts: int, group: int, max_new_tokens: int):
+    """A real rollout batch: the cold-started model samples B x G completions."""
+    from benchmarks.common import Settings, model_and_rows
+    from mapo.data.prompts import load_template, to_prompt
+    from mapo.models.batching import build_policy_inputs
+    from mapo.models.loading import load_policy, load_processor
+    from mapo.rollout.base import SamplingConfig
+    from mapo.rollout.hf import HFEngine
+
+    path, rows = model_and_rows(Settings(size=size), "/tmp/bench-prefix")
+    processor, policy = load_processor(path), load_policy(path)
+    template = load_template("emotion_short")
+    batch = [to_prompt(r, processor, template, min_pixels=3136, max_pixels=12544) for r in rows]
+    engine = HFEngine(policy, processor)
+    sampling = SamplingConfig(n=group, max_new_tokens=max_new_tokens, seed=0)
+    comps = engine.generate(batch[:prompts], sampling)
+    pad = processor.tokenizer.pad_token_id
+    inputs = build_policy_inputs(processor, batch[:prompts], comps, pad_token_id=pad)
+    return policy, inputs, engine.suppress_ids
+
+
+def _fwd_bwd(policy, inputs, suppress, repeats: int) -> tuple[float, float, torch.Tensor, list]:
+    from mapo.models.logprobs import token_logprobs
+
+    fwd, full = [], []
+    for _ in range(repeats):
+        policy.zero_grad()
+        clock = time.perf_counter()
+        with torch.no_grad():
+            token_logprobs(policy, inputs, suppress_ids=suppress)
+        fwd.append(time.perf_counter() - clock)
+        clock = time.perf_counter()
+        logp = token_logprobs(policy, inputs, suppress_ids=suppress, return_entropy=True)[0]
+        (logp.sum() / inputs.completion_mask.sum()).backward()
+        full.append(time.perf_counter() - clock)
+    grads = [p.grad.clone() for p in policy.parameters() if p.grad is not None]
+    return statistics.median(fwd), statistics.median(full), logp.detach(), grads
+
+
+def main(argv: list[str] | None = None) -> None:
+    from benchmarks.common import load_average
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", default="tiny", choices=["tiny", "10m"])
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    policy, inputs, suppress = _batch(a.size, a.prompts, a.group, a.max_new_tokens)
+    n, width = inputs.input_ids.shape
+    print(f"prefix sharing: {a.size} VLM, {a.prompts} prompts x G={a.group}: rows {n}, "
+          f"P={inputs.prompt_len}, L={inputs.completion_len}; {a.threads} thread(s); "
+          f"load average {load_average()}")  # fmt: skip
+    times = {}
+    for name in ("full", "shared", "full ", "shared "):  # alternate: load noise hits both
+        if name.strip() == "shared":
+            patch()
+        else:
+            unpatch()
+        fwd, full, logp, grads = _fwd_bwd(policy, inputs, suppress, a.repeats)
+        times.setdefault(name.strip(), []).append((fwd, full))
+        if name == "full":
+            ref_logp, ref_grads = logp, grads
+        elif name == "shared":
+            err = float((logp - ref_logp).abs().max())
+            gerr = max(float((g - h).abs().max() / h.abs().max().clamp_min(1e-12))
+                       for g, h in zip(grads, ref_grads))  # fmt: skip
+            print(f"  max |log-prob difference| {err:.2e}; max relative grad difference "
+                  f"{gerr:.2e}")  # fmt: skip
+    for name, runs in times.items():
+        fwd = statistics.median(r[0] for r in runs)
+        full = statistics.median(r[1] for r in runs)
+        print(f"  {name:7s} no-grad forward {fwd * 1e3:8.1f} ms   forward+backward "
+              f"{full * 1e3:8.1f} ms")  # fmt: skip
+    f, s = times["full"], times["shared"]
+    print(f"  speed-up: forward {statistics.median(r[0] for r in f) / statistics.median(r[0] for r in s):.2f}x, "
+          f"forward+backward {statistics.median(r[1] for r in f) / statistics.median(r[1] for r in s):.2f}x; "
+          f"load average {load_average()}")  # fmt: skip
+
+
+def unpatch() -> None:
+    global _ORIGINAL
+    from mapo.models import logprobs as lp
+
+    if _ORIGINAL is not None:
+        lp.completion_hidden_states = _ORIGINAL
+        _ORIGINAL = None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Worker: TRL's GRPOTrainer on the same model, prompts, rewards and settings as run_ours.
+
+    python -m benchmarks.run_trl '<Settings json>'   (prints one RESULT line)
+
+Matched to our trainer: the same cold-started model folder and processor, the same SynthEmo
+rows and prompt template (messages built by mapo.data.prompts.build_messages, the image
+attached as TRL expects), the same reward (mapo.rewards.score_batch, 0.9 accuracy + 0.1
+format), G, prompts per step, max_new_tokens, temperature 1 / top-p 1 / no top-k, the same
+suppressed special tokens in generation, k3 KL with the same beta, clip 0.2, token-mean loss
+("dapo"), AdamW with the same lr / betas / weight decay, grad clip 1, constant lr, fp32 on CPU.
+One TRL optimizer step per rollout batch when `updates` = 1; with more, steps_per_generation
+splits the batch into `updates` optimizer steps (TRL then computes old log-probs, as we do).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+
+from benchmarks.common import Settings, StepClock, emit, model_and_rows, set_threads, summary
+
+
+def build_dataset(rows: list[dict], template_name: str):
+    """TRL's conversational VLM format: `prompt` messages with an image slot, `image`."""
+    from datasets import Dataset
+
+    from mapo.data.prompts import build_messages, load_template, resize_image
+    from mapo.data.schema import decode_image
+
+    template = load_template(template_name)
+    records = []
+    for row in rows:
+        if len(row["images"]) != 1:
+            raise ValueError(f"row {row['id']}: the benchmark expects one image per prompt")
+        image = resize_image(decode_image(row["images"][0]), min_pixels=3136, max_pixels=12544)
+        records.append({"prompt": build_messages(row, template), "image": image,
+                        "answer": row["answer"], "task": row["task"]})  # fmt: skip
+    return Dataset.from_list(records)
+
+
+def reward_fn(prompts, completions, answer, task, **_):
+    """Our reward on TRL's completions (conversational: a list with one assistant message)."""
+    from mapo.rewards import score_batch
+
+    texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+    return list(score_batch(list(task), texts, list(answer), format_weight=0.1).overall)
+
+
+def main(s: Settings) -> None:
+    set_threads(s.threads)
+    import torch
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from mapo.models.loading import load_policy, load_processor
+    from mapo.pipeline import _suppress_ids
+
+    clock = StepClock()
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            clock.tick()
+
+    with tempfile.TemporaryDirectory(prefix="bench-trl-") as out:
+        model_path, rows = model_and_rows(s, out)
+        processor = load_processor(model_path)
+        policy = load_policy(model_path)
+        args = GRPOConfig(
+            output_dir=out, use_cpu=True, bf16=False, fp16=False, report_to="none",
+            save_strategy="no", logging_steps=1, disable_tqdm=True, seed=s.seed,
+            max_steps=s.steps * s.updates, dataloader_num_workers=0, remove_unused_columns=False,
+            per_device_train_batch_size=s.prompts * s.group // s.updates,
+            steps_per_generation=s.updates, gradient_accumulation_steps=1,
+            num_generations=s.group, max_completion_length=s.max_new_tokens,
+            temperature=1.0, top_p=1.0, top_k=0, beta=s.beta, epsilon=0.2, loss_type="dapo",
+            scale_rewards="group", learning_rate=s.lr, lr_scheduler_type="constant",
+            warmup_steps=0, weight_decay=1e-2, adam_beta1=0.9, adam_beta2=0.99,
+            max_grad_norm=1.0, log_completions=False,
+            generation_kwargs={"suppress_tokens": _suppress_ids(policy, processor)},
+        )  # fmt: skip
+        trainer = GRPOTrainer(
+            model=policy, reward_funcs=reward_fn, args=args,
+            train_dataset=build_dataset(rows, "emotion_short"), processing_class=processor,
+            callbacks=[Clock()],
+        )  # fmt: skip
+        torch.set_num_threads(s.threads)  # nothing above may have changed it
+        start = time.perf_counter()
+        trainer.train()
+        total = time.perf_counter() - start
+        lengths = [h["completions/mean_length"] for h in trainer.state.log_history
+                   if "completions/mean_length" in h]  # fmt: skip
+    # one RL step = `updates` optimizer steps (the clock ticks per optimizer step)
+    result = summary(clock.step_times(every=s.updates), s.warmup, s.prompts * s.group)
+    result.update(side="trl", total_s=total, threads=torch.get_num_threads(),
+                  mean_completion_tokens=sum(lengths[s.warmup:]) / max(1, len(lengths[s.warmup:])))  # fmt: skip
+    emit(result)
+
+
+if __name__ == "__main__":
+    main(Settings.from_json(sys.argv[1]) if len(sys.argv) > 1 else Settings())

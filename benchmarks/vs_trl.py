@@ -1,0 +1,135 @@
+"""This trainer against TRL's GRPOTrainer on the same tiny VLM, on CPU: seconds per RL step,
+rollouts per second and peak RSS, in alternating fresh processes (ours, TRL, ours, TRL, ...)
+so that load from other users of the machine hits both sides alike.
+
+    python -m benchmarks.vs_trl                                  # tiny VLM, HF generate
+    python -m benchmarks.vs_trl --size 10m --engine vllm \\
+        --ours-python .venv-vllm/bin/python                      # 10 M VLM, our vLLM engine
+
+The last line printed is `ratio <ours rollouts/s / TRL rollouts/s>` (medians over every timed
+step of every round). docs/benchmarks.md explains the settings and the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from benchmarks.common import ROOT, Settings, load_average, parse_result
+
+WORKERS = {"ours": "benchmarks.run_ours", "trl": "benchmarks.run_trl"}
+
+
+def run_worker(side: str, s: Settings, python: str, timeout: float) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(s.threads), MKL_NUM_THREADS=str(s.threads),
+               TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               PYTHONWARNINGS="ignore")  # fmt: skip
+    if s.engine == "vllm" and side == "ours":  # vLLM's CPU worker binds its own OMP threads
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "0" if s.threads == 1 else f"0-{s.threads - 1}"
+    load = load_average()
+    clock = time.perf_counter()
+    proc = subprocess.run([python, "-m", WORKERS[side], s.to_json()], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{side} worker failed (exit {proc.returncode}); last output:\n"
+            + (proc.stdout + proc.stderr)[-4000:]
+        )
+    result = parse_result(proc.stdout)
+    result["load_before"] = load
+    result["wall_s"] = time.perf_counter() - clock
+    result.pop("phases", None)  # per-step metrics are for benchmarks.overhead
+    return result
+
+
+def aggregate(runs: list[dict]) -> dict:
+    steps = [t for r in runs for t in r["step_times"]]
+    med = statistics.median(steps)
+    return {
+        "s_per_step": med,
+        "rollouts_per_s": runs[0]["rollouts_per_s"] * runs[0]["s_per_step"] / med,
+        "round_medians": [r["s_per_step"] for r in runs],
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "mean_completion_tokens": statistics.mean(r["mean_completion_tokens"] for r in runs),
+        "threads": runs[0]["threads"],
+    }
+
+
+def compare(s: Settings, rounds: int, pythons: dict[str, str], timeout: float) -> dict:
+    runs: dict[str, list[dict]] = {"ours": [], "trl": []}
+    for i in range(rounds):
+        for side in ("ours", "trl"):
+            r = run_worker(side, s, pythons[side], timeout)
+            runs[side].append(r)
+            print(f"  round {i + 1}/{rounds} {side:4s}: {r['s_per_step']:.3f} s/step, "
+                  f"{r['rollouts_per_s']:.1f} rollouts/s, peak RSS {r['peak_rss_mb']:.0f} MB, "
+                  f"{r['mean_completion_tokens']:.1f} tokens/completion, "
+                  f"load {r['load_before']}", flush=True)  # fmt: skip
+    agg = {side: aggregate(rs) for side, rs in runs.items()}
+    paired = [t["s_per_step"] / o["s_per_step"] for o, t in zip(runs["ours"], runs["trl"])]
+    return {"settings": json.loads(s.to_json()), "sides": agg, "runs": runs,
+            "ratio": agg["trl"]["s_per_step"] / agg["ours"]["s_per_step"],
+            "paired_ratios": paired, "load_after": load_average()}  # fmt: skip
+
+
+def report(res: dict) -> None:
+    s = res["settings"]
+    print(f"{s['size']} VLM, {s['prompts']} prompts x G={s['group']}, max_new_tokens "
+          f"{s['max_new_tokens']}, beta {s['beta']}, {s['updates']} update(s)/rollout batch, "
+          f"{s['threads']} thread(s), {s['warmup']} warm-up + {s['timed']} timed steps; "
+          f"our engine: {s['engine']}, TRL: HF generate")  # fmt: skip
+    print(f"  {'side':5s} {'s/step':>8s} {'rollouts/s':>11s} {'peak RSS MB':>12s} "
+          f"{'tok/compl':>10s}  round medians (s/step)")  # fmt: skip
+    for side, a in res["sides"].items():
+        rounds = ", ".join(f"{x:.3f}" for x in a["round_medians"])
+        print(f"  {side:5s} {a['s_per_step']:8.3f} {a['rollouts_per_s']:11.1f} "
+              f"{a['peak_rss_mb']:12.0f} {a['mean_completion_tokens']:10.1f}  {rounds}")  # fmt: skip
+    pr = ", ".join(f"{x:.2f}" for x in res["paired_ratios"])
+    print(f"  per-round ratios: {pr}; load average after: {res['load_after']}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    d = Settings()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", default=d.size, choices=["tiny", "10m"])
+    ap.add_argument("--engine", default=d.engine, choices=["hf", "vllm"])
+    ap.add_argument("--prompts", type=int, default=d.prompts)
+    ap.add_argument("--group", type=int, default=d.group)
+    ap.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    ap.add_argument("--beta", type=float, default=d.beta)
+    ap.add_argument("--updates", type=int, default=d.updates)
+    ap.add_argument("--warmup", type=int, default=d.warmup)
+    ap.add_argument("--timed", type=int, default=d.timed)
+    ap.add_argument("--threads", type=int, default=d.threads)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating ours/TRL pairs")
+    ap.add_argument("--ours-python", default=sys.executable)
+    ap.add_argument("--trl-python", default=sys.executable)
+    ap.add_argument("--timeout", type=float, default=1200, help="seconds per worker")
+    ap.add_argument("--json", type=Path, help="also write the full results here")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = parse_args(argv)
+    s = replace(Settings(), size=a.size, engine=a.engine, prompts=a.prompts, group=a.group,
+                max_new_tokens=a.max_new_tokens, beta=a.beta, updates=a.updates,
+                warmup=a.warmup, timed=a.timed, threads=a.threads)  # fmt: skip
+    print(f"vs_trl: load average before: {load_average()}", flush=True)
+    res = compare(s, a.rounds, {"ours": a.ours_python, "trl": a.trl_python}, a.timeout)
+    report(res)
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(res, indent=2))
+    print(f"ratio {res['ratio']:.2f}")
+    return res
+
+
+if __name__ == "__main__":
+    main()
