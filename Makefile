@@ -44,3 +44,31 @@ demo: $(STAMP)  ## the embedded default: tiny VLM, synthetic emotion task, CPU
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .cache outputs
+
+# ---------------------------------------------------------------- benchmarks (docs/benchmarks.md)
+# .venv-bench is .venv plus TRL (the peer we measure against), kept apart so `make test` stays lean.
+BENCH_VENV ?= .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
+BENCH_STAMP := $(BENCH_VENV)/.installed
+BENCH_OUT ?= outputs/bench
+
+$(BENCH_STAMP): pyproject.toml constraints-cpu.txt
+	test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install -q --upgrade pip
+	$(BENCH_PY) -m pip install -q -c constraints-cpu.txt torch==2.13.0
+	$(BENCH_PY) -m pip install -q -c constraints-cpu.txt -e '.[dev,bench]'
+	$(BENCH_PY) -m pip uninstall -q -y torchvision
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)  ## ours vs TRL GRPOTrainer on CPU, 1 thread (~25 min fresh); last line: ratio
+	bash scripts/vllm_env.sh
+	$(BENCH_PY) -m benchmarks.advantages
+	$(BENCH_PY) -m benchmarks.overhead --warmup 2 --timed 5
+	$(BENCH_PY) -m benchmarks.vs_trl --size 10m --no-coldstart --engine vllm \
+	  --ours-python $(VLLM_VENV)/bin/python --rounds 2 --warmup 1 --timed 3 \
+	  --json $(BENCH_OUT)/vs_trl_10m_vllm.json
+	$(BENCH_PY) -m benchmarks.vs_trl --size tiny --rounds 3 --warmup 2 --timed 6 \
+	  --json $(BENCH_OUT)/vs_trl_tiny.json
+
+curves: $(STAMP)  ## learning curves, 5 methods x 3 seeds (about an hour on 2 cores)
+	$(PY) -m benchmarks.curves

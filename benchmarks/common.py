@@ -38,6 +38,9 @@ class Settings:
     lr: float = 5e-4
     seed: int = 0
     engine: str = "hf"  # our rollout engine: hf | vllm (TRL always uses HF generate here)
+    coldstart: bool = True  # False: the raw built model (random weights; completions run to
+    # max_new_tokens on both sides). The 10m cold start takes ~20 min on 2 busy cores.
+    prefix_sharing: bool = False  # ours only: apply the proposed fix (benchmarks.prefix_sharing)
     cache_dir: str = str(ROOT / ".cache")
 
     @property
@@ -69,6 +72,7 @@ def overrides(s: Settings, run_dir: str | os.PathLike, *extra: str) -> list[str]
         "experiment=synth_emo_grpo",
         f"paths.cache_dir={s.cache_dir}",
         f"model.size={s.size}",
+        f"model.coldstart.enabled={str(s.coldstart).lower()}",
         f"seed={s.seed}",
         f"steps={s.steps}",
         "logger=none",

@@ -134,6 +134,8 @@ def plot(runs: dict[str, list[dict]], path: Path) -> None:
         ax.set_title(title)
         ax.set_xlabel("RL step")
         ax.grid(alpha=0.3)
+    for ax in axes[:2]:
+        ax.set_ylim(0, 1.02)
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -99,10 +99,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--warmup", type=int, default=d.warmup)
     ap.add_argument("--timed", type=int, default=d.timed)
     ap.add_argument("--threads", type=int, default=d.threads)
+    ap.add_argument("--no-coldstart", dest="coldstart", action="store_false")
+    ap.add_argument("--prefix-sharing", action="store_true", help="the proposed fix (a patch)")
     a = ap.parse_args(argv)
     s = replace(d, size=a.size, engine=a.engine, prompts=a.prompts, group=a.group,
                 max_new_tokens=a.max_new_tokens, beta=a.beta, updates=a.updates,
-                warmup=a.warmup, timed=a.timed, threads=a.threads)  # fmt: skip
+                warmup=a.warmup, timed=a.timed, threads=a.threads, coldstart=a.coldstart,
+                prefix_sharing=a.prefix_sharing)  # fmt: skip
     os.environ.setdefault("OMP_NUM_THREADS", str(s.threads))
     load = load_average()
     instrument()
@@ -116,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     mean = {k: statistics.mean(st[k] for st in steps) for k in steps[0]}
     print(f"overhead: {s.size} VLM, engine {s.engine}, {s.prompts} prompts x G={s.group}, "
           f"max_new_tokens {s.max_new_tokens}, beta {s.beta}, {s.updates} update(s), "
-          f"{s.threads} thread(s), mean of {len(steps)} steps after {s.warmup} warm-up; "
+          f"{s.threads} thread(s), prefix sharing {s.prefix_sharing}, mean of {len(steps)} "
+          f"steps after {s.warmup} warm-up; "
           f"load average {load} -> {load_average()}")  # fmt: skip
     print(f"  {'phase':36s} {'ms/step':>9s} {'share':>7s}")
     for k, v in mean.items():

@@ -84,7 +84,8 @@ def report(res: dict) -> None:
     print(f"{s['size']} VLM, {s['prompts']} prompts x G={s['group']}, max_new_tokens "
           f"{s['max_new_tokens']}, beta {s['beta']}, {s['updates']} update(s)/rollout batch, "
           f"{s['threads']} thread(s), {s['warmup']} warm-up + {s['timed']} timed steps; "
-          f"our engine: {s['engine']}, TRL: HF generate")  # fmt: skip
+          f"our engine: {s['engine']}, TRL: HF generate; cold-started: {s['coldstart']}; "
+          f"ours with prefix sharing (proposed fix): {s['prefix_sharing']}")  # fmt: skip
     print(f"  {'side':5s} {'s/step':>8s} {'rollouts/s':>11s} {'peak RSS MB':>12s} "
           f"{'tok/compl':>10s}  round medians (s/step)")  # fmt: skip
     for side, a in res["sides"].items():
@@ -108,6 +109,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=d.warmup)
     ap.add_argument("--timed", type=int, default=d.timed)
     ap.add_argument("--threads", type=int, default=d.threads)
+    ap.add_argument("--no-coldstart", dest="coldstart", action="store_false",
+                    help="use the raw built model (no SFT warm-up): completions run to "
+                    "max_new_tokens on both sides")  # fmt: skip
+    ap.add_argument(
+        "--prefix-sharing",
+        action="store_true",
+        help="ours with the proposed shared-prompt forward (a monkeypatch)",
+    )
     ap.add_argument("--rounds", type=int, default=3, help="alternating ours/TRL pairs")
     ap.add_argument("--ours-python", default=sys.executable)
     ap.add_argument("--trl-python", default=sys.executable)
@@ -120,7 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
     a = parse_args(argv)
     s = replace(Settings(), size=a.size, engine=a.engine, prompts=a.prompts, group=a.group,
                 max_new_tokens=a.max_new_tokens, beta=a.beta, updates=a.updates,
-                warmup=a.warmup, timed=a.timed, threads=a.threads)  # fmt: skip
+                warmup=a.warmup, timed=a.timed, threads=a.threads, coldstart=a.coldstart,
+                prefix_sharing=a.prefix_sharing)  # fmt: skip
     print(f"vs_trl: load average before: {load_average()}", flush=True)
     res = compare(s, a.rounds, {"ours": a.ours_python, "trl": a.trl_python}, a.timeout)
     report(res)
