@@ -85,7 +85,7 @@ def overrides(s: Settings, run_dir: str | os.PathLike, *extra: str) -> list[str]
         f"algorithm.group_size={s.group}",
         f"algorithm.rollout_batch_size={s.prompts}",
         f"algorithm.mini_batch_size={s.prompts // s.updates}",
-        f"algorithm.micro_batch_size={s.prompts * s.group}",  # one forward per update
+        f"algorithm.micro_batch_size={s.prompts // s.updates * s.group}",  # 1 forward/update
         f"algorithm.kl_coef={s.beta}",
         f"rollout={s.engine}",
         f"rollout.max_new_tokens={s.max_new_tokens}",
