@@ -24,14 +24,20 @@ from pathlib import Path
 
 from benchmarks.common import ROOT, Settings, load_average, parse_result
 
-WORKERS = {"ours": "benchmarks.run_ours", "trl": "benchmarks.run_trl"}
+WORKERS = {
+    "ours": "benchmarks.run_ours",
+    "ours+fix": "benchmarks.run_ours",
+    "trl": "benchmarks.run_trl",
+}
 
 
 def run_worker(side: str, s: Settings, python: str, timeout: float) -> dict:
+    if side == "ours+fix":  # the proposed shared-prompt forward, as a monkeypatch
+        s = replace(s, prefix_sharing=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(s.threads), MKL_NUM_THREADS=str(s.threads),
                TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                PYTHONWARNINGS="ignore")  # fmt: skip
-    if s.engine == "vllm" and side == "ours":  # vLLM's CPU worker binds its own OMP threads
+    if s.engine == "vllm" and side != "trl":  # vLLM's CPU worker binds its own OMP threads
         env["VLLM_CPU_OMP_THREADS_BIND"] = "0" if s.threads == 1 else f"0-{s.threads - 1}"
     load = load_average()
     clock = time.perf_counter()
@@ -62,21 +68,26 @@ def aggregate(runs: list[dict]) -> dict:
     }
 
 
-def compare(s: Settings, rounds: int, pythons: dict[str, str], timeout: float) -> dict:
-    runs: dict[str, list[dict]] = {"ours": [], "trl": []}
+def compare(
+    s: Settings, rounds: int, pythons: dict[str, str], timeout: float, sides: tuple[str, ...]
+) -> dict:
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
     for i in range(rounds):
-        for side in ("ours", "trl"):
+        for side in sides:
             r = run_worker(side, s, pythons[side], timeout)
             runs[side].append(r)
-            print(f"  round {i + 1}/{rounds} {side:4s}: {r['s_per_step']:.3f} s/step, "
+            print(f"  round {i + 1}/{rounds} {side:8s}: {r['s_per_step']:.3f} s/step, "
                   f"{r['rollouts_per_s']:.1f} rollouts/s, peak RSS {r['peak_rss_mb']:.0f} MB, "
                   f"{r['mean_completion_tokens']:.1f} tokens/completion, "
                   f"load {r['load_before']}", flush=True)  # fmt: skip
     agg = {side: aggregate(rs) for side, rs in runs.items()}
-    paired = [t["s_per_step"] / o["s_per_step"] for o, t in zip(runs["ours"], runs["trl"])]
+    trl = agg["trl"]["s_per_step"]
+    ratios = {side: trl / a["s_per_step"] for side, a in agg.items() if side != "trl"}
+    paired = {side: [t["s_per_step"] / o["s_per_step"] for o, t in zip(runs[side], runs["trl"])]
+              for side in ratios}  # fmt: skip
     return {"settings": json.loads(s.to_json()), "sides": agg, "runs": runs,
-            "ratio": agg["trl"]["s_per_step"] / agg["ours"]["s_per_step"],
-            "paired_ratios": paired, "load_after": load_average()}  # fmt: skip
+            "ratio": ratios["ours"], "ratios": ratios, "paired_ratios": paired,
+            "load_after": load_average()}  # fmt: skip
 
 
 def report(res: dict) -> None:
@@ -84,16 +95,17 @@ def report(res: dict) -> None:
     print(f"{s['size']} VLM, {s['prompts']} prompts x G={s['group']}, max_new_tokens "
           f"{s['max_new_tokens']}, beta {s['beta']}, {s['updates']} update(s)/rollout batch, "
           f"{s['threads']} thread(s), {s['warmup']} warm-up + {s['timed']} timed steps; "
-          f"our engine: {s['engine']}, TRL: HF generate; cold-started: {s['coldstart']}; "
-          f"ours with prefix sharing (proposed fix): {s['prefix_sharing']}")  # fmt: skip
-    print(f"  {'side':5s} {'s/step':>8s} {'rollouts/s':>11s} {'peak RSS MB':>12s} "
+          f"our engine: {s['engine']}, TRL: HF generate; cold-started: {s['coldstart']}")  # fmt: skip
+    print(f"  {'side':8s} {'s/step':>8s} {'rollouts/s':>11s} {'peak RSS MB':>12s} "
           f"{'tok/compl':>10s}  round medians (s/step)")  # fmt: skip
     for side, a in res["sides"].items():
         rounds = ", ".join(f"{x:.3f}" for x in a["round_medians"])
-        print(f"  {side:5s} {a['s_per_step']:8.3f} {a['rollouts_per_s']:11.1f} "
+        print(f"  {side:8s} {a['s_per_step']:8.3f} {a['rollouts_per_s']:11.1f} "
               f"{a['peak_rss_mb']:12.0f} {a['mean_completion_tokens']:10.1f}  {rounds}")  # fmt: skip
-    pr = ", ".join(f"{x:.2f}" for x in res["paired_ratios"])
-    print(f"  per-round ratios: {pr}; load average after: {res['load_after']}")
+    for side, ratio in res["ratios"].items():
+        pr = ", ".join(f"{x:.2f}" for x in res["paired_ratios"][side])
+        print(f"  {side} / trl throughput: {ratio:.2f} (per round: {pr})")
+    print(f"  load average after: {res['load_after']}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -112,11 +124,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-coldstart", dest="coldstart", action="store_false",
                     help="use the raw built model (no SFT warm-up): completions run to "
                     "max_new_tokens on both sides")  # fmt: skip
-    ap.add_argument(
-        "--prefix-sharing",
-        action="store_true",
-        help="ours with the proposed shared-prompt forward (a monkeypatch)",
-    )
+    ap.add_argument("--with-fix", action="store_true",
+                    help="also alternate 'ours+fix': ours with the proposed shared-prompt "
+                    "forward (benchmarks.prefix_sharing, a monkeypatch)")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=3, help="alternating ours/TRL pairs")
     ap.add_argument("--ours-python", default=sys.executable)
     ap.add_argument("--trl-python", default=sys.executable)
@@ -127,12 +137,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     a = parse_args(argv)
-    s = replace(Settings(), size=a.size, engine=a.engine, prompts=a.prompts, group=a.group,
-                max_new_tokens=a.max_new_tokens, beta=a.beta, updates=a.updates,
-                warmup=a.warmup, timed=a.timed, threads=a.threads, coldstart=a.coldstart,
-                prefix_sharing=a.prefix_sharing)  # fmt: skip
+    s = replace(
+        Settings(),
+        size=a.size,
+        engine=a.engine,
+        prompts=a.prompts,
+        group=a.group,
+        max_new_tokens=a.max_new_tokens,
+        beta=a.beta,
+        updates=a.updates,
+        warmup=a.warmup,
+        timed=a.timed,
+        threads=a.threads,
+        coldstart=a.coldstart,
+    )
     print(f"vs_trl: load average before: {load_average()}", flush=True)
-    res = compare(s, a.rounds, {"ours": a.ours_python, "trl": a.trl_python}, a.timeout)
+    sides = ("ours", "ours+fix", "trl") if a.with_fix else ("ours", "trl")
+    pythons = {"ours": a.ours_python, "ours+fix": a.ours_python, "trl": a.trl_python}
+    res = compare(s, a.rounds, pythons, a.timeout, sides)
     report(res)
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
