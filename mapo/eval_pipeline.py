@@ -77,7 +77,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         block, preds = evaluate(engine, sets, make_scorer(cfg), plan.eval_sampling,
                                 batch_size=cfg.eval_batch_size, keep_predictions=True)  # fmt: skip
     summary = {"eval": block, "after": block,
-               "config": {"experiment_name": cfg.experiment_name, "estimator": f"eval:{Path(str(folder)).name}",
+               "config": {"experiment_name": f"{cfg.experiment_name} [eval {Path(str(folder)).name}]", "estimator": f"eval:{Path(str(folder)).name}",
                           "model": str(cfg.get("model_to_eval") or folder),
                           "sampling": vars(plan.eval_sampling)}}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
