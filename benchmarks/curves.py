@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     print(f"curves: {len(a.methods)} methods x {len(a.seeds)} seeds x {a.steps} steps, "
           f"{a.jobs} at a time; load average {load_average()}", flush=True)  # fmt: skip
-    jobs = [(m, s) for m in a.methods for s in a.seeds]
+    jobs = [(m, s) for s in a.seeds for m in a.methods]  # seed-major: early seeds finish first
     with ThreadPoolExecutor(a.jobs) as pool:
         dirs = list(pool.map(lambda job: run_one(*job, a), jobs))
     runs: dict[str, list[dict]] = {}
