@@ -265,6 +265,12 @@ class VLLMEngine:
             # Under a trainer's process group every rank runs its own engine on the existing
             # group; vLLM would otherwise try to create a world of its own.
             llm_kwargs.setdefault("distributed_executor_backend", "external_launcher")
+            # That backend reads RANK / LOCAL_RANK from the environment, which a group made
+            # without a launcher (or by an earlier in-process engine) never set.
+            rank = torch.distributed.get_rank()
+            os.environ.setdefault("RANK", str(rank))
+            os.environ.setdefault("LOCAL_RANK", str(rank))
+            os.environ.setdefault("WORLD_SIZE", str(torch.distributed.get_world_size()))
         self.eos_token_ids, suppress = _eos_and_suppressed_ids(self.model_path)
         self.suppress_ids = suppress if suppress_special else []  # the trainer masks these too
         limits = {"image": 1, "video": 0, **(limit_mm_per_prompt or {})}
