@@ -29,7 +29,8 @@ METHODS = {"mapo": "MAPO", "grpo": "GRPO", "dapo": "DAPO", "apd": "APD only", "m
 
 def run_one(method: str, seed: int, a: argparse.Namespace) -> Path:
     out = a.out / method / f"seed{seed}"
-    if (out / "DONE").exists():
+    tag = f"steps={a.steps} every={a.every}"  # a finished run counts only for the same sweep
+    if (out / "DONE").exists() and (out / "DONE").read_text().startswith(tag):
         return out
     cmd = [sys.executable, "train.py", f"experiment=synth_emo_{method}", f"seed={seed}",
            f"steps={a.steps}", f"eval.every_n_steps={a.every}", "eval.before=true",
@@ -46,7 +47,7 @@ def run_one(method: str, seed: int, a: argparse.Namespace) -> Path:
         raise RuntimeError(
             f"{method} seed {seed} failed (exit {proc.returncode}); see {out}/train.log"
         )
-    (out / "DONE").write_text(f"{time.perf_counter() - clock:.1f} s\n")
+    (out / "DONE").write_text(f"{tag} {time.perf_counter() - clock:.1f} s\n")
     print(f"  {method} seed {seed}: {time.perf_counter() - clock:.0f} s, load {load_average()}",
           flush=True)  # fmt: skip
     return out
