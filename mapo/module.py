@@ -78,6 +78,7 @@ class MAPOModule(pl.LightningModule):
         suppress_ids: list[int] | None = None,
         records: Any = None,  # mapo.records.RecordWriter or None
         log_entropy: bool = True,
+        share_prompt: bool = True,  # one backbone pass per distinct prompt (models/logprobs.py)
     ):
         super().__init__()
         self.automatic_optimization = False  # RL steps are not (x, y) batches
@@ -94,6 +95,7 @@ class MAPOModule(pl.LightningModule):
         self.suppress_ids = suppress_ids or []
         self.records = records
         self.log_entropy = log_entropy
+        self.share_prompt = share_prompt
         self.weights_version = 0  # bumped after each optimizer step; the engine syncs on change
         self.rollout: RolloutBatch | None = None
         self.stream = None  # PromptStream, attached by the pipeline
@@ -191,7 +193,7 @@ class MAPOModule(pl.LightningModule):
     def _logprobs(self, model, inputs: PolicyInputs, entropy: bool = False):
         out = token_logprobs(
             model, inputs, temperature=self.temperature, suppress_ids=self.suppress_ids,
-            return_entropy=entropy,
+            return_entropy=entropy, share_prompt=self.share_prompt,
         )  # fmt: skip
         return out if isinstance(out, tuple) else (out, None)
 

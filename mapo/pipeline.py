@@ -85,6 +85,7 @@ _VALUE_RULES = (
     ("data.max_pixels", lambda v: v >= 1, ">= data.min_pixels"),
     ("model.dtype", lambda v: v in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16",
      "fp16"), "auto, float32, bfloat16 or float16"),
+    ("model.share_prompt", lambda v: v is None or isinstance(v, bool), "true or false"),
     ("eval.every_n_steps", lambda v: v >= 0, ">= 0 (0 disables)"),
     ("callbacks.model_checkpoint.every_n_train_steps", lambda v: v is None or v >= 0, ">= 0"),
     ("seed", lambda v: 0 <= v < 2**32, "in [0, 2**32): seeds numpy too"),
@@ -345,6 +346,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         policy, processor, plan.algo, plan.optim, reference=reference, scorer=scorer,
         temperature=plan.sampling.temperature, total_steps=cfg.steps,
         suppress_ids=_suppress_ids(policy, processor), records=records,
+        share_prompt=cfg.model.get("share_prompt", True),
     )  # fmt: skip
     module.stream = PromptStream(
         train_rows, seed=cfg.seed, rank=trainer.global_rank, world_size=trainer.world_size

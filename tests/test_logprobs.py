@@ -229,3 +229,101 @@ def test_completion_with_image_placeholder_is_rejected(tiny_processor, tiny_prom
     comps.token_ids[0][1] = tiny_processor.image_token_id
     with pytest.raises(ValueError, match="Suppress special tokens"):
         build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=special["pad"])
+
+
+# -- the shared prompt pass (one backbone pass per distinct prompt, cache gathered to rows) --
+
+# three prompts, uneven groups (3, 1, 4 rollouts), rows interleaved, lengths 1..12
+SHARED_INDEX = [2, 0, 2, 1, 0, 2, 0, 2]
+SHARED_LENGTHS = [12, 1, 6, 9, 4, 1, 12, 3]
+
+
+def _rows_seen_by_backbone(model, fn):
+    """Run ``fn`` and return the batch size of every backbone (model.model) call."""
+    sizes = []
+    hook = model.model.register_forward_pre_hook(
+        lambda _m, _a, kw: sizes.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        out = fn()
+    finally:
+        hook.remove()
+    return out, sizes
+
+
+@torch.no_grad()
+def test_shared_prompt_pass_equals_full_pass(model, tiny_processor, tiny_prompts, special):
+    comps = _completions(special, SHARED_INDEX, SHARED_LENGTHS, seed=7)
+    inputs = build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=special["pad"])
+    kw = dict(suppress_ids=special["suppress"], return_entropy=True)
+    (lp_s, ent_s), sizes_s = _rows_seen_by_backbone(
+        model, lambda: token_logprobs(model, inputs, share_prompt=True, **kw)
+    )
+    (lp_f, ent_f), sizes_f = _rows_seen_by_backbone(
+        model, lambda: token_logprobs(model, inputs, share_prompt=False, **kw)
+    )
+    assert sizes_s == [3] and sizes_f == [8]  # the prompts ran once each, not once per row
+    torch.testing.assert_close(lp_s, lp_f, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent_s, ent_f, atol=1e-5, rtol=0)
+    # and both against the independent unpadded per-sequence forward
+    for row, (p, ids) in enumerate(zip(comps.prompt_index, comps.token_ids)):
+        ref = _reference_logprobs(model, tiny_processor, tiny_prompts[p], ids, special["suppress"])
+        torch.testing.assert_close(lp_s[row, : len(ids)], ref, atol=1e-5, rtol=0)
+
+
+def test_shared_prompt_pass_gives_the_same_gradients(
+    tiny_model_dir, tiny_processor, tiny_prompts, special
+):
+    comps = _completions(special, SHARED_INDEX, SHARED_LENGTHS, seed=8)
+    inputs = build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=special["pad"])
+    weights = torch.randn(inputs.completion_mask.shape, generator=torch.Generator().manual_seed(0))
+    grads = {}
+    for share in (True, False):
+        model = load_policy(tiny_model_dir)
+        logp, ent = token_logprobs(
+            model, inputs, suppress_ids=special["suppress"], return_entropy=True,
+            share_prompt=share,
+        )  # fmt: skip
+        ((logp * weights).sum() + 0.1 * ent.sum()).backward()
+        grads[share] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads[True].keys() == grads[False].keys()
+    assert any("visual" in n for n in grads[True])  # the prompt pass carries the vision tower
+    for name, g in grads[False].items():
+        scale = g.abs().max().clamp_min(1e-8)
+        assert float((grads[True][name] - g).abs().max() / scale) < 1e-4, name
+
+
+@torch.no_grad()
+def test_shared_prompt_pass_falls_back_where_it_cannot_apply(
+    model, tiny_processor, tiny_prompts, make_tiny_prompt, special
+):
+    from mapo.models.logprobs import can_share_prompt
+
+    repeated = build_policy_inputs(
+        tiny_processor, tiny_prompts, _completions(special, [0, 0, 1], [4, 2, 3]),
+        pad_token_id=special["pad"],
+    )  # fmt: skip
+    distinct = build_policy_inputs(
+        tiny_processor, tiny_prompts, _completions(special, [0, 1, 2], [4, 2, 3]),
+        pad_token_id=special["pad"],
+    )  # fmt: skip
+    assert can_share_prompt(model, repeated) and not can_share_prompt(model, distinct)
+    text_only = [make_tiny_prompt("Count to three."), make_tiny_prompt("Which emotion is it?")]
+    text = build_policy_inputs(
+        tiny_processor, text_only, _completions(special, [0, 0, 1], [4, 2, 3]),
+        pad_token_id=special["pad"],
+    )  # fmt: skip
+    assert not can_share_prompt(model, text)
+    _, sizes = _rows_seen_by_backbone(
+        model, lambda: token_logprobs(model, text, suppress_ids=special["suppress"])
+    )
+    assert sizes == [3]  # the full pass
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        model.train()
+        assert not can_share_prompt(model, repeated)  # checkpointing drops the cache
+        model.eval()
+        assert can_share_prompt(model, repeated)
+    finally:
+        model.gradient_checkpointing_disable()
+        model.eval()

@@ -8,6 +8,17 @@ Positions: Qwen2.5-VL needs 3-D rope positions built from ``mm_token_type_ids`` 
 grids on the unpadded tokens. We build them with the model's own ``get_rope_index`` once per
 distinct prompt and pass ``position_ids``; given neither, transformers 5.x silently falls back
 to plain 1-D positions and the log-probs are wrong (DESIGN.md section 6).
+
+Shared prompt pass (``share_prompt``, on by default): the G rollouts of a group share their
+prompt, so the backbone runs each distinct prompt once with ``use_cache=True``, the key/value
+cache is gathered to the N rows (a differentiable index_select, so gradients flow back into
+the one prompt pass), and only the completion tokens run on top of it. A group then costs
+P + G*L token positions instead of G*(P+L) in the reference, old-policy and policy forwards
+and in the backward (180 instead of 544 for SynthEmo's P=52, L=16, G=8; docs/benchmarks.md).
+Same numbers as the full pass up to float rounding (tests/test_logprobs.py). It needs a
+Qwen2/2.5-VL-style backbone (``get_rope_index`` + ``language_model``) and images; text-only
+batches, other architectures, gradient checkpointing in training (which disables the cache)
+and batches without repeated prompts take the full pass.
 """
 
 from __future__ import annotations
@@ -71,15 +82,64 @@ def _rope_positions(base: torch.nn.Module, inputs: PolicyInputs) -> torch.Tensor
 
 
 def completion_hidden_states(
-    model: torch.nn.Module, inputs: PolicyInputs, *, share_vision: bool = True
+    model: torch.nn.Module,
+    inputs: PolicyInputs,
+    *,
+    share_vision: bool = True,
+    share_prompt: bool = True,
 ) -> torch.Tensor:
     """[N, L, H] final hidden states at the positions that predict the completion tokens.
 
     ``model`` is a transformers causal LM with the usual ``model.model`` backbone and
     ``get_output_embeddings()`` head (Qwen2/2.5-VL, Qwen2, Llama, ...)."""
+    if share_prompt and can_share_prompt(model, inputs):
+        return _shared_prompt_hidden_states(model, inputs)
     hidden = model.model(**_backbone_kwargs(model, inputs, share_vision)).last_hidden_state
     p, length = inputs.prompt_len, inputs.completion_len
     return hidden[:, p - 1 : p - 1 + length]  # [N, L, H]: column P-1+j predicts token j
+
+
+def can_share_prompt(model: torch.nn.Module, inputs: PolicyInputs) -> bool:
+    """Whether the shared prompt pass applies (see the module docstring)."""
+    base = getattr(model, "model", None)
+    checkpointing = getattr(model, "is_gradient_checkpointing", False) and model.training
+    return (
+        inputs.pixel_values is not None
+        and hasattr(base, "get_rope_index")
+        and hasattr(base, "language_model")
+        and not checkpointing
+        and int(inputs.prompt_index.max()) + 1 < inputs.num_rows  # some prompt repeats
+    )
+
+
+def _shared_prompt_hidden_states(model: torch.nn.Module, inputs: PolicyInputs) -> torch.Tensor:
+    base = model.model
+    p, length = inputs.prompt_len, inputs.completion_len
+    index = inputs.prompt_index  # [N]: distinct prompt of each row (0..B-1, all present)
+    rep = torch.zeros(int(index.max()) + 1, dtype=torch.long, device=index.device)
+    rep[index] = torch.arange(inputs.num_rows, device=index.device)  # one row per prompt [B]
+    positions = _rope_positions(base, inputs)  # [3, N, P+L]
+    prompt = base(
+        input_ids=inputs.input_ids[rep, :p],  # [B, P]
+        attention_mask=inputs.attention_mask[rep, :p],
+        position_ids=positions[:, rep, :p],  # [3, B, P]
+        pixel_values=inputs.pixel_values,  # distinct images in distinct-prompt order
+        image_grid_thw=inputs.image_grid_thw,
+        use_cache=True,
+    )
+    first = prompt.last_hidden_state[index, -1:]  # [N, 1, H]: the prompt's last column
+    if length == 1:
+        return first
+    cache = prompt.past_key_values
+    cache.batch_select_indices(index)  # [B, h, P, d] -> [N, h, P, d], differentiable
+    rest = base.language_model(
+        input_ids=inputs.input_ids[:, p : p + length - 1],  # the last token predicts nothing
+        attention_mask=inputs.attention_mask[:, : p + length - 1],
+        position_ids=positions[:, :, p : p + length - 1],  # [3, N, L-1]
+        past_key_values=cache,
+        use_cache=True,
+    ).last_hidden_state  # [N, L-1, H]
+    return torch.cat([first, rest], dim=1)  # [N, L, H]
 
 
 def _safe_token(num_tokens: int, suppress: torch.Tensor | None) -> int:
@@ -96,16 +156,19 @@ def token_logprobs(
     suppress_ids: torch.Tensor | list[int] | None = None,
     return_entropy: bool = False,
     share_vision: bool = True,
+    share_prompt: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """log p(completion token) [N, L] in fp32, 0 where ``completion_mask`` is False.
 
     ``temperature`` divides the logits (as the sampler does); ``suppress_ids`` are set to -inf
     before the softmax, matching generation with those ids suppressed. With
     ``return_entropy`` also returns the entropy of each position's distribution [N, L]
-    (0 where masked)."""
+    (0 where masked). ``share_prompt`` runs each distinct prompt once (module docstring)."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 for log-probs, got {temperature}")
-    hidden = completion_hidden_states(model, inputs, share_vision=share_vision)  # [N, L, H]
+    hidden = completion_hidden_states(
+        model, inputs, share_vision=share_vision, share_prompt=share_prompt
+    )  # [N, L, H]
     head = model.get_output_embeddings()
     vocab = head.weight.shape[0]
     suppress = None
