@@ -40,7 +40,7 @@ class Settings:
     engine: str = "hf"  # our rollout engine: hf | vllm (TRL always uses HF generate here)
     coldstart: bool = True  # False: the raw built model (random weights; completions run to
     # max_new_tokens on both sides). The 10m cold start takes ~20 min on 2 busy cores.
-    prefix_sharing: bool = False  # ours only: apply the proposed fix (benchmarks.prefix_sharing)
+    share_prompt: bool = True  # ours only: model.share_prompt (False: the full per-row pass)
     cache_dir: str = str(ROOT / ".cache")
 
     @property
@@ -73,6 +73,7 @@ def overrides(s: Settings, run_dir: str | os.PathLike, *extra: str) -> list[str]
         f"paths.cache_dir={s.cache_dir}",
         f"model.size={s.size}",
         f"model.coldstart.enabled={str(s.coldstart).lower()}",
+        f"model.share_prompt={str(s.share_prompt).lower()}",
         f"seed={s.seed}",
         f"steps={s.steps}",
         "logger=none",

@@ -100,12 +100,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--timed", type=int, default=d.timed)
     ap.add_argument("--threads", type=int, default=d.threads)
     ap.add_argument("--no-coldstart", dest="coldstart", action="store_false")
-    ap.add_argument("--prefix-sharing", action="store_true", help="the proposed fix (a patch)")
+    ap.add_argument("--no-share-prompt", dest="share_prompt", action="store_false",
+                    help="model.share_prompt=false: every rollout runs its whole prompt")  # fmt: skip
     a = ap.parse_args(argv)
     s = replace(d, size=a.size, engine=a.engine, prompts=a.prompts, group=a.group,
                 max_new_tokens=a.max_new_tokens, beta=a.beta, updates=a.updates,
                 warmup=a.warmup, timed=a.timed, threads=a.threads, coldstart=a.coldstart,
-                prefix_sharing=a.prefix_sharing)  # fmt: skip
+                share_prompt=a.share_prompt)  # fmt: skip
     os.environ.setdefault("OMP_NUM_THREADS", str(s.threads))
     load = load_average()
     instrument()
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     mean = {k: statistics.mean(st[k] for st in steps) for k in steps[0]}
     print(f"overhead: {s.size} VLM, engine {s.engine}, {s.prompts} prompts x G={s.group}, "
           f"max_new_tokens {s.max_new_tokens}, beta {s.beta}, {s.updates} update(s), "
-          f"{s.threads} thread(s), prefix sharing {s.prefix_sharing}, mean of {len(steps)} "
+          f"{s.threads} thread(s), shared prompt pass {s.share_prompt}, mean of {len(steps)} "
           f"steps after {s.warmup} warm-up; "
           f"load average {load} -> {load_average()}")  # fmt: skip
     print(f"  {'phase':36s} {'ms/step':>9s} {'share':>7s}")

@@ -1,15 +1,11 @@
-"""Proposed trainer fix, measured without touching mapo/: run each distinct prompt through the
-backbone ONCE and reuse its key/value cache for the G completions of its group.
+"""The shared prompt pass (`model.share_prompt`, mapo/models/logprobs.py) against the full
+per-row pass on a real rollout batch: log-prob and gradient differences, and the time of a
+no-grad forward and of a forward + backward, alternated so load noise hits both.
 
-Today `mapo.models.logprobs.completion_hidden_states` runs the full [N, P+L] sequence for
-each of the N = B*G rollouts, so the P prompt tokens (52 for SynthEmo: system text, image
-tokens, question) are computed G times in every reference forward, every policy forward and
-every backward. With the prompt's cache shared, a group costs P + G*L token-positions instead
-of G*(P+L): 180 instead of 544 for P=52, L=16, G=8. Gradients flow back through the
-cache gather (an index_select) into the single prompt pass, so they are the same.
+With the prompt's cache shared, a group costs P + G*L token positions instead of G*(P+L):
+180 instead of 544 for SynthEmo's P=52, L=16, G=8.
 
-    python -m benchmarks.prefix_sharing [--size tiny|10m]   # check + time, prints both
-    benchmarks.prefix_sharing.patch()                       # monkeypatch for other scripts
+    python -m benchmarks.prefix_sharing [--size tiny|10m]
 """
 
 from __future__ import annotations
@@ -19,57 +15,6 @@ import statistics
 import time
 
 import torch
-
-from mapo.models.batching import PolicyInputs
-
-
-def shared_prompt_hidden_states(
-    model: torch.nn.Module, inputs: PolicyInputs, *, share_vision: bool = True
-) -> torch.Tensor:
-    """Drop-in for `completion_hidden_states`: [N, L, H] hidden states predicting the
-    completion tokens, with one prompt pass per distinct prompt (Qwen2/2.5-VL backbones)."""
-    from mapo.models import logprobs as lp
-
-    base = model.model
-    if inputs.pixel_values is None or not hasattr(base, "get_rope_index"):
-        return _ORIGINAL(model, inputs, share_vision=share_vision)
-    p, length = inputs.prompt_len, inputs.completion_len
-    index = inputs.prompt_index  # [N] distinct prompt of each row
-    rep = torch.zeros(int(index.max()) + 1, dtype=torch.long, device=index.device)
-    rep[index] = torch.arange(inputs.num_rows, device=index.device)  # one row per prompt [B]
-    positions = lp._rope_positions(base, inputs)  # [3, N, P+L]
-    prompt = base(
-        input_ids=inputs.input_ids[rep, :p],  # [B, P]
-        attention_mask=inputs.attention_mask[rep, :p],
-        position_ids=positions[:, rep, :p],  # [3, B, P]
-        pixel_values=inputs.pixel_values,  # distinct images, distinct-prompt order
-        image_grid_thw=inputs.image_grid_thw,
-        use_cache=True,
-    )
-    cache = prompt.past_key_values
-    cache.batch_select_indices(index)  # [B, h, P, d] -> [N, h, P, d]; differentiable gather
-    completion = base.language_model(
-        input_ids=inputs.input_ids[:, p : p + length - 1],  # the last token predicts nothing
-        attention_mask=inputs.attention_mask[:, : p + length - 1],
-        position_ids=positions[:, :, p : p + length - 1],  # [3, N, L-1]
-        past_key_values=cache,
-        use_cache=True,
-    ).last_hidden_state  # [N, L-1, H]
-    first = prompt.last_hidden_state[index, -1:]  # [N, 1, H]: the prompt's last column
-    return torch.cat([first, completion], dim=1)  # [N, L, H]
-
-
-_ORIGINAL = None
-
-
-def patch() -> None:
-    """Make token_logprobs (reference, old and policy forwards) use the shared prompt pass."""
-    global _ORIGINAL
-    from mapo.models import logprobs as lp
-
-    if _ORIGINAL is None:
-        _ORIGINAL = lp.completion_hidden_states
-        lp.completion_hidden_states = shared_prompt_hidden_states
 
 
 def _batch(size: str, prompts: int, group: int, max_new_tokens: int):
@@ -93,7 +38,9 @@ def _batch(size: str, prompts: int, group: int, max_new_tokens: int):
     return policy, inputs, engine.suppress_ids
 
 
-def _fwd_bwd(policy, inputs, suppress, repeats: int) -> tuple[float, float, torch.Tensor, list]:
+def _fwd_bwd(
+    policy, inputs, suppress, repeats: int, share: bool
+) -> tuple[float, float, torch.Tensor, list]:
     from mapo.models.logprobs import token_logprobs
 
     fwd, full = [], []
@@ -101,10 +48,12 @@ def _fwd_bwd(policy, inputs, suppress, repeats: int) -> tuple[float, float, torc
         policy.zero_grad()
         clock = time.perf_counter()
         with torch.no_grad():
-            token_logprobs(policy, inputs, suppress_ids=suppress)
+            token_logprobs(policy, inputs, suppress_ids=suppress, share_prompt=share)
         fwd.append(time.perf_counter() - clock)
         clock = time.perf_counter()
-        logp = token_logprobs(policy, inputs, suppress_ids=suppress, return_entropy=True)[0]
+        logp = token_logprobs(
+            policy, inputs, suppress_ids=suppress, return_entropy=True, share_prompt=share
+        )[0]
         (logp.sum() / inputs.completion_mask.sum()).backward()
         full.append(time.perf_counter() - clock)
     grads = [p.grad.clone() for p in policy.parameters() if p.grad is not None]
@@ -130,11 +79,8 @@ def main(argv: list[str] | None = None) -> None:
           f"load average {load_average()}")  # fmt: skip
     times = {}
     for name in ("full", "shared", "full ", "shared "):  # alternate: load noise hits both
-        if name.strip() == "shared":
-            patch()
-        else:
-            unpatch()
-        fwd, full, logp, grads = _fwd_bwd(policy, inputs, suppress, a.repeats)
+        share = name.strip() == "shared"
+        fwd, full, logp, grads = _fwd_bwd(policy, inputs, suppress, a.repeats, share)
         times.setdefault(name.strip(), []).append((fwd, full))
         if name == "full":
             ref_logp, ref_grads = logp, grads
@@ -153,15 +99,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  speed-up: forward {statistics.median(r[0] for r in f) / statistics.median(r[0] for r in s):.2f}x, "
           f"forward+backward {statistics.median(r[1] for r in f) / statistics.median(r[1] for r in s):.2f}x; "
           f"load average {load_average()}")  # fmt: skip
-
-
-def unpatch() -> None:
-    global _ORIGINAL
-    from mapo.models import logprobs as lp
-
-    if _ORIGINAL is not None:
-        lp.completion_hidden_states = _ORIGINAL
-        _ORIGINAL = None
 
 
 if __name__ == "__main__":

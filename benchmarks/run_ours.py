@@ -41,10 +41,6 @@ def run(
 
     from mapo.pipeline import train
 
-    if s.prefix_sharing:
-        from benchmarks.prefix_sharing import patch
-
-        patch()
     with tempfile.TemporaryDirectory(prefix="bench-ours-") as run_dir:
         cfg = compose(overrides(s, run_dir, "+trainer.enable_progress_bar=false", *extra))
         with open_dict(cfg):
@@ -58,7 +54,7 @@ def run(
     result = summary(cb.clock.step_times(), s.warmup, s.prompts * s.group)
     timed = cb.metrics[s.warmup :]
     result.update(
-        side="ours", engine=s.engine, prefix_sharing=s.prefix_sharing, total_s=total,
+        side="ours", engine=s.engine, share_prompt=s.share_prompt, total_s=total,
         threads=torch.get_num_threads(),
         mean_completion_tokens=sum(m["response_length/mean"] for m in timed) / len(timed),
         phases=timed,

@@ -26,14 +26,14 @@ from benchmarks.common import ROOT, Settings, load_average, parse_result
 
 WORKERS = {
     "ours": "benchmarks.run_ours",
-    "ours+fix": "benchmarks.run_ours",
+    "ours-full": "benchmarks.run_ours",
     "trl": "benchmarks.run_trl",
 }
 
 
 def run_worker(side: str, s: Settings, python: str, timeout: float) -> dict:
-    if side == "ours+fix":  # the proposed shared-prompt forward, as a monkeypatch
-        s = replace(s, prefix_sharing=True)
+    if side == "ours-full":  # ours without the shared prompt pass (every row runs its prompt)
+        s = replace(s, share_prompt=False)
     env = dict(os.environ, OMP_NUM_THREADS=str(s.threads), MKL_NUM_THREADS=str(s.threads),
                TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                PYTHONWARNINGS="ignore")  # fmt: skip
@@ -124,9 +124,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-coldstart", dest="coldstart", action="store_false",
                     help="use the raw built model (no SFT warm-up): completions run to "
                     "max_new_tokens on both sides")  # fmt: skip
-    ap.add_argument("--with-fix", action="store_true",
-                    help="also alternate 'ours+fix': ours with the proposed shared-prompt "
-                    "forward (benchmarks.prefix_sharing, a monkeypatch)")  # fmt: skip
+    ap.add_argument("--with-full-pass", action="store_true",
+                    help="also alternate 'ours-full': ours with model.share_prompt=false "
+                    "(each rollout runs its whole prompt, as before the shared pass)")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=3, help="alternating ours/TRL pairs")
     ap.add_argument("--ours-python", default=sys.executable)
     ap.add_argument("--trl-python", default=sys.executable)
@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
         coldstart=a.coldstart,
     )
     print(f"vs_trl: load average before: {load_average()}", flush=True)
-    sides = ("ours", "ours+fix", "trl") if a.with_fix else ("ours", "trl")
-    pythons = {"ours": a.ours_python, "ours+fix": a.ours_python, "trl": a.trl_python}
+    sides = ("ours", "ours-full", "trl") if a.with_full_pass else ("ours", "trl")
+    pythons = {"ours": a.ours_python, "ours-full": a.ours_python, "trl": a.trl_python}
     res = compare(s, a.rounds, pythons, a.timeout, sides)
     report(res)
     if a.json:

@@ -37,7 +37,7 @@ def test_parse_result_takes_the_last_result_line():
 
 
 def test_settings_round_trip_json():
-    s = Settings(size="10m", engine="vllm", coldstart=False, prefix_sharing=True)
+    s = Settings(size="10m", engine="vllm", coldstart=False, share_prompt=False)
     assert Settings.from_json(s.to_json()) == s
     assert json.loads(s.to_json())["size"] == "10m" and s.steps == s.warmup + s.timed
 
