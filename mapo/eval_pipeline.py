@@ -70,8 +70,8 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         )
     engine = build_engine(cfg.rollout.engine, policy, processor, folder, cfg.rollout)
     to_prompt = _to_prompt_fn(cfg, processor)
-    sets = EvalSets(
-        data["in_domain"], {n: [to_prompt(r) for r in rows] for n, rows in data["eval"].items()}
+    sets, dropped = EvalSets.build(
+        data["in_domain"], data["eval"], to_prompt, processor, cfg.data.max_prompt_tokens
     )
     with torch.no_grad():
         block, preds = evaluate(engine, sets, make_scorer(cfg), plan.eval_sampling,
@@ -79,6 +79,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     summary = {"eval": block, "after": block,
                "config": {"experiment_name": f"{cfg.experiment_name} [eval {Path(str(folder)).name}]", "estimator": f"eval:{Path(str(folder)).name}",
                           "model": str(cfg.get("model_to_eval") or folder),
+                          "filtered_long_prompts": dropped,
                           "sampling": vars(plan.eval_sampling)}}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if cfg.save_predictions and preds:

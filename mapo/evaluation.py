@@ -7,6 +7,7 @@ summed across ranks, so the numbers are those of the whole set.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -15,6 +16,7 @@ import torch
 from mapo.metrics import EvalMetrics
 from mapo.rollout.base import Prompt, RolloutEngine, SamplingConfig
 
+log = logging.getLogger(__name__)
 Scorer = Callable[[Sequence[Prompt], Any], dict[str, Any]]
 
 
@@ -26,6 +28,30 @@ class EvalSets:
     @property
     def out_of_domain(self) -> list[str]:
         return [n for n in self.prompts if n != self.in_domain]
+
+    @classmethod
+    def build(
+        cls, in_domain: str, rows: dict[str, list[dict]], to_prompt, processor, max_tokens: int
+    ) -> tuple[EvalSets, dict[str, int]]:
+        """Prompts of every evaluation set, without those longer than ``max_tokens`` (dropped,
+        never truncated: a cut prompt would be scored on a question the model never saw).
+        Returns the sets and the number dropped per set, which metrics.json records."""
+        from mapo.data.prompts import filter_prompts_by_tokens
+
+        prompts, dropped = {}, {}
+        for name, set_rows in rows.items():
+            prompts[name], dropped[name] = filter_prompts_by_tokens(
+                [to_prompt(r) for r in set_rows], processor, max_tokens
+            )
+            if dropped[name]:
+                log.warning("eval set %s: dropped %d prompts longer than %d tokens",
+                            name, dropped[name], max_tokens)  # fmt: skip
+            if set_rows and not prompts[name]:
+                raise ValueError(
+                    f"eval set {name}: every prompt is longer than data.max_prompt_tokens="
+                    f"{max_tokens}; raise the limit or lower data.max_pixels"
+                )
+        return cls(in_domain, prompts), dropped
 
 
 def evaluate(

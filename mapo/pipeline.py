@@ -321,8 +321,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     )
     scorer = make_scorer(cfg)
 
-    sets = EvalSets(
-        data["in_domain"], {n: [to_prompt(r) for r in rows] for n, rows in data["eval"].items()}
+    sets, eval_dropped = EvalSets.build(
+        data["in_domain"], data["eval"], to_prompt, processor, cfg.data.max_prompt_tokens
     )
     rollout_cb = RolloutCallback(engine_factory, to_prompt, plan.algo, plan.sampling, scorer)
     evaluation = Evaluation(
@@ -330,7 +330,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         every_n_steps=cfg.eval.every_n_steps, batch_size=cfg.rollout.eval.batch_size,
         extra={"config": {"experiment_name": cfg.experiment_name, "estimator": plan.algo.estimator,
                           "model_path": str(model_path), "skipped_rows": data["skipped"],
-                          "filtered_long_prompts": {"train": len(data["train"]) - len(train_rows)}}},
+                          "filtered_long_prompts": {"train": len(data["train"]) - len(train_rows),
+                                                    **eval_dropped}}},
     )  # fmt: skip
     trainer = build_trainer(cfg, [rollout_cb, evaluation], run_dir, plan.algo.updates_per_rollout)
     if (

@@ -119,9 +119,13 @@ def _training_parquet(path, n_missing_image=2, n_unknown_label=1, n_long=3):
 
 def test_bad_rows_are_skipped_and_long_prompts_dropped_and_counted(tmp_path):
     bad, long_ids = _training_parquet(tmp_path / "train.parquet")
+    eval_rows = generate("synth_emo", "test", 8, seed=1)
+    eval_rows[1]["problem"] = "Look closely. " * 2000  # dropped from the eval set, counted
+    pq.write_table(rows_to_table(eval_rows), tmp_path / "ood.parquet")
     cfg = _cfg(
         tmp_path / "run",
         f"data.train={tmp_path / 'train.parquet'}",
+        f"data.out_of_domain.synth_webemo={tmp_path / 'ood.parquet'}",
         "data.on_bad_row=skip",
         "data.max_prompt_tokens=256",
         "model.coldstart.enabled=false",
@@ -132,6 +136,8 @@ def test_bad_rows_are_skipped_and_long_prompts_dropped_and_counted(tmp_path):
     config = json.loads((tmp_path / "run/metrics.json").read_text())["config"]
     assert config["skipped_rows"]["train"] == len(bad)
     assert config["filtered_long_prompts"]["train"] == len(long_ids)
+    assert config["filtered_long_prompts"]["synth_webemo"] == 1  # of data.eval_limit=2 rows
+    assert config["filtered_long_prompts"]["synth_emotion6"] == 0
     kept = {r["id"] for r in objs["module"].stream.rows}
     assert len(kept) == 24 - len(bad) - len(long_ids) and not kept & (bad | long_ids)
     used = set(read_records(tmp_path / "run").prompt_id)
@@ -161,3 +167,15 @@ def test_resume_is_weights_only_and_refuses_a_pickled_object(tmp_path):
     _, objs = train(_cfg(run, *fast, "steps=2", "ckpt_path=last"))  # the real one resumes
     assert objs["trainer"].global_step == 2
     assert sorted(read_records(run).step.unique()) == [0, 1]
+
+
+def test_an_eval_set_with_only_overlong_prompts_fails_clearly(tiny_processor, make_tiny_prompt):
+    from mapo.evaluation import EvalSets
+
+    short, long = make_tiny_prompt("Which emotion?"), make_tiny_prompt("Look closely. " * 500)
+    sets, dropped = EvalSets.build(
+        "a", {"a": [short, long], "b": [short]}, lambda p: p, tiny_processor, 256
+    )
+    assert sets.prompts == {"a": [short], "b": [short]} and dropped == {"a": 1, "b": 0}
+    with pytest.raises(ValueError, match="eval set b: every prompt is longer than data.max_"):
+        EvalSets.build("a", {"a": [short], "b": [long]}, lambda p: p, tiny_processor, 256)
