@@ -159,5 +159,5 @@ def policy_loss(
         kl_loss = aggregate(kl, mask, cfg.aggregation, norm)
         loss = loss + cfg.kl_coef * kl_loss
         metrics["kl_ref"] = _masked_mean(kl.detach(), mask)
-        metrics["kl_loss"] = float(kl_loss)
+        metrics["kl_loss"] = float(kl_loss.detach())  # float() of a grad tensor warns
     return loss, metrics
