@@ -145,7 +145,7 @@ def policy_loss(
             "ratio_mean": _masked_mean(ratio, mask),
             "ratio_max": float(ratio.masked_fill(~mask.bool(), 0).max()) if mask.any() else 1.0,
             "ratio_min": float(ratio.masked_fill(~mask.bool(), 1e9).min()) if mask.any() else 1.0,
-            "pg_loss": float(loss),
+            "pg_loss": float(loss.detach()),
         }
         if cfg.dual_clip is not None:
             metrics["clip_frac_dual"] = _masked_mean(
