@@ -229,13 +229,13 @@ class MAPOModule(pl.LightningModule):
                     )
                     if not torch.isfinite(loss):
                         raise FloatingPointError(
-                            f"non-finite loss ({float(loss)}) at RL step {self.rl_step}; the update "
+                            f"non-finite loss ({float(loss.detach())}) at RL step {self.rl_step}; the update "
                             "was not applied. Lower optim.lr, check rewards/advantages "
                             "(advantage/* metrics) or set algorithm.dual_clip."
                         )
                     if ent is not None:
                         m["entropy"] = float(
-                            (ent * sub.completion_mask).sum()
+                            (ent.detach() * sub.completion_mask).sum()
                             / sub.completion_mask.sum().clamp_min(1)
                         )
                     for k, v in m.items():
