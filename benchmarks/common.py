@@ -68,7 +68,7 @@ def overrides(s: Settings, run_dir: str | os.PathLike, *extra: str) -> list[str]
     checkpoints, no export, no logger); rollout records stay on, as in every real run."""
     if s.prompts % s.updates:
         raise ValueError(f"prompts={s.prompts} must be a multiple of updates={s.updates}")
-    return [
+    base = [
         "experiment=synth_emo_grpo",
         f"paths.cache_dir={s.cache_dir}",
         f"model.size={s.size}",
@@ -94,8 +94,10 @@ def overrides(s: Settings, run_dir: str | os.PathLike, *extra: str) -> list[str]
         "rollout.top_p=1.0",
         f"optim.lr={s.lr}",
         f"+run_dir={run_dir}",
-        *extra,
     ]
+    # an extra override replaces the base one with the same key (Hydra refuses duplicates)
+    taken = {e.split("=", 1)[0].lstrip("+~") for e in extra}
+    return [o for o in base if o.split("=", 1)[0].lstrip("+") not in taken] + list(extra)
 
 
 def compose(over: list[str]):

@@ -70,3 +70,41 @@ def test_advantage_batch_and_oracle_agree_on_a_small_batch():
 
 def test_root_points_at_the_repository():
     assert (common.ROOT / "conf" / "config.yaml").is_file()
+
+
+def test_extra_overrides_replace_the_base_ones(tmp_path):
+    over = overrides(Settings(), tmp_path, "algorithm.micro_batch_size=8", "trainer=gpu")
+    assert [o for o in over if o.startswith("algorithm.micro_batch_size")] == [
+        "algorithm.micro_batch_size=8"
+    ]
+    assert over[-2:] == ["algorithm.micro_batch_size=8", "trainer=gpu"]
+
+
+def test_arch7b_is_the_qwen2_5_vl_7b_architecture():
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from benchmarks.arch7b import QWEN25_VL_7B as dims
+
+    config = Qwen2_5_VLConfig(
+        text_config=dims["text"], vision_config=dims["vision"], tie_word_embeddings=False
+    )
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    # Qwen2.5-VL-7B-Instruct has 8,292,166,656 parameters
+    assert sum(p.numel() for p in model.parameters()) == 8_292_166_656
+
+
+def test_arch7b_small_builds_and_times_through_the_trainer(tmp_path):
+    from benchmarks import arch7b
+
+    arch7b.build(tmp_path / "m", small=True, dtype="float32")
+    out = arch7b.main  # the CLI, as a user runs it
+    out(["time", "--model", str(tmp_path / "m"), "--engine", "hf", "--trainer", "default",
+         "--dtype", "float32", "--prompts", "2", "--group", "2", "--max-new-tokens", "3",
+         "--micro-batch", "2", "--warmup", "1", "--timed", "1",
+         "--json", str(tmp_path / "t.json")])  # fmt: skip
+    res = json.loads((tmp_path / "t.json").read_text())
+    assert res["s_per_step"] > 0 and 0 < res["mean_completion_tokens"] <= 3
+    assert res["rollout_tokens_per_s"] == pytest.approx(
+        res["mean_completion_tokens"] * 4 / res["s_per_step"]
+    )
