@@ -119,3 +119,28 @@ def test_greedy_and_sync_weights(tiny_model_dir, model, tiny_processor, tiny_pro
     engine.sync_weights(other)  # a different module: its weights are copied in
     assert engine.generate(tiny_prompts, greedy).token_ids == wanted.token_ids
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), other.parameters()))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@torch.no_grad()
+def test_shared_prefill_gives_the_same_samples(
+    model, tiny_processor, tiny_prompts, sharpen, temperature
+):
+    sharpen(model)  # peaked distributions: a wrong position or cache row would change tokens
+    patches = []
+    hook = model.model.visual.register_forward_pre_hook(
+        lambda _m, args, kw: patches.append((args[0] if args else kw["hidden_states"]).shape[0]),
+        with_kwargs=True,
+    )
+    sampling = SamplingConfig(n=4, max_new_tokens=12, temperature=temperature, seed=11)
+    try:
+        full = HFEngine(model, tiny_processor, share_prefill=False).generate(tiny_prompts, sampling)
+        shared = HFEngine(model, tiny_processor).generate(tiny_prompts, sampling)
+    finally:
+        hook.remove()
+    assert patches[1] * sampling.n == patches[0]  # the images were encoded once, not G times
+    assert shared.token_ids == full.token_ids and shared.prompt_index == full.prompt_index
+    assert shared.truncated == full.truncated
+    if temperature > 0:
+        for a, b in zip(shared.logprobs, full.logprobs):
+            torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-5, rtol=0)
