@@ -42,7 +42,7 @@ def build_engine(
 def _hf(policy, processor, model_path, cfg):
     from mapo.rollout.hf import HFEngine
 
-    return HFEngine(policy, processor)
+    return HFEngine(policy, processor, share_prefill=cfg.get("share_prefill", True))
 
 
 @register_engine("vllm")
