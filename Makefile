@@ -60,7 +60,7 @@ $(BENCH_STAMP): pyproject.toml constraints-cpu.txt
 	$(BENCH_PY) -m pip uninstall -q -y torchvision
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP)  ## ours vs TRL GRPOTrainer on CPU, 1 thread (~25 min fresh); last line: ratio
+bench: $(BENCH_STAMP)  ## ours vs TRL GRPOTrainer on CPU, 1 thread (~18 min fresh); last line: ratio
 	bash scripts/vllm_env.sh
 	$(BENCH_PY) -m benchmarks.advantages
 	$(BENCH_PY) -m benchmarks.overhead --warmup 2 --timed 5
