@@ -6,6 +6,7 @@ Every worker process prints one line ``RESULT {json}`` on stdout; the drivers pa
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -53,6 +54,35 @@ class Settings:
     @classmethod
     def from_json(cls, text: str) -> Settings:
         return cls(**json.loads(text))
+
+
+_CLI_FIELDS = ("size", "engine", "prompts", "group", "max_new_tokens", "beta", "updates",
+               "warmup", "timed", "threads", "coldstart")  # fmt: skip
+
+
+def settings_parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser with the benchmark Settings every CLI shares (defaults: Settings())."""
+    d = Settings()
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--size", default=d.size, choices=["tiny", "10m"])
+    ap.add_argument("--engine", default=d.engine, choices=["hf", "vllm"])
+    ap.add_argument("--prompts", type=int, default=d.prompts)
+    ap.add_argument("--group", type=int, default=d.group)
+    ap.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    ap.add_argument("--beta", type=float, default=d.beta)
+    ap.add_argument("--updates", type=int, default=d.updates)
+    ap.add_argument("--warmup", type=int, default=d.warmup)
+    ap.add_argument("--timed", type=int, default=d.timed)
+    ap.add_argument("--threads", type=int, default=d.threads)
+    ap.add_argument("--no-coldstart", dest="coldstart", action="store_false",
+                    help="use the raw built model (no SFT warm-up): completions run to "
+                    "max_new_tokens on both sides")  # fmt: skip
+    return ap
+
+
+def settings_from_args(a: argparse.Namespace, **extra) -> Settings:
+    """Settings from a parser made by settings_parser (plus ``extra`` fields)."""
+    return Settings(**{k: getattr(a, k) for k in _CLI_FIELDS}, **extra)
 
 
 def set_threads(n: int) -> None:

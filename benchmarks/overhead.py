@@ -12,15 +12,13 @@ optimizer step / zero_grad). Wrapping costs microseconds per call; mapo/ is not 
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import statistics
 import time
 from collections import defaultdict
-from dataclasses import replace
 
-from benchmarks.common import Settings, load_average
+from benchmarks.common import load_average, settings_from_args, settings_parser
 from benchmarks.run_ours import StepClockCallback, run
 
 _ACC: dict[str, float] = defaultdict(float)  # seconds per wrapped category, this step
@@ -87,26 +85,11 @@ def breakdown(wall: float, m: dict[str, float], w: dict[str, float]) -> dict[str
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    d = Settings()
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", default=d.size, choices=["tiny", "10m"])
-    ap.add_argument("--engine", default=d.engine, choices=["hf", "vllm"])
-    ap.add_argument("--prompts", type=int, default=d.prompts)
-    ap.add_argument("--group", type=int, default=d.group)
-    ap.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    ap.add_argument("--beta", type=float, default=d.beta)
-    ap.add_argument("--updates", type=int, default=d.updates)
-    ap.add_argument("--warmup", type=int, default=d.warmup)
-    ap.add_argument("--timed", type=int, default=d.timed)
-    ap.add_argument("--threads", type=int, default=d.threads)
-    ap.add_argument("--no-coldstart", dest="coldstart", action="store_false")
+    ap = settings_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--no-share-prompt", dest="share_prompt", action="store_false",
                     help="model.share_prompt=false: every rollout runs its whole prompt")  # fmt: skip
     a = ap.parse_args(argv)
-    s = replace(d, size=a.size, engine=a.engine, prompts=a.prompts, group=a.group,
-                max_new_tokens=a.max_new_tokens, beta=a.beta, updates=a.updates,
-                warmup=a.warmup, timed=a.timed, threads=a.threads, coldstart=a.coldstart,
-                share_prompt=a.share_prompt)  # fmt: skip
+    s = settings_from_args(a, share_prompt=a.share_prompt)
     os.environ.setdefault("OMP_NUM_THREADS", str(s.threads))
     load = load_average()
     instrument()

@@ -22,7 +22,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.common import ROOT, Settings, load_average, parse_result
+from benchmarks.common import (
+    ROOT,
+    Settings,
+    load_average,
+    parse_result,
+    settings_from_args,
+    settings_parser,
+)
 
 WORKERS = {
     "ours": "benchmarks.run_ours",
@@ -109,21 +116,7 @@ def report(res: dict) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    d = Settings()
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", default=d.size, choices=["tiny", "10m"])
-    ap.add_argument("--engine", default=d.engine, choices=["hf", "vllm"])
-    ap.add_argument("--prompts", type=int, default=d.prompts)
-    ap.add_argument("--group", type=int, default=d.group)
-    ap.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    ap.add_argument("--beta", type=float, default=d.beta)
-    ap.add_argument("--updates", type=int, default=d.updates)
-    ap.add_argument("--warmup", type=int, default=d.warmup)
-    ap.add_argument("--timed", type=int, default=d.timed)
-    ap.add_argument("--threads", type=int, default=d.threads)
-    ap.add_argument("--no-coldstart", dest="coldstart", action="store_false",
-                    help="use the raw built model (no SFT warm-up): completions run to "
-                    "max_new_tokens on both sides")  # fmt: skip
+    ap = settings_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--with-full-pass", action="store_true",
                     help="also alternate 'ours-full': ours with model.share_prompt=false "
                     "(each rollout runs its whole prompt, as before the shared pass)")  # fmt: skip
@@ -137,20 +130,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     a = parse_args(argv)
-    s = replace(
-        Settings(),
-        size=a.size,
-        engine=a.engine,
-        prompts=a.prompts,
-        group=a.group,
-        max_new_tokens=a.max_new_tokens,
-        beta=a.beta,
-        updates=a.updates,
-        warmup=a.warmup,
-        timed=a.timed,
-        threads=a.threads,
-        coldstart=a.coldstart,
-    )
+    s = settings_from_args(a)
     print(f"vs_trl: load average before: {load_average()}", flush=True)
     sides = ("ours", "ours-full", "trl") if a.with_full_pass else ("ours", "trl")
     pythons = {"ours": a.ours_python, "ours-full": a.ours_python, "trl": a.trl_python}

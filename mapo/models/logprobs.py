@@ -60,15 +60,21 @@ def _backbone_kwargs(model: torch.nn.Module, inputs: PolicyInputs, share_vision:
     return kwargs
 
 
+def _one_row_per_prompt(inputs: PolicyInputs) -> torch.Tensor:
+    """[B] long: a row index for each distinct prompt (all rows of a prompt share its P columns)."""
+    index = inputs.prompt_index
+    rep = torch.zeros(int(index.max()) + 1, dtype=torch.long, device=index.device)
+    rep[index] = torch.arange(inputs.num_rows, device=index.device)
+    return rep
+
+
 def _rope_positions(base: torch.nn.Module, inputs: PolicyInputs) -> torch.Tensor:
     """[3, N, P+L] Qwen2.5-VL 3-D rope positions, from the model's own ``get_rope_index`` run
     once per distinct prompt (not per rollout). The completion continues the prompt's last
     text segment, so its positions are the prompt's last position + 1, 2, ..."""
     p, length = inputs.prompt_len, inputs.completion_len
     # one representative row per distinct prompt (all rows of a prompt share its P columns)
-    index = inputs.prompt_index
-    rep = torch.zeros(int(index.max()) + 1, dtype=torch.long, device=index.device)
-    rep[index] = torch.arange(inputs.num_rows, device=index.device)
+    rep = _one_row_per_prompt(inputs)
     prompt_pos, _ = base.get_rope_index(
         inputs.input_ids[rep, :p],
         mm_token_type_ids=inputs.mm_token_type_ids[rep, :p],
@@ -116,8 +122,7 @@ def _shared_prompt_hidden_states(model: torch.nn.Module, inputs: PolicyInputs) -
     base = model.model
     p, length = inputs.prompt_len, inputs.completion_len
     index = inputs.prompt_index  # [N]: distinct prompt of each row (0..B-1, all present)
-    rep = torch.zeros(int(index.max()) + 1, dtype=torch.long, device=index.device)
-    rep[index] = torch.arange(inputs.num_rows, device=index.device)  # one row per prompt [B]
+    rep = _one_row_per_prompt(inputs)  # [B]
     positions = _rope_positions(base, inputs)  # [3, N, P+L]
     prompt = base(
         input_ids=inputs.input_ids[rep, :p],  # [B, P]
