@@ -15,7 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    from mapo.eval_pipeline import run_eval
+    from mapo.pipeline.evaluate import run_eval
 
     run_eval(cfg)
 

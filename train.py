@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from mapo.pipeline import train
+    from mapo.pipeline.run import train
 
     metrics, _ = train(cfg)
     for tag in ("before", "after"):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from mapo.advantages import compute_advantages
+from mapo.algorithm.advantages import compute_advantages
 
 ROOT = Path(__file__).resolve().parents[1]
 

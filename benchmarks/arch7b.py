@@ -53,7 +53,7 @@ def build(out: Path, *, small: bool = False, seed: int = 0, dtype: str = "bfloat
     the tiny model's tokenizer and processor, loadable by train.py as ``model.path=out``."""
     from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from mapo.models.tiny import SPECIAL_TOKENS, _save_processor
+    from mapo.models.tiny import SPECIAL_TOKENS, save_processor
     from mapo.models.tiny_tokenizer import default_corpus, train_tiny_tokenizer
 
     if out.exists() and any(out.iterdir()):
@@ -82,7 +82,7 @@ def build(out: Path, *, small: bool = False, seed: int = 0, dtype: str = "bfloat
     )
     params = sum(p.numel() for p in model.parameters())
     model.save_pretrained(out)
-    _save_processor(tokenizer, out)
+    save_processor(tokenizer, out)
     print(f"built {params / 1e6:,.1f} M parameters ({dtype}) -> {out}")
     return out
 

@@ -147,7 +147,7 @@ def compose(over: list[str]):
 def model_and_rows(s: Settings, run_dir: str | os.PathLike) -> tuple[Path, list[dict[str, Any]]]:
     """The cold-started model folder our trainer uses for `s` (built and cached on first use)
     and the SynthEmo training rows."""
-    from mapo.pipeline import prepare_data, prepare_model
+    from mapo.pipeline.build import prepare_data, prepare_model
 
     cfg = compose(overrides(s, run_dir))
     data = prepare_data(cfg)

@@ -41,7 +41,7 @@ def instrument() -> None:
     import torch
     from lightning.pytorch.core.optimizer import LightningOptimizer
 
-    import mapo.module as mm
+    import mapo.trainer.module as mm
 
     mm.build_policy_inputs = _timed("inputs", mm.build_policy_inputs)
     mm.compute_advantages_with_stats = _timed("advantages", mm.compute_advantages_with_stats)

@@ -23,8 +23,8 @@ def _batch(size: str, prompts: int, group: int, max_new_tokens: int):
     from mapo.data.prompts import load_template, to_prompt
     from mapo.models.batching import build_policy_inputs
     from mapo.models.loading import load_policy, load_processor
-    from mapo.rollout.base import SamplingConfig
     from mapo.rollout.hf import HFEngine
+    from mapo.types import SamplingConfig
 
     path, rows = model_and_rows(Settings(size=size), "/tmp/bench-prefix")
     processor, policy = load_processor(path), load_policy(path)

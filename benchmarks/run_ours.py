@@ -1,4 +1,4 @@
-"""Worker: this project's real trainer (`mapo.pipeline.train`) on the benchmark settings.
+"""Worker: this project's real trainer (`mapo.pipeline.run.train`) on the benchmark settings.
 
     python -m benchmarks.run_ours '<Settings json>'   (prints one RESULT line)
 
@@ -39,7 +39,7 @@ def run(
     import torch
     from omegaconf import open_dict
 
-    from mapo.pipeline import train
+    from mapo.pipeline.run import train
 
     with tempfile.TemporaryDirectory(prefix="bench-ours-") as run_dir:
         cfg = compose(overrides(s, run_dir, "+trainer.enable_progress_bar=false", *extra))

@@ -54,7 +54,7 @@ def main(s: Settings) -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     from mapo.models.loading import load_policy, load_processor
-    from mapo.pipeline import _suppress_ids
+    from mapo.models.processor import policy_suppressed_ids
 
     clock = StepClock()
 
@@ -77,7 +77,7 @@ def main(s: Settings) -> None:
             scale_rewards="group", learning_rate=s.lr, lr_scheduler_type="constant",
             warmup_steps=0, weight_decay=1e-2, adam_beta1=0.9, adam_beta2=0.99,
             max_grad_norm=1.0, log_completions=False,
-            generation_kwargs={"suppress_tokens": _suppress_ids(policy, processor)},
+            generation_kwargs={"suppress_tokens": policy_suppressed_ids(policy, processor)},
         )  # fmt: skip
         trainer = GRPOTrainer(
             model=policy, reward_funcs=reward_fn, args=args,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mapo.rollout.base import Prompt
+from mapo.types import Prompt
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mapo.advantages import (
+from mapo.algorithm.advantages import (
     ADVANTAGE_ESTIMATORS,
     certainty_weight,
     compute_advantages,

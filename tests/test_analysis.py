@@ -8,21 +8,21 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from mapo.advantages import compute_advantages_with_stats, gradient_ratio
-from mapo.analysis import (
+from mapo.algorithm.advantages import compute_advantages_with_stats, gradient_ratio
+from mapo.analysis.plots import (
+    plot_certainty,
+    plot_gradient_ratio,
+    plot_success_heatmap,
+    plot_success_histogram,
+)
+from mapo.analysis.tables import (
     certainty_distributions,
     gradient_ratio_table,
     group_table,
     reversion_mirror_counts,
     success_histogram,
 )
-from mapo.plots import (
-    plot_certainty,
-    plot_gradient_ratio,
-    plot_success_heatmap,
-    plot_success_histogram,
-)
-from mapo.records import records_table
+from mapo.trainer.records import records_table
 
 matplotlib.use("Agg")
 torch.set_num_threads(1)

@@ -103,8 +103,8 @@ def test_coldstart_refuses_bad_settings_and_existing_output(tmp_path, emo_train)
 def test_warm_model_learns_format_not_answers(warm_dir, tiny_model_dir):
     from mapo.data.prompts import to_prompt
     from mapo.models.loading import load_policy, load_processor
-    from mapo.rollout.base import SamplingConfig
     from mapo.rollout.hf import HFEngine
+    from mapo.types import SamplingConfig
 
     processor = load_processor(warm_dir)
     rows = generate("synth_emo", "test", 32, seed=0)

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-from mapo.config import ConfigError
-from mapo.pipeline import validate
-from mapo.quickrun import compose_config
+from mapo.algorithm.config import ConfigError
+from mapo.pipeline.quickrun import compose_config
+from mapo.pipeline.validate import validate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(

@@ -16,7 +16,7 @@ from mapo.data.prompts import (
     to_prompt,
 )
 from mapo.data.schema import EMOSET_LABELS, decode_image, encode_image
-from mapo.rollout.base import Prompt
+from mapo.types import Prompt
 
 AUTHORS_MATH = (
     "You FIRST think about the reasoning process as an internal monologue and then provide "

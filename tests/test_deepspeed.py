@@ -92,7 +92,7 @@ def _module_class():
     from lightning.pytorch.strategies import DeepSpeedStrategy
     from torch.utils.data import DataLoader
 
-    from mapo.strategies import _set_deepspeed_grad_clip, optimizer_update
+    from mapo.trainer.strategies import _set_deepspeed_grad_clip, optimizer_update
 
     class TinyMLP(pl.LightningModule):
         def __init__(self, naive: bool):
@@ -144,7 +144,7 @@ def _module_class():
 
 
 def _strategy(config: str, devices: int):
-    from mapo.strategies import CPUDeepSpeedStrategy
+    from mapo.trainer.strategies import CPUDeepSpeedStrategy
 
     if config == "plain":
         return "ddp" if devices > 1 else "auto"
@@ -280,7 +280,7 @@ def test_stock_strategy_refuses_cpu_and_ours_does_not(monkeypatch):
     from lightning.pytorch.accelerators import CPUAccelerator
     from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
-    from mapo.strategies import CPUDeepSpeedStrategy
+    from mapo.trainer.strategies import CPUDeepSpeedStrategy
 
     stock = DeepSpeedStrategy(accelerator=CPUAccelerator())
     with pytest.raises(RuntimeError, match="only supported on CUDA"):
@@ -295,7 +295,7 @@ def test_cuda_path_is_the_stock_strategy(monkeypatch):
     from lightning.pytorch.accelerators import CUDAAccelerator
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
-    from mapo.strategies import CPUDeepSpeedStrategy
+    from mapo.trainer.strategies import CPUDeepSpeedStrategy
 
     calls = []
     for name in ("setup_environment", "setup_distributed", "_setup_model_and_optimizer"):
@@ -318,7 +318,7 @@ def test_cpu_passes_local_rank_to_deepspeed(monkeypatch):
     import deepspeed
     from lightning.pytorch.accelerators import CPUAccelerator
 
-    from mapo.strategies import CPUDeepSpeedStrategy
+    from mapo.trainer.strategies import CPUDeepSpeedStrategy
 
     seen = []
     monkeypatch.setattr(deepspeed, "initialize", lambda **kw: seen.append(kw["args"].device_rank))
@@ -333,7 +333,7 @@ def test_cpu_passes_local_rank_to_deepspeed(monkeypatch):
 def test_registered_strategy_names():
     from lightning.pytorch.strategies import StrategyRegistry
 
-    from mapo.strategies import CPUDeepSpeedStrategy
+    from mapo.trainer.strategies import CPUDeepSpeedStrategy
 
     strategy = StrategyRegistry.get("cpu_deepspeed_stage_3")
     assert isinstance(strategy, CPUDeepSpeedStrategy) and strategy.zero_stage_3
@@ -371,7 +371,7 @@ def test_trainer_config_composes_and_builds_its_strategy(tmp_path, name):
 def test_cpu_deepspeed_trainer_builds_with_stage_override(tmp_path):
     from hydra.utils import instantiate
 
-    from mapo.strategies import CPUDeepSpeedStrategy
+    from mapo.trainer.strategies import CPUDeepSpeedStrategy
 
     overrides = ["trainer=cpu_deepspeed", "trainer.strategy.stage=3", "trainer.devices=2"]
     trainer = instantiate(_compose_trainer(tmp_path, overrides), logger=False)

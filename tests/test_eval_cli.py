@@ -41,7 +41,7 @@ def test_eval_py_prints_the_table_and_writes_outputs(tmp_path):
         / 3
     )
     report = subprocess.run(
-        [sys.executable, "-m", "mapo.report", str(tmp_path)],
+        [sys.executable, "-m", "mapo.analysis.report", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,

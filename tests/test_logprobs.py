@@ -9,7 +9,7 @@ from mapo.models.batching import build_policy_inputs
 from mapo.models.loading import load_policy
 from mapo.models.logprobs import token_logprobs
 from mapo.models.processor import suppressed_token_ids
-from mapo.rollout.base import Completions
+from mapo.types import Completions
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
 

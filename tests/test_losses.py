@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from mapo.advantages import compute_advantages, gradient_ratio
-from mapo.config import AlgorithmConfig, ConfigError
-from mapo.losses import KL_ESTIMATORS, LossConfig, Normalizer, aggregate, policy_loss
+from mapo.algorithm.advantages import compute_advantages, gradient_ratio
+from mapo.algorithm.config import AlgorithmConfig, ConfigError
+from mapo.algorithm.losses import KL_ESTIMATORS, LossConfig, Normalizer, aggregate, policy_loss
 
 
 @pytest.fixture(autouse=True)

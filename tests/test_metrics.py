@@ -8,8 +8,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mapo.advantages import compute_advantages_with_stats
-from mapo.metrics import (
+from mapo.algorithm.advantages import compute_advantages_with_stats
+from mapo.analysis.metrics import (
     DatasetAccuracy,
     EvalMetrics,
     advantage_metrics,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mapo.checkpointing import AtomicCheckpointIO, CheckpointLoadError, temp_files
+from mapo.trainer.checkpointing import AtomicCheckpointIO, CheckpointLoadError, temp_files
 
 
 def _ckpt(value: float, n: int = 1000) -> dict:
@@ -103,7 +103,7 @@ def test_module_checkpoint_state_loads_weights_only():
 
     import numpy as np
 
-    from mapo.module import _numpy_state, _to_lists, _to_tuples
+    from mapo.trainer.module import _numpy_state, _to_lists, _to_tuples
 
     state = {
         "python": _to_lists(random.getstate()),
@@ -121,8 +121,8 @@ def test_module_checkpoint_state_loads_weights_only():
 
 
 def test_the_trainer_uses_the_atomic_writer(tmp_path):
-    from mapo.pipeline import build_trainer
-    from mapo.quickrun import compose_config
+    from mapo.pipeline.build import build_trainer
+    from mapo.pipeline.quickrun import compose_config
 
     cfg = compose_config(["logger=none", "callbacks.progress_bar=null"], run_dir=tmp_path)
     trainer = build_trainer(cfg, [], tmp_path, updates_per_rollout=1)
@@ -132,7 +132,7 @@ def test_the_trainer_uses_the_atomic_writer(tmp_path):
 _KILL_MID_WRITE = textwrap.dedent(
     """
     import sys, time, torch
-    from mapo.checkpointing import AtomicCheckpointIO
+    from mapo.trainer.checkpointing import AtomicCheckpointIO
 
     path = sys.argv[1]
     io = AtomicCheckpointIO()

@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from omegaconf import OmegaConf
 
-from mapo.config import ConfigError
+from mapo.algorithm.config import ConfigError
 from mapo.data.schema import BadRowError, SchemaError, rows_to_table
 from mapo.data.synthetic import generate
-from mapo.pipeline import train
-from mapo.quickrun import compose_config
+from mapo.pipeline.quickrun import compose_config
+from mapo.pipeline.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["debug=fast", "logger=none", "callbacks.progress_bar=null"]
@@ -26,7 +26,7 @@ FAST = ["debug=fast", "logger=none", "callbacks.progress_bar=null"]
 def no_model(monkeypatch):
     """Fail the test if anything starts building or loading a model."""
     import mapo.models.loading as loading
-    import mapo.pipeline as pipeline
+    import mapo.pipeline.run as pipeline
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a model was loaded although the config/data is bad")
@@ -146,7 +146,7 @@ def test_a_path_that_looks_like_code_is_a_missing_path(key, tmp_path, no_model, 
 
 
 def test_no_resolver_evaluates_code():
-    import mapo.pipeline  # noqa: F401  (registers whatever the project registers)
+    import mapo.pipeline.run  # noqa: F401  (registers whatever the project registers)
 
     for name in ("eval", "python", "exec", "py"):
         assert not OmegaConf.has_resolver(name), name

@@ -9,8 +9,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mapo.advantages import ADVANTAGE_ESTIMATORS, compute_advantages
-from mapo.losses import KL_ESTIMATORS, LOSS_AGGREGATIONS, LossConfig, Normalizer, policy_loss
+from mapo.algorithm.advantages import ADVANTAGE_ESTIMATORS, compute_advantages
+from mapo.algorithm.losses import (
+    KL_ESTIMATORS,
+    LOSS_AGGREGATIONS,
+    LossConfig,
+    Normalizer,
+    policy_loss,
+)
 
 ESTIMATORS = sorted(ADVANTAGE_ESTIMATORS)
 TINY = 5e-324  # the smallest subnormal float64
@@ -110,7 +116,7 @@ def test_padded_slots_with_a_suppressed_token_stay_finite(
     from mapo.models.loading import load_policy
     from mapo.models.logprobs import token_logprobs
     from mapo.models.processor import suppressed_token_ids
-    from mapo.rollout.base import Completions
+    from mapo.types import Completions
 
     model = load_policy(tiny_model_dir)
     tok = tiny_processor.tokenizer

@@ -9,13 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mapo.checkpointing import CheckpointLoadError
 from mapo.data.schema import rows_to_table
 from mapo.data.synthetic import generate
-from mapo.module import MAPOModule
-from mapo.pipeline import train
-from mapo.quickrun import compose_config
-from mapo.records import read_records
+from mapo.pipeline.quickrun import compose_config
+from mapo.pipeline.run import train
+from mapo.trainer.checkpointing import CheckpointLoadError
+from mapo.trainer.module import MAPOModule
+from mapo.trainer.records import read_records
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_threads")]
 
@@ -170,7 +170,7 @@ def test_resume_is_weights_only_and_refuses_a_pickled_object(tmp_path):
 
 
 def test_an_eval_set_with_only_overlong_prompts_fails_clearly(tiny_processor, make_tiny_prompt):
-    from mapo.evaluation import EvalSets
+    from mapo.trainer.evaluation import EvalSets
 
     short, long = make_tiny_prompt("Which emotion?"), make_tiny_prompt("Look closely. " * 500)
     sets, dropped = EvalSets.build(

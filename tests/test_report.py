@@ -6,13 +6,13 @@ import sys
 
 import pytest
 
-from mapo.report import load_rows, main, to_csv, to_markdown
+from mapo.analysis.report import load_rows, main, to_csv, to_markdown
 
 MATH_OOD = ["mathvision", "mathvista", "mathverse"]
 
 
 def block(in_domain, ood, accs):
-    """A metrics.json BLOCK with A_T / A_avg derived as mapo.metrics does."""
+    """A metrics.json BLOCK with A_T / A_avg derived as mapo.analysis.metrics does."""
     datasets = dict(zip([in_domain, *ood], accs))
     a_t = sum(datasets[d] for d in ood) / len(ood)
     return {
@@ -131,7 +131,7 @@ def test_errors_name_the_path(tmp_path, runs, capsys):
 
 def test_module_entry_point(runs):
     proc = subprocess.run(
-        [sys.executable, "-m", "mapo.report", str(runs[1]), "--block", "before"],
+        [sys.executable, "-m", "mapo.analysis.report", str(runs[1]), "--block", "before"],
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     assert "| geo3k_mapo | 37.43 | 24.51 | 67.20 | 40.02 | 43.91 | 40.67 |" in proc.stdout

@@ -8,8 +8,8 @@ import torch
 from mapo.models.batching import build_policy_inputs
 from mapo.models.loading import load_policy
 from mapo.models.logprobs import token_logprobs
-from mapo.rollout.base import RolloutEngine, SamplingConfig
 from mapo.rollout.hf import HFEngine
+from mapo.types import RolloutEngine, SamplingConfig
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
 

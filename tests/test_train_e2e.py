@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mapo.advantages import certainty_weight
-from mapo.pipeline import train
-from mapo.quickrun import compose_config
-from mapo.records import read_records
+from mapo.algorithm.advantages import certainty_weight
+from mapo.pipeline.quickrun import compose_config
+from mapo.pipeline.run import train
+from mapo.trainer.records import read_records
 
 pytestmark = pytest.mark.slow
 

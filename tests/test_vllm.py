@@ -16,7 +16,7 @@ import torch
 from mapo.models.batching import build_policy_inputs
 from mapo.models.loading import load_policy
 from mapo.models.logprobs import token_logprobs
-from mapo.rollout.base import RolloutEngine, SamplingConfig
+from mapo.types import RolloutEngine, SamplingConfig
 
 _requires_vllm = pytest.mark.skipif(
     importlib.util.find_spec("vllm") is None,

@@ -43,7 +43,7 @@ def test_settings_round_trip_json():
 
 
 def test_overrides_compose_into_a_config_our_pipeline_accepts(tmp_path):
-    from mapo.pipeline import validate
+    from mapo.pipeline.validate import validate
 
     s = Settings(prompts=8, group=4, updates=2, beta=0.05, max_new_tokens=12)
     cfg = compose(overrides(s, tmp_path))
@@ -62,7 +62,7 @@ def test_advantage_batch_and_oracle_agree_on_a_small_batch():
     assert torch.unique(gids).numel() == 20
     oracle = advantages.load_oracle()
     want = torch.tensor(oracle("mapo", rewards.tolist(), gids.tolist(), std="unbiased"))
-    from mapo.advantages import compute_advantages
+    from mapo.algorithm.advantages import compute_advantages
 
     got = compute_advantages("mapo", rewards, gids, std="unbiased")
     assert torch.allclose(got, want.to(got.dtype), atol=1e-9)

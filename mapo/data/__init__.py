@@ -1,7 +1,7 @@
 """Data: the on-disk schema, loaders, prompt templates, synthetic tasks, prepare scripts.
 
 Public names are imported lazily: ``python -m mapo.data.prepare`` and the loaders stay light
-(``datasets`` and ``mapo.rollout.base``, hence torch, are imported only where needed).
+(``datasets`` and ``mapo.types``, hence torch, are imported only where needed).
 """
 
 from __future__ import annotations

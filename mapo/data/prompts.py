@@ -17,8 +17,8 @@ from PIL import Image
 
 from mapo.data.schema import decode_image
 
-if TYPE_CHECKING:  # mapo.rollout.base imports torch; templates alone should not need it
-    from mapo.rollout.base import Prompt
+if TYPE_CHECKING:  # mapo.types imports torch; templates alone should not need it
+    from mapo.types import Prompt
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 # Qwen2.5-VL's smallest image (56x56 = 4 patches of 28) and EasyR1's default ceiling.
@@ -96,7 +96,7 @@ def to_prompt(
 ) -> Prompt:
     """One schema row as a ``Prompt``: chat-templated text ending with the assistant header,
     and the decoded RGB images resized into [min_pixels, max_pixels]."""
-    from mapo.rollout.base import Prompt
+    from mapo.types import Prompt
 
     text = processor.apply_chat_template(
         build_messages(row, template), add_generation_prompt=True, tokenize=False

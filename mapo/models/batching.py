@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from mapo.rollout.base import Completions, Prompt
+from mapo.types import Completions, Prompt
 
 
 @dataclass

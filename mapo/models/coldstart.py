@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from mapo.data.prompts import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, load_template, to_prompt
-from mapo.rollout.base import Completions
+from mapo.types import Completions
 
 log = logging.getLogger(__name__)
 

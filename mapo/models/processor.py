@@ -52,3 +52,21 @@ def suppressed_token_ids(
     if vocab_size is not None:
         ids.update(range(len(tokenizer), vocab_size))
     return sorted(ids)
+
+
+def policy_eos_ids(model, tokenizer) -> list[int]:
+    """The ids that end a completion: the model's generation config, else the tokenizer's eos."""
+    eos = model.generation_config.eos_token_id
+    if eos is None or eos == []:
+        eos = tokenizer.eos_token_id
+    return [eos] if isinstance(eos, int) else list(eos)
+
+
+def policy_suppressed_ids(model, processor) -> list[int]:
+    """`suppressed_token_ids` for a loaded policy: the ids the engines never sample and the
+    training log-probs mask, so both sides see the same distribution."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    return suppressed_token_ids(
+        tokenizer, eos_token_ids=policy_eos_ids(model, tokenizer), vocab_size=vocab
+    )

@@ -100,7 +100,7 @@ def tiny_config(spec: TinySpec, tokenizer):
     )
 
 
-def _save_processor(tokenizer, out_dir: Path) -> None:
+def save_processor(tokenizer, out_dir: Path) -> None:
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
         Qwen2VLImageProcessorPil,
     )
@@ -158,7 +158,7 @@ def build_tiny_vlm(
         bos_token_id=eot, eos_token_id=[im_end, eot], pad_token_id=eot
     )
     model.save_pretrained(out)
-    _save_processor(tokenizer, out)
+    save_processor(tokenizer, out)
     return out
 
 

@@ -185,8 +185,8 @@ def preload() -> None:
     """Import everything a worker needs before it reports ready (so no item pays for it)."""
     _install_math_verify_guard()
     logging.getLogger("pylatexenc").setLevel(logging.ERROR)  # one warning per odd macro
-    from .safety import _parse_expr_namespace
+    from .safety import parse_expr_namespace
 
-    _parse_expr_namespace()
+    parse_expr_namespace()
     for grader in _GRADERS.values():  # first calls build parsers and caches: not an item's time
         grader.full("\\frac{1}{2}", "0.5")

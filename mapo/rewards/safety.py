@@ -45,7 +45,7 @@ SAFE_NAMES = frozenset(
 
 
 @lru_cache(maxsize=1)
-def _parse_expr_namespace() -> frozenset[str]:
+def parse_expr_namespace() -> frozenset[str]:
     """The names ``parse_expr`` resolves to objects by default (see its ``global_dict``)."""
     import builtins
     import types
@@ -67,7 +67,7 @@ def is_safe_python_expr(expr: str) -> bool:
         return False
     if _ATTRIBUTE.search(expr):
         return False
-    namespace = _parse_expr_namespace()
+    namespace = parse_expr_namespace()
     return all(name in SAFE_NAMES or name not in namespace for name in _NAME.findall(expr))
 
 

@@ -1,10 +1,10 @@
-"""Rollout engines behind one protocol (base.py); `ENGINES` maps `rollout.engine` to a builder."""
+"""Rollout engines behind one protocol (`mapo.types.RolloutEngine`); `ENGINES` maps `rollout.engine` to a builder."""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from mapo.rollout.base import Completions, Prompt, RolloutEngine, SamplingConfig
+from mapo.types import Completions, Prompt, RolloutEngine, SamplingConfig
 
 __all__ = [
     "ENGINES",

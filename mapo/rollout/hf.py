@@ -23,8 +23,8 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from mapo.models.batching import encode_prompts
-from mapo.models.processor import suppressed_token_ids
-from mapo.rollout.base import Completions, Prompt, SamplingConfig
+from mapo.models.processor import policy_eos_ids, suppressed_token_ids
+from mapo.types import Completions, Prompt, SamplingConfig
 
 
 class _SampledLogprobs(LogitsProcessor):
@@ -79,8 +79,7 @@ class HFEngine:
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         gen = model.generation_config
-        eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
-        self.eos_token_ids = [eos] if isinstance(eos, int) else list(eos)
+        self.eos_token_ids = policy_eos_ids(model, self.tokenizer)
         pad = gen.pad_token_id if gen.pad_token_id is not None else self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.eos_token_ids[0]
         vocab = model.get_output_embeddings().weight.shape[0]

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from mapo.rollout.base import Completions
+from mapo.types import Completions
 
 # A pool is (prompts [B], completions [B*G], group_ids [B*G], rewards {key: [B*G] or counter}).
 Pool = tuple[list, Completions, torch.Tensor, dict[str, Any]]

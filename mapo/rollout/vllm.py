@@ -34,7 +34,7 @@ from typing import Any, TypedDict
 import numpy as np
 import torch
 
-from mapo.rollout.base import Completions, Prompt, SamplingConfig
+from mapo.types import Completions, Prompt, SamplingConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """Results table in the layout of the paper's Tab. 2 / 3, from finished runs.
 
-    python -m mapo.report RUN_DIR... [--csv out.csv] [--md out.md] [--block after]
+    python -m mapo.analysis.report RUN_DIR... [--csv out.csv] [--md out.md] [--block after]
 
 Each RUN_DIR holds metrics.json ({"before": BLOCK, "after": BLOCK, "config": {...}}, accuracies
-as fractions, see `mapo.metrics.EvalMetrics.to_block`) and .hydra/config.yaml. Rows = runs,
+as fractions, see `mapo.analysis.metrics.EvalMetrics.to_block`) and .hydra/config.yaml. Rows = runs,
 columns = the in-domain dataset, each out-of-domain dataset, A^T and the average, in percent
 with 2 decimals. Runs evaluated on different dataset layouts (math vs emotion) get one table each.
 """
@@ -205,7 +205,7 @@ def to_csv(rows: Sequence[Row]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mapo.report", description=__doc__.split("\n")[0]
+        prog="python -m mapo.analysis.report", description=__doc__.split("\n")[0]
     )
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     parser.add_argument("--csv", type=Path, help="also write the table as CSV here")

@@ -1,7 +1,7 @@
 """Per-rollout records: one parquet file per training step and rank, written atomically.
 
 Layout: ``RUN_DIR/records/step_{step:06d}_rank{rank}.parquet``, one row per rollout (columns in
-`SCHEMA`). The analysis notebooks and `mapo.analysis` read them back with `read_records`.
+`SCHEMA`). The analysis notebooks and `mapo.analysis.tables` read them back with `read_records`.
 
 Atomic write: the table goes to a hidden temp file in the same folder, is fsynced, then renamed
 over the final name with `os.replace` (atomic on POSIX within one file system) and the folder is
@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from mapo.advantages import AdvantageResult, StdMode, compute_advantages
+from mapo.algorithm.advantages import AdvantageResult, StdMode, compute_advantages
 
 RECORDS_DIR = "records"
 FILE_RE = re.compile(r"^step_(\d{6,})_rank(\d+)\.parquet$")
@@ -77,7 +77,7 @@ def _to_arrow(table: Mapping[str, object], with_text: bool) -> pa.Table:
     if missing or extra:
         raise ValueError(
             f"rollout record table does not match the schema: missing columns {missing}, "
-            f"unknown columns {extra}. Build it with mapo.records.records_table(...)."
+            f"unknown columns {extra}. Build it with mapo.trainer.records.records_table(...)."
         )
     lists = {c: _to_list(v) for c, v in table.items() if v is not None}
     lengths = {c: len(v) for c, v in lists.items()}

@@ -1,8 +1,8 @@
-"""Analysis of rollout records (`mapo.records.read_records`): pure functions over the DataFrame.
+"""Analysis of rollout records (`mapo.trainer.records.read_records`): pure functions over the DataFrame.
 
 A group is identified by (step, group_id). Per-group columns (mu, sigma, p, lam, n_success,
 group_size) are repeated on each of its rows; the functions here take them from the first row.
-Plots of these tables live in `mapo.plots`.
+Plots of these tables live in `mapo.analysis.plots`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mapo.advantages import gradient_ratio
+from mapo.algorithm.advantages import gradient_ratio
 
 GROUP_KEY = ["step", "group_id"]
 GROUP_COLUMNS = ["source", "prompt_id", "group_size", "n_success", "p", "lam", "mu", "sigma"]

@@ -1,6 +1,6 @@
 """Compose a Hydra config and run the pipeline from Python (notebooks, tests, benchmarks).
 
-from mapo.quickrun import compose_config, run
+from mapo.pipeline.quickrun import compose_config, run
 metrics, objs = run(["experiment=synth_emo_grpo", "steps=20"], run_dir="outputs/my_run")
 """
 
@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, open_dict
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def compose_config(
@@ -35,6 +35,6 @@ def run(
     overrides: Sequence[str] = (), *, run_dir: str | Path
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train like `python train.py OVERRIDES hydra.run.dir=RUN_DIR`; returns (metrics, objects)."""
-    from mapo.pipeline import train
+    from mapo.pipeline.run import train
 
     return train(compose_config(overrides, run_dir=run_dir))

@@ -1,4 +1,4 @@
-"""Matplotlib figures for the tables of `mapo.analysis`; each returns a Figure.
+"""Matplotlib figures for the tables of `mapo.analysis.tables`; each returns a Figure.
 
 Figures are built with `matplotlib.figure.Figure` (no pyplot global state), so they are
 garbage-collected normally; Jupyter shows a returned Figure inline, `fig.savefig(path)` writes it.
@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from mapo.advantages import gradient_ratio
+from mapo.algorithm.advantages import gradient_ratio
 
 
 def plot_success_histogram(

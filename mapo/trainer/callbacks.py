@@ -12,10 +12,10 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 
-from mapo.config import AlgorithmConfig
-from mapo.evaluation import EvalSets, evaluate
-from mapo.module import MAPOModule, RolloutBatch
-from mapo.rollout.base import Prompt, RolloutEngine, SamplingConfig
+from mapo.algorithm.config import AlgorithmConfig
+from mapo.trainer.evaluation import EvalSets, evaluate
+from mapo.trainer.module import MAPOModule
+from mapo.types import Prompt, RolloutBatch, RolloutEngine, SamplingConfig
 
 # Group ids are draw_index * stride + 0: one id per drawn prompt, unique across the run.
 

@@ -17,7 +17,6 @@ import math
 import random
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
@@ -25,42 +24,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mapo.advantages import AdvantageResult, compute_advantages_with_stats
-from mapo.config import AlgorithmConfig
-from mapo.losses import Normalizer, policy_loss
+from mapo.algorithm.advantages import AdvantageResult, compute_advantages_with_stats
+from mapo.algorithm.config import AlgorithmConfig
+from mapo.algorithm.losses import Normalizer, policy_loss
 from mapo.models.batching import PolicyInputs, build_policy_inputs
 from mapo.models.logprobs import token_logprobs
-from mapo.rollout.base import Completions, Prompt
-from mapo.strategies import optimizer_update
-
-
-@dataclass
-class RolloutBatch:
-    """What the rollout callback hands the module for one step (this rank's share)."""
-
-    step: int
-    prompts: list[Prompt]  # [B]
-    completions: Completions  # [B*G], prompt-major
-    group_ids: Tensor  # [B*G] int64, unique per prompt over the whole run
-    rewards: dict[str, Tensor] | None = None  # overall/format/accuracy [B*G], if already scored
-    metrics: dict[str, float] = field(default_factory=dict)  # rollout timings, DAPO counts
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    lr: float = 1e-6
-    weight_decay: float = 1e-2
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float | None = 1.0
-    schedule: str = "constant"  # constant | cosine
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"optim.schedule={self.schedule!r}; use constant or cosine")
-        if self.lr <= 0:
-            raise ValueError(f"optim.lr={self.lr} must be > 0")
+from mapo.trainer.strategies import optimizer_update
+from mapo.types import OptimConfig, RolloutBatch
 
 
 class MAPOModule(pl.LightningModule):
@@ -76,7 +46,7 @@ class MAPOModule(pl.LightningModule):
         temperature: float = 1.0,  # sampling temperature: log-probs use the same scaling
         total_steps: int = 1,
         suppress_ids: list[int] | None = None,
-        records: Any = None,  # mapo.records.RecordWriter or None
+        records: Any = None,  # mapo.trainer.records.RecordWriter or None
         log_entropy: bool = True,
         share_prompt: bool = True,  # one backbone pass per distinct prompt (models/logprobs.py)
     ):
@@ -273,7 +243,7 @@ class MAPOModule(pl.LightningModule):
     def _log_step(
         self, rb: RolloutBatch, rewards: dict, adv: AdvantageResult, upd: dict, t: dict
     ) -> None:
-        from mapo.metrics import advantage_metrics, response_metrics, reward_metrics
+        from mapo.analysis.metrics import advantage_metrics, response_metrics, reward_metrics
 
         lengths = torch.tensor([len(x) for x in rb.completions.token_ids])
         truncated = torch.tensor(rb.completions.truncated)
@@ -303,7 +273,7 @@ class MAPOModule(pl.LightningModule):
         hists["advantage/values"] = adv.advantages.float()
         self._log_histograms(hists, step)
         if self.records is not None:
-            from mapo.records import records_table
+            from mapo.trainer.records import records_table
 
             table = records_table(
                 step=step, group_ids=rb.group_ids, rewards=rewards, result=adv,

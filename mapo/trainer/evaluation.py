@@ -13,8 +13,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from mapo.metrics import EvalMetrics
-from mapo.rollout.base import Prompt, RolloutEngine, SamplingConfig
+from mapo.analysis.metrics import EvalMetrics
+from mapo.types import Prompt, RolloutEngine, SamplingConfig
 
 log = logging.getLogger(__name__)
 Scorer = Callable[[Sequence[Prompt], Any], dict[str, Any]]

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from mapo.advantages import ADVANTAGE_ESTIMATORS
-from mapo.losses import LossConfig
+from mapo.algorithm.advantages import ADVANTAGE_ESTIMATORS
+from mapo.algorithm.losses import LossConfig
 
 
 class ConfigError(ValueError):

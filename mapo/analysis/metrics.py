@@ -6,7 +6,7 @@ Check against the paper's Tab. 3, GRPO G=12 math row: Geo3K 51.91; MathVision 26
 MathVista 72.70, MathVerse 43.93 -> A^T = 143.37 / 3 = 47.79 -> average (51.91 + 47.79) / 2 =
 49.85. (The average is over the two domains, not over the four datasets, which would be 48.82.)
 
-Accuracies are fractions in [0, 1] here and in metrics.json; `mapo.report` prints percent.
+Accuracies are fractions in [0, 1] here and in metrics.json; `mapo.analysis.report` prints percent.
 
 Training helpers return flat dicts with `/`-namespaced keys (EasyR1 style), ready for
 `LightningModule.log_dict` (scalars) or a TensorBoard histogram (`certainty/n_success_hist`).
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from mapo.advantages import AdvantageResult
+from mapo.algorithm.advantages import AdvantageResult
 
 
 class DatasetAccuracy(Metric):

@@ -15,16 +15,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from mapo.evaluation import EvalSets, evaluate
-from mapo.pipeline import (
-    _to_prompt_fn,
-    make_scorer,
-    prepare_data,
-    prepare_model,
-    run_dir_of,
-    validate,
-)
+from mapo.pipeline.build import make_scorer, prepare_data, prepare_model, to_prompt_fn
+from mapo.pipeline.validate import run_dir_of, validate
 from mapo.rollout import build_engine
+from mapo.trainer.evaluation import EvalSets, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +63,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
             "rollout=vllm needs a Hugging Face folder; export the checkpoint first or use rollout=hf"
         )
     engine = build_engine(cfg.rollout.engine, policy, processor, folder, cfg.rollout)
-    to_prompt = _to_prompt_fn(cfg, processor)
+    to_prompt = to_prompt_fn(cfg, processor)
     sets, dropped = EvalSets.build(
         data["in_domain"], data["eval"], to_prompt, processor, cfg.data.max_prompt_tokens
     )
@@ -86,11 +80,11 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         import pandas as pd
 
         pd.DataFrame(preds).to_parquet(out / "predictions.parquet")
-    from mapo.report import load_rows, to_markdown
+    from mapo.analysis.report import load_rows, to_markdown
 
     (out / "metrics.json").write_text(
         json.dumps(summary, indent=2)
-    )  # so `python -m mapo.report` reads it
+    )  # so `python -m mapo.analysis.report` reads it
     table = to_markdown(load_rows(out, "after", label_by="estimator"))
     (out / "summary.md").write_text(table)
     print(table)

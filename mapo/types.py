@@ -1,4 +1,5 @@
-"""The rollout protocol: what every generation engine (HF, vLLM) takes and returns.
+"""The shared types every layer speaks: prompts, sampling settings, completions, the rollout
+protocol, the rollout batch one RL step trains on, and the optimizer settings.
 
 One RL step hands the engine B prompts and asks for G completions each; the engine answers
 with B*G completions in prompt-major order (all G of prompt 0, then prompt 1, ...). The group
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from torch import Tensor
 
 
 @dataclass(frozen=True)
@@ -60,3 +62,32 @@ class RolloutEngine(Protocol):
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Make the engine sample from `model`'s current weights."""
         ...
+
+
+@dataclass
+class RolloutBatch:
+    """What the rollout callback hands the module for one step (this rank's share)."""
+
+    step: int
+    prompts: list[Prompt]  # [B]
+    completions: Completions  # [B*G], prompt-major
+    group_ids: Tensor  # [B*G] int64, unique per prompt over the whole run
+    rewards: dict[str, Tensor] | None = None  # overall/format/accuracy [B*G], if already scored
+    metrics: dict[str, float] = field(default_factory=dict)  # rollout timings, DAPO counts
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-6
+    weight_decay: float = 1e-2
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = 1.0
+    schedule: str = "constant"  # constant | cosine
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"optim.schedule={self.schedule!r}; use constant or cosine")
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr={self.lr} must be > 0")

@@ -1,0 +1,1 @@
+"""The algorithm: advantage estimators, policy losses and their validated config (torch only)."""

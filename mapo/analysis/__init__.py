@@ -1,0 +1,1 @@
+"""Analysis of runs: metrics, rollout-record tables, plots and the results report."""

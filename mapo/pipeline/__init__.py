@@ -1,0 +1,1 @@
+"""Entry points: validate a config, build data/model/engine/trainer, train, evaluate, export."""

@@ -1,0 +1,134 @@
+"""Build what a run needs from its config: data, the policy folder, prompts, scorer, trainer."""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mapo.algorithm.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def make_scorer(cfg: DictConfig):
+    from mapo.rewards import score_batch
+
+    def scorer(prompts, completions) -> dict[str, Any]:
+        kinds = [prompts[i].task for i in completions.prompt_index]
+        answers = [prompts[i].answer for i in completions.prompt_index]
+        rb = score_batch(kinds, completions.text, answers, format_weight=cfg.reward.format_weight,
+                         grader=cfg.reward.grader, timeout_s=cfg.reward.timeout_s,
+                         budget_s=cfg.reward.budget_s)  # fmt: skip
+        return {
+            "overall": torch.as_tensor(rb.overall, dtype=torch.float64),
+            "format": torch.as_tensor(rb.format, dtype=torch.float64),
+            "accuracy": torch.as_tensor(rb.accuracy, dtype=torch.float64),
+            "timeouts": float(rb.timeouts), "errors": float(rb.errors),
+        }  # fmt: skip
+
+    return scorer
+
+
+def prepare_data(cfg: DictConfig) -> dict[str, Any]:
+    """Generate the synthetic sets if missing; load and validate every split."""
+    from mapo.data.loader import load_split
+
+    syn = cfg.data.get("synthetic")
+    if syn is not None:  # cached: reused when meta.json matches
+        from mapo.data.synthetic import write_synthetic
+
+        write_synthetic(
+            syn.name, cfg.data.root, seed=syn.seed, n_train=syn.n_train, n_test=syn.n_test
+        )
+    load = partial(load_split, on_bad_row=cfg.data.on_bad_row)
+    train = load(cfg.data.train)
+    evals = {
+        name: load(path) for name, path in {**cfg.data.in_domain, **cfg.data.out_of_domain}.items()
+    }
+    for name, split in [("train", train), *evals.items()]:
+        if split.num_skipped:
+            log.warning(
+                "data %s: skipped %d bad rows %s", name, split.num_skipped, dict(split.skipped)
+            )
+    limit = cfg.data.eval_limit
+    return {
+        "train": list(train.rows),
+        "eval": {n: list(s.rows)[:limit] if limit else list(s.rows) for n, s in evals.items()},
+        "in_domain": next(iter(cfg.data.in_domain)),
+        "skipped": {n: s.num_skipped for n, s in [("train", train), *evals.items()]},
+    }
+
+
+def prepare_model(cfg: DictConfig, data: dict[str, Any]) -> Path:
+    """The policy's folder: cfg.model.path, or the tiny model built (and cold-started) offline."""
+    if cfg.model.path is not None:
+        return Path(cfg.model.path) if os.path.exists(str(cfg.model.path)) else cfg.model.path
+    from mapo.models.tiny import tiny_model_path
+
+    base = tiny_model_path(Path(cfg.paths.cache_dir), seed=cfg.model.seed, size=cfg.model.size)
+    cs = cfg.model.coldstart
+    if not cs.enabled:
+        return base
+    from mapo.models.coldstart import coldstarted_model_path
+
+    return coldstarted_model_path(
+        base, data["train"], template=cfg.data.template, cache_dir=Path(cfg.paths.cache_dir),
+        steps=cs.steps, batch_size=cs.batch_size, lr=cs.lr, seed=cfg.seed,
+        min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels,
+    )  # fmt: skip
+
+
+def to_prompt_fn(cfg: DictConfig, processor: Any):
+    from mapo.data.prompts import load_template, to_prompt
+
+    template = load_template(cfg.data.template)
+    return partial(to_prompt, processor=processor, template=template,
+                   min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)  # fmt: skip
+
+
+def filter_long(rows: list[dict], to_prompt, processor, limit: int, name: str) -> list[dict]:
+    """Drop (never truncate) rows whose prompt exceeds `limit` tokens; log the count."""
+    from mapo.data.prompts import count_prompt_tokens
+
+    kept = [r for r in rows if count_prompt_tokens(to_prompt(r), processor) <= limit]
+    if len(kept) < len(rows):
+        log.warning(
+            "data %s: filtered %d prompts longer than %d tokens", name, len(rows) - len(kept), limit
+        )
+    if not kept:
+        raise ConfigError(
+            f"data {name}: every prompt is longer than data.max_prompt_tokens={limit}"
+        )
+    return kept
+
+
+def build_trainer(
+    cfg: DictConfig, callbacks: list, run_dir: Path, updates_per_rollout: int
+) -> pl.Trainer:
+    """Lightning counts optimizer steps (updates_per_rollout per RL step) under manual
+    optimization; `steps` and checkpoint intervals in the config are RL steps."""
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    extra = []
+    for name, c in (cfg.get("callbacks") or {}).items():
+        if not c:
+            continue
+        if name == "model_checkpoint" and c.get("every_n_train_steps"):
+            c = OmegaConf.merge(
+                c, {"every_n_train_steps": c.every_n_train_steps * updates_per_rollout}
+            )
+        extra.append(hydra.utils.instantiate(c))
+    from mapo.trainer.checkpointing import AtomicCheckpointIO
+
+    return hydra.utils.instantiate(
+        cfg.trainer, max_steps=cfg.steps * updates_per_rollout, logger=loggers or False,
+        callbacks=callbacks + extra, plugins=[AtomicCheckpointIO()],  # crash-safe last.ckpt
+        default_root_dir=str(run_dir), use_distributed_sampler=False, _convert_="partial",
+    )  # fmt: skip

@@ -1,0 +1,161 @@
+"""Fail fast: everything that can be checked without loading a model, checked first.
+
+`validate` turns the config into typed objects (`Plan`) and raises a `ConfigError` or
+`FileNotFoundError` that says how to fix the value, within seconds of `python train.py`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mapo.algorithm.config import AlgorithmConfig, ConfigError
+from mapo.rollout import ENGINES
+from mapo.types import OptimConfig, SamplingConfig
+
+
+@dataclass
+class Plan:
+    """The validated, typed view of a config."""
+
+    algo: AlgorithmConfig
+    optim: OptimConfig
+    sampling: SamplingConfig
+    eval_sampling: SamplingConfig
+    run_dir: Path
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    if cfg.get("run_dir"):
+        return Path(cfg.run_dir)
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _check_path(value: Any, what: str, how: str) -> None:
+    if value is None:
+        return
+    p = str(value)
+    looks_like_hub = (
+        p.count("/") == 1 and not p.startswith((".", "/", "~")) and not os.path.exists(p)
+    )
+    if looks_like_hub and not os.environ.get("HF_HUB_OFFLINE"):
+        return  # a hub name on a machine that can reach the hub
+    if not any(ch in p for ch in "*?[") and not os.path.exists(p):
+        raise FileNotFoundError(f"{what} not found: {p}\n  fix: {how}")
+
+
+def check_world_size(algo: AlgorithmConfig, world: int) -> None:
+    """Every rank takes the same share of prompts, so both batch sizes split evenly."""
+    if algo.rollout_batch_size % world or algo.mini_batch_size % world:
+        raise ConfigError(
+            f"algorithm.rollout_batch_size={algo.rollout_batch_size} and mini_batch_size="
+            f"{algo.mini_batch_size} must be multiples of the world size {world} (trainer.devices x "
+            "trainer.num_nodes): every rank takes the same share of prompts"
+        )
+
+
+# (key, test, rule): values that would otherwise fail (or silently misbehave) only after the
+# model has loaded. Structural rules live in AlgorithmConfig / OptimConfig / LossConfig.
+_VALUE_RULES = (
+    ("rollout.temperature", lambda v: v > 0, "> 0: training needs G different samples and "
+     "log-probs divide by it"),
+    ("rollout.top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("rollout.max_new_tokens", lambda v: v >= 1, ">= 1"),
+    ("rollout.eval.temperature", lambda v: v >= 0, ">= 0 (0 is greedy)"),
+    ("rollout.eval.top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("rollout.eval.max_new_tokens", lambda v: v >= 1, ">= 1"),
+    ("rollout.eval.batch_size", lambda v: v >= 1, ">= 1"),
+    ("algorithm.eps", lambda v: v >= 0, ">= 0 (the paper's worked numbers use 0; default 1e-6)"),
+    ("optim.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("optim.grad_clip", lambda v: v is None or v > 0, "> 0, or null for no clipping"),
+    ("optim.warmup_steps", lambda v: v >= 0, ">= 0"),
+    ("optim.min_lr_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("reward.grader", lambda v: v in ("mathruler", "math_verify"), "mathruler or math_verify"),
+    ("reward.timeout_s", lambda v: v > 0, "> 0 seconds"),
+    ("reward.budget_s", lambda v: v > 0, "> 0 seconds"),
+    ("data.on_bad_row", lambda v: v in ("error", "skip"), "error or skip"),
+    ("data.max_prompt_tokens", lambda v: v >= 1, ">= 1 (longer prompts are dropped, not cut)"),
+    ("data.eval_limit", lambda v: v is None or v >= 0, "null (every row) or >= 0"),
+    ("data.min_pixels", lambda v: 1 <= v, ">= 1"),
+    ("data.max_pixels", lambda v: v >= 1, ">= data.min_pixels"),
+    ("model.dtype", lambda v: v in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16",
+     "fp16"), "auto, float32, bfloat16 or float16"),
+    ("model.share_prompt", lambda v: v is None or isinstance(v, bool), "true or false"),
+    ("rollout.share_prefill", lambda v: v is None or isinstance(v, bool), "true or false"),
+    ("eval.every_n_steps", lambda v: v >= 0, ">= 0 (0 disables)"),
+    ("callbacks.model_checkpoint.every_n_train_steps", lambda v: v is None or v >= 0, ">= 0"),
+    ("seed", lambda v: 0 <= v < 2**32, "in [0, 2**32): seeds numpy too"),
+)  # fmt: skip
+
+
+def _check_values(cfg: DictConfig, algo: AlgorithmConfig) -> None:
+    for key, ok, rule in _VALUE_RULES:
+        value = OmegaConf.select(cfg, key, default=None)
+        try:
+            good = ok(value) and not (key == "data.max_pixels" and value < cfg.data.min_pixels)
+        except TypeError:  # None or a string where a number belongs
+            good = False
+        if not good:
+            raise ConfigError(f"{key}={value!r} must be {rule}")
+    t = cfg.trainer
+    ints = all(isinstance(x, int) for x in (t.devices, t.num_nodes))
+    world = t.devices * t.num_nodes if ints else 1  # "auto": checked again once the trainer exists
+    check_world_size(algo, world)
+    if cfg.ckpt_path not in (None, "last") and not os.path.exists(str(cfg.ckpt_path)):
+        raise FileNotFoundError(
+            f"checkpoint not found: ckpt_path={cfg.ckpt_path}\n  fix: give an existing .ckpt, "
+            "ckpt_path=last (resume in hydra.run.dir) or ckpt_path=null"
+        )
+
+
+def validate(cfg: DictConfig) -> Plan:
+    """Fail fast, before any model or dataset loads."""
+    algo = AlgorithmConfig.from_dict(OmegaConf.to_container(cfg.algorithm, resolve=True))
+    optim = OptimConfig(**{k: (tuple(v) if k == "betas" else v) for k, v in cfg.optim.items()})
+    if cfg.rollout.engine not in ENGINES:
+        raise ConfigError(
+            f"rollout.engine={cfg.rollout.engine!r} is unknown; known: {sorted(ENGINES)}"
+        )
+    from mapo.rewards import known_kinds
+
+    if cfg.data.task not in known_kinds():
+        raise ConfigError(
+            f"data.task={cfg.data.task!r} has no reward; known: {sorted(known_kinds())}"
+        )
+    if not 0 <= cfg.reward.format_weight <= 1:
+        raise ConfigError(
+            f"reward.format_weight={cfg.reward.format_weight} must be in [0, 1]: APD/MAPO divide by "
+            "the group mean and need non-negative rewards"
+        )
+    if cfg.steps < 1:
+        raise ConfigError(f"steps={cfg.steps} must be >= 1")
+    _check_values(cfg, algo)
+    from mapo.data.prompts import load_template
+
+    load_template(cfg.data.template)  # raises naming the known templates
+    if cfg.model.path is None and cfg.model.name != "tiny":
+        raise ConfigError("model.path is null; set model.path=/path/to/model (a local HF folder)")
+    _check_path(cfg.model.path, "model folder (model.path)",
+                "download Qwen2.5-VL-7B-Instruct to a local folder and pass model.path=/that/folder "
+                "(or set MAPO_MODEL_DIR to the folder that contains it)")  # fmt: skip
+    if cfg.data.get("synthetic") is None:
+        how = (f"prepare it with `python -m mapo.data.prepare {cfg.data.name} --src RAW --out DIR` and "
+               "pass data.root=DIR's parent (or set MAPO_DATA_DIR); see docs/data.md")  # fmt: skip
+        _check_path(cfg.data.train, "training data (data.train)", how)
+        for name, path in {**cfg.data.in_domain, **cfg.data.out_of_domain}.items():
+            _check_path(path, f"evaluation set {name!r}", how)
+    r = cfg.rollout
+    # seed=None: training rollouts draw from the global RNG (seeded once, saved in checkpoints),
+    # so every step gets fresh noise and a resumed run continues the same random stream.
+    sampling = SamplingConfig(n=algo.group_size, temperature=r.temperature, top_p=r.top_p,
+                              max_new_tokens=r.max_new_tokens, seed=None)  # fmt: skip
+    ev = r.eval
+    eval_sampling = SamplingConfig(n=1, temperature=ev.temperature, top_p=ev.top_p,
+                                   max_new_tokens=ev.max_new_tokens, seed=cfg.seed)  # fmt: skip
+    return Plan(algo, optim, sampling, eval_sampling, run_dir_of(cfg))

@@ -1,0 +1,1 @@
+"""The training shell: the Lightning module, callbacks, strategies, checkpoints, records."""
