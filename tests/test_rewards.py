@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from mathruler.grader import extract_boxed_content
 
 from mapo.rewards import (
+    REWARDS,
     GraderPool,
     combine,
     get_reward,
@@ -20,8 +21,8 @@ from mapo.rewards import (
     score,
     score_batch,
 )
-from mapo.rewards.emotion import normalize_label
 from mapo.rewards.graders import _original_are_equal, _plain_number_equal, mathruler_quick
+from mapo.rewards.kinds.emotion import normalize_label
 from mapo.rewards.text import has_think_then_box, last_boxed, normalize_response
 
 
@@ -217,7 +218,7 @@ def test_overall_mix():
 
 
 def test_bad_arguments_raise_clear_errors():
-    with pytest.raises(ValueError, match="known kinds: \\['emotion', 'math'"):
+    with pytest.raises(ValueError, match="known: \\['emotion', 'math'"):
         score("geometry", "x", "y")
     with pytest.raises(ValueError, match="format_weight"):
         score("math", "x", "y", format_weight=1.5)
@@ -259,15 +260,16 @@ def test_score_batch_mixed_kinds_and_counters():
 
 
 def test_a_failing_kind_costs_only_its_item(monkeypatch):
-    from mapo.rewards import registry
-
     def flaky(completions, answers, grading):
         if any("boom" in c for c in completions):
             raise RuntimeError("bug in a reward kind")
         return [1.0] * len(completions), [1.0] * len(completions)
 
-    monkeypatch.setitem(registry._REWARDS, "flaky", flaky)
-    batch = score_batch("flaky", ["ok", "boom", "ok"], ["a", "b", "c"])
+    register_reward("flaky")(flaky)
+    try:
+        batch = score_batch("flaky", ["ok", "boom", "ok"], ["a", "b", "c"])
+    finally:
+        REWARDS.remove("flaky")
     assert batch.accuracy.tolist() == [1.0, 0.0, 1.0]
     assert batch.errors == 1
 

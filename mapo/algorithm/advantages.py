@@ -24,6 +24,8 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor
 
+from mapo.registry import Registry
+
 StdMode = Literal["population", "unbiased"]
 
 
@@ -67,23 +69,12 @@ class Estimator(Protocol):
     ) -> tuple[Tensor, dict[str, Tensor]]: ...
 
 
-ADVANTAGE_ESTIMATORS: dict[str, Estimator] = {}
+ADVANTAGE_ESTIMATORS: Registry[Estimator] = Registry("advantage estimator")
 
 
 def register_advantage(name: str) -> Callable[[Estimator], Estimator]:
     """Register an estimator under `name` (the YAML value `algorithm.estimator: name`)."""
-
-    def decorator(fn: Estimator) -> Estimator:
-        taken = ADVANTAGE_ESTIMATORS.get(name)
-        if taken is not None and taken is not fn:
-            raise ValueError(
-                f"advantage estimator {name!r} is already registered to "
-                f"{taken.__module__}.{taken.__qualname__}; pick another name"
-            )
-        ADVANTAGE_ESTIMATORS[name] = fn
-        return fn
-
-    return decorator
+    return ADVANTAGE_ESTIMATORS.register(name)
 
 
 def certainty_weight(p: Tensor) -> Tensor:
@@ -235,10 +226,7 @@ def compute_advantages_with_stats(
     generator: torch.Generator | None = None,
 ) -> AdvantageResult:
     """Like `compute_advantages`, also returning the per-group stats and logging extras."""
-    if name not in ADVANTAGE_ESTIMATORS:
-        raise ValueError(
-            f"unknown advantage estimator {name!r}; known: {sorted(ADVANTAGE_ESTIMATORS)}"
-        )
+    estimator = ADVANTAGE_ESTIMATORS[name]  # an unknown name fails, listing the known ones
     if rewards.ndim != 1 or group_ids.ndim != 1 or rewards.shape != group_ids.shape:
         raise ValueError(
             "rewards and group_ids must be flat 1-D tensors of equal length, got shapes "
@@ -254,9 +242,7 @@ def compute_advantages_with_stats(
         raise ValueError("rewards contain NaN or inf; check the reward function's output")
     out_dtype = rewards.dtype if rewards.is_floating_point() else torch.float32
     stats = group_stats(rewards, group_ids, success, std=std)
-    adv, extras = ADVANTAGE_ESTIMATORS[name](
-        rewards.to(torch.float64), stats, eps=eps, generator=generator
-    )
+    adv, extras = estimator(rewards.to(torch.float64), stats, eps=eps, generator=generator)
     return AdvantageResult(
         advantages=adv.to(out_dtype),
         stats=stats,

@@ -24,9 +24,7 @@ from mapo.data.sources import REGISTRY, Converted, PrepareOptions
 
 def prepare(name: str, src: str | Path | None, out: str | Path, **options) -> Converted:
     """Run the converter registered as ``name``; options are ``PrepareOptions`` fields."""
-    if name not in REGISTRY:
-        raise ValueError(f"Unknown dataset {name!r}; known: {sorted(REGISTRY)}")
-    source = REGISTRY[name]
+    source = REGISTRY[name]  # an unknown name fails, listing the known ones
     if source.needs_src and src is None:
         raise ValueError(f"{name} converts a raw download: pass --src (see docs/data.md).")
     opts = PrepareOptions(**options)

@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mapo.algorithm.config import AlgorithmConfig, ConfigError
+from mapo.registry import import_plugins
 from mapo.rollout import ENGINES
 from mapo.types import OptimConfig, SamplingConfig
 
@@ -116,6 +117,7 @@ def _check_values(cfg: DictConfig, algo: AlgorithmConfig) -> None:
 
 def validate(cfg: DictConfig) -> Plan:
     """Fail fast, before any model or dataset loads."""
+    import_plugins(cfg.plugins)  # first: plugins add names the checks below look up
     algo = AlgorithmConfig.from_dict(OmegaConf.to_container(cfg.algorithm, resolve=True))
     optim = OptimConfig(**{k: (tuple(v) if k == "betas" else v) for k, v in cfg.optim.items()})
     if cfg.rollout.engine not in ENGINES:

@@ -6,13 +6,11 @@ on hostile model output. Importing this package does not import torch (the grade
 processes import it too); ``score_batch`` imports torch when first called.
 """
 
-from . import emotion as _emotion  # noqa: F401  (registers "emotion")
-from . import math_reward as _math_reward  # noqa: F401  (registers "math")
 from .batch import DEFAULT_FORMAT_WEIGHT, RewardBatch, combine, score, score_batch
 from .graders import GRADERS
 from .grading import MAX_ANSWER_CHARS, GradeCounts, Grading
 from .pool import GraderPool
-from .registry import RewardFn, get_reward, known_kinds, register_reward
+from .registry import REWARDS, RewardFn, get_reward, known_kinds, register_reward
 
 __all__ = [
     "DEFAULT_FORMAT_WEIGHT",
@@ -24,6 +22,7 @@ __all__ = [
     "RewardBatch",
     "RewardFn",
     "combine",
+    "REWARDS",
     "get_reward",
     "known_kinds",
     "register_reward",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from mapo.registry import Registry
 from mapo.types import Completions, Prompt, RolloutEngine, SamplingConfig
 
 __all__ = [
@@ -17,25 +18,18 @@ __all__ = [
 ]
 
 # builder(policy, processor, model_path, rollout_cfg) -> RolloutEngine
-ENGINES: dict[str, Callable[..., RolloutEngine]] = {}
+ENGINES: Registry[Callable[..., RolloutEngine]] = Registry("rollout engine")
 
 
 def register_engine(name: str):
-    def decorator(fn):
-        if name in ENGINES and ENGINES[name] is not fn:
-            raise ValueError(f"rollout engine {name!r} is already registered")
-        ENGINES[name] = fn
-        return fn
-
-    return decorator
+    """Decorator: `@register_engine("name")` on a builder(policy, processor, model_path, cfg)."""
+    return ENGINES.register(name)
 
 
 def build_engine(
     name: str, policy: Any, processor: Any, model_path: str, cfg: Any
 ) -> RolloutEngine:
-    if name not in ENGINES:
-        raise ValueError(f"unknown rollout engine {name!r}; known: {sorted(ENGINES)}")
-    return ENGINES[name](policy, processor, model_path, cfg)
+    return ENGINES[name](policy, processor, model_path, cfg)  # unknown: lists the known ones
 
 
 @register_engine("hf")

@@ -26,6 +26,7 @@ from mapo.data.sources.common import (
     read_parquet_rows,
     strip_image_tokens,
 )
+from mapo.data.sources.registry import register_source
 
 
 def _images(raw: dict[str, Any], base_dir: Path) -> list[dict[str, Any]]:
@@ -97,17 +98,20 @@ def _prepare(name, src, out, opts, splits, row_fn, required, names=None) -> Conv
     return convert(name, out, parts, lambda raw: row_fn(raw, src), opts, base_dir=src)
 
 
+@register_source("mathvista", help="MathVista testmini parquet (AI4Math/MathVista)")
 def prepare_mathvista(src: Path, out: Path, opts: PrepareOptions) -> Converted:
     required = ("pid", "query", "answer")
     return _prepare("mathvista", src, out, opts, ["testmini"], _mathvista_row, required)
 
 
+@register_source("mathverse", help="MathVerse testmini parquet (AI4Math/MathVerse)")
 def prepare_mathverse(src: Path, out: Path, opts: PrepareOptions) -> Converted:
     required = ("sample_index", "query_cot", "answer", "image")
     names = ["testmini.parquet"]
     return _prepare("mathverse", src, out, opts, ["testmini"], _mathverse_row, required, names)
 
 
+@register_source("mathvision", help="MathVision test/testmini (MathLLMs/MathVision)")
 def prepare_mathvision(src: Path, out: Path, opts: PrepareOptions) -> Converted:
     required = ("id", "question", "answer")
     return _prepare("mathvision", src, out, opts, ["test", "testmini"], _mathvision_row, required)

@@ -27,6 +27,7 @@ from mapo.data.sources.common import (
     image_entry,
     strip_image_tokens,
 )
+from mapo.data.sources.registry import register_source
 
 log = logging.getLogger(__name__)
 DEFAULT_LABELS: dict[str, tuple[str, ...] | None] = {"emotion6": EMOTION6_LABELS, "webemo": None}
@@ -81,9 +82,11 @@ def prepare_conversations(name: str, src: Path, out: Path, opts: PrepareOptions)
     return convert(name, out, {"test": [(str(path), entries)]}, row, opts, base_dir=images_root)
 
 
+@register_source("webemo", help="WEBEmo conversations JSON (authors' eval file)")
 def prepare_webemo(src: Path, out: Path, opts: PrepareOptions) -> Converted:
     return prepare_conversations("webemo", src, out, opts)
 
 
+@register_source("emotion6", help="Emotion6 conversations JSON (authors' eval file)")
 def prepare_emotion6(src: Path, out: Path, opts: PrepareOptions) -> Converted:
     return prepare_conversations("emotion6", src, out, opts)

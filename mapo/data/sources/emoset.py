@@ -19,6 +19,7 @@ from typing import Any
 
 from mapo.data.schema import EMOSET_LABELS, EMOTION_QUESTION
 from mapo.data.sources.common import Converted, PrepareOptions, convert, image_entry
+from mapo.data.sources.registry import register_source
 
 DEFAULT_N = {"train": 2100, "test": 2000}
 
@@ -41,6 +42,7 @@ def _subset(entries: list, n: int, seed: int, split: str) -> list:
     return [entries[i] for i in sorted(rng.sample(range(len(entries)), n))]
 
 
+@register_source("emoset", help="EmoSet-118K root (train/test.json + image/)")
 def prepare_emoset(src: Path, out: Path, opts: PrepareOptions) -> Converted:
     root = Path(src)
     labels = _labels(root)

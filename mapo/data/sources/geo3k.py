@@ -16,6 +16,7 @@ from mapo.data.sources.common import (
     read_parquet_rows,
     strip_image_tokens,
 )
+from mapo.data.sources.registry import register_source
 
 SPLITS = ("train", "validation", "test")
 COLUMNS = ("images", "problem", "answer", "id")
@@ -33,6 +34,7 @@ def _row(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@register_source("geo3k", help="Geometry3K, hiyouga/geometry3k parquet layout")
 def prepare_geo3k(src: Path, out: Path, opts: PrepareOptions) -> Converted:
     splits = {
         split: [(str(f), read_parquet_rows(f, COLUMNS)) for f in find_split_files(src, split)]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .grading import MAX_ANSWER_CHARS, Grading
-from .registry import register_reward
-from .text import has_think_then_box, last_boxed, normalize_response
+from ..grading import MAX_ANSWER_CHARS, Grading
+from ..registry import register_reward
+from ..text import has_think_then_box, last_boxed, normalize_response
 
 
 @register_reward("math")

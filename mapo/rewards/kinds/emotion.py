@@ -12,9 +12,9 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
-from .grading import MAX_ANSWER_CHARS, Grading
-from .registry import register_reward
-from .text import has_think_then_box, last_boxed, normalize_response
+from ..grading import MAX_ANSWER_CHARS, Grading
+from ..registry import register_reward
+from ..text import has_think_then_box, last_boxed, normalize_response
 
 # Canonical names follow EmoSet (amusement, awe, contentment, excitement, anger, disgust, fear,
 # sadness) and Emotion6 (adds joy, surprise). Only word forms and unambiguous synonyms map:
