@@ -77,7 +77,7 @@ def _sharpen(model):
 def sharpen():
     """sharpen(model) scales the tiny model's text attention logits (x8) and LM head (x10) in
     place. At random init attention is nearly uniform, so even wrong positions move log-probs
-    by only ~2e-3 nats; sharpened, a position bug costs whole nats (as DESIGN.md measured on
+    by only ~2e-3 nats; sharpened, a position bug costs whole nats (as docs/facts.md ("CPU machines") records on
     a trained model), so exact-match tests mean something."""
     return _sharpen
 

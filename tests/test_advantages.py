@@ -207,7 +207,7 @@ def test_group_stats_exposed_for_logging():
 
 
 def test_apd_magnitude_near_zero_mean():
-    # DESIGN §4: G = 12, one format-only success (0.1) -> APD about 11.
+    # docs/facts.md, "Algorithm": G = 12, one format-only success (0.1) -> APD about 11.
     r = torch.zeros(12)
     r[0] = 0.1
     a = one_group(r.tolist(), "apd", eps=0.0)

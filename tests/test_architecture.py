@@ -2,7 +2,7 @@
 
 Layers, bottom to top (docs/architecture.md draws them):
 
-    types, registry                  shared types and the registry helper; import nothing of mapo
+    types, registry, atomic          shared types, the registry, crash-safe writes; no mapo imports
     algorithm                        advantages, losses, their config; torch and the bottom only
     data, rewards                    the bottom only
     models                           the bottom and data (templates for the cold start)
@@ -26,10 +26,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "mapo"
 
-BOTTOM = {"types", "registry"}
+BOTTOM = {"types", "registry", "atomic"}
 ALLOWED: dict[str, set[str]] = {
     "types": set(),
     "registry": set(),
+    "atomic": set(),
     "algorithm": BOTTOM,
     "data": BOTTOM,
     "rewards": BOTTOM,

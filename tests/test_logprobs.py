@@ -90,7 +90,7 @@ def test_matches_unpadded_per_sequence_forward(model, tiny_processor, tiny_promp
 def test_omitting_mm_token_type_ids_gives_wrong_logprobs(
     model, tiny_processor, tiny_prompts, special
 ):
-    # transformers 5.x falls back to 1-D positions without mm_token_type_ids (DESIGN.md 6)
+    # transformers 5.x falls back to 1-D positions without mm_token_type_ids (docs/facts.md, "CPU machines")
     comp = _completions(special, [1], [8]).token_ids[0]
     good = _reference_logprobs(model, tiny_processor, tiny_prompts[1], comp, special["suppress"])
     bad = _reference_logprobs(

@@ -77,6 +77,12 @@ def register_advantage(name: str) -> Callable[[Estimator], Estimator]:
     return ADVANTAGE_ESTIMATORS.register(name)
 
 
+def is_success(overall: Tensor) -> Tensor:
+    """A rollout counts toward N (p = N / G) when its overall reward is exactly 1: correct
+    answer AND correct format. The one definition of success, used everywhere."""
+    return overall == 1
+
+
 def certainty_weight(p: Tensor) -> Tensor:
     """lambda(p) = 1 - 4 p (1 - p), eq. (5): 1 when every rollout agrees, 0 at p = 1/2."""
     return 1.0 - 4.0 * p * (1.0 - p)
@@ -233,7 +239,7 @@ def compute_advantages_with_stats(
             f"{tuple(rewards.shape)} and {tuple(group_ids.shape)}"
         )
     if success is None:
-        success = rewards == 1  # correct answer AND correct format
+        success = is_success(rewards)
     elif success.shape != rewards.shape:
         raise ValueError(
             f"success has shape {tuple(success.shape)}, rewards {tuple(rewards.shape)}"

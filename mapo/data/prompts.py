@@ -122,9 +122,11 @@ def count_prompt_tokens(prompt: Prompt, processor: Any) -> int:
 
 
 def filter_prompts_by_tokens(
-    prompts: Sequence[Prompt], processor: Any, max_prompt_tokens: int
-) -> tuple[list[Prompt], int]:
-    """Drop (never truncate) prompts longer than ``max_prompt_tokens``; returns
-    (kept prompts, number dropped) so the caller can log the count."""
-    kept = [p for p in prompts if count_prompt_tokens(p, processor) <= max_prompt_tokens]
-    return kept, len(prompts) - len(kept)
+    items: Sequence[Any], processor: Any, max_prompt_tokens: int, prompt_of: Any = None
+) -> tuple[list[Any], int]:
+    """Drop (never truncate) items whose prompt is longer than ``max_prompt_tokens``; returns
+    (kept items, number dropped) so the caller can log the count. ``prompt_of(item)`` gives the
+    Prompt of an item (dataset rows); by default the items are Prompts."""
+    prompt_of = prompt_of or (lambda p: p)
+    kept = [x for x in items if count_prompt_tokens(prompt_of(x), processor) <= max_prompt_tokens]
+    return kept, len(items) - len(kept)

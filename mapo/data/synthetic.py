@@ -1,7 +1,7 @@
 """Synthetic stand-ins for the paper's tasks, deterministic from a seed, in the common schema.
 
 Both tasks are decided by COLOUR: a 0.65 M-parameter VLM learns colour, not shape
-(DESIGN.md section 7), so shapes only ever act as distractors or as a redundant cue.
+(docs/facts.md, "Tiny VLM"), so shapes only ever act as distractors or as a redundant cue.
 
 SynthEmo (task "emotion", EmoSet's 8 labels). The background colour decides the label:
 4 hues x 2 tones, light tones for the positive emotions and dark tones for the negative ones

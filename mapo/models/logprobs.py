@@ -7,7 +7,7 @@ tensor (and, without autograd, no [N, L, V] one beyond a chunk) is ever material
 Positions: Qwen2.5-VL needs 3-D rope positions built from ``mm_token_type_ids`` and the image
 grids on the unpadded tokens. We build them with the model's own ``get_rope_index`` once per
 distinct prompt and pass ``position_ids``; given neither, transformers 5.x silently falls back
-to plain 1-D positions and the log-probs are wrong (DESIGN.md section 6).
+to plain 1-D positions and the log-probs are wrong (docs/facts.md, "CPU machines").
 
 Shared prompt pass (``share_prompt``, on by default): the G rollouts of a group share their
 prompt, so the backbone runs each distinct prompt once with ``use_cache=True``, the key/value

@@ -1,7 +1,7 @@
 """An image-only Qwen2.5-VL processor, and the token ids generation must never produce.
 
 The stock ``Qwen2_5_VLProcessor`` also builds a video processor, which needs torchvision; on
-CPU machines torchvision cannot be installed (DESIGN.md section 6). This subclass takes only
+CPU machines torchvision cannot be installed (docs/facts.md, "CPU machines"). This subclass takes only
 the image processor and the tokenizer (plus the chat template) and otherwise behaves exactly
 like the stock one: same placeholder expansion, same ``mm_token_type_ids``.
 """
@@ -41,7 +41,7 @@ def suppressed_token_ids(
 
     A random-init (or badly drifted) policy samples ``<|image_pad|>`` and friends, which then
     break the training forward ("Image features and image tokens do not match"); the same ids
-    are suppressed in generation and masked in the training log-probs (DESIGN.md section 7).
+    are suppressed in generation and masked in the training log-probs (docs/facts.md, "Tiny VLM").
     """
     keep = {int(i) for i in eos_token_ids}
     ids = {

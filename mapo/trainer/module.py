@@ -24,7 +24,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mapo.algorithm.advantages import AdvantageResult, compute_advantages_with_stats
+from mapo.algorithm.advantages import (
+    AdvantageResult,
+    compute_advantages_with_stats,
+    is_success,
+)
 from mapo.algorithm.config import AlgorithmConfig
 from mapo.algorithm.losses import Normalizer, policy_loss
 from mapo.models.batching import PolicyInputs, build_policy_inputs
@@ -247,7 +251,7 @@ class MAPOModule(pl.LightningModule):
 
         lengths = torch.tensor([len(x) for x in rb.completions.token_ids])
         truncated = torch.tensor(rb.completions.truncated)
-        success = rewards["overall"] == 1
+        success = is_success(rewards["overall"])
         m: dict[str, float] = {}
         m.update(reward_metrics(rewards["overall"], rewards["format"], rewards["accuracy"]))
         m["reward/success_rate"] = float(success.float().mean())

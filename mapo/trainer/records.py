@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -24,7 +23,8 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from mapo.algorithm.advantages import AdvantageResult, StdMode, compute_advantages
+from mapo.algorithm.advantages import AdvantageResult, StdMode, compute_advantages, is_success
+from mapo.atomic import atomic_write
 
 RECORDS_DIR = "records"
 FILE_RE = re.compile(r"^step_(\d{6,})_rank(\d+)\.parquet$")
@@ -100,19 +100,6 @@ def _to_arrow(table: Mapping[str, object], with_text: bool) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some file systems do not allow opening a folder; the rename still holds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class RecordWriter:
     """Writes one parquet file per (step, rank) under ``run_dir/records``.
 
@@ -131,19 +118,9 @@ class RecordWriter:
         if steps - {step}:
             raise ValueError(f"RecordWriter.write(step={step}) got rows of steps {sorted(steps)}")
         final = record_path(self.dir.parent, step, self.rank)
-        # Hidden name, same folder (so os.replace never crosses file systems); the reader's
-        # pattern never matches it, so a crash here leaves only an ignored stray file.
-        tmp = self.dir / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            with open(tmp, "wb") as f:
-                pq.write_table(arrow, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.dir)
+        # Hidden temp name (mapo.atomic): the reader's pattern never matches it, so a crash
+        # here leaves only an ignored stray file.
+        atomic_write(final, lambda f: pq.write_table(arrow, f))
         return final
 
 
@@ -232,7 +209,7 @@ def records_table(
     overall = rewards["overall"].detach().cpu().to(torch.float64)
     gids = group_ids.detach().cpu().to(torch.int64)
     if success is None:
-        success = overall == 1
+        success = is_success(overall)
     adv_grpo = compute_advantages("grpo", overall, gids, success=success.cpu(), eps=eps, std=std)
     s = result.stats
     per_group = {

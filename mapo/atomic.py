@@ -1,0 +1,50 @@
+"""Crash-safe file writes: the one home of the temp-file-then-rename pattern.
+
+The bytes go to a hidden temp file in the target's folder (so ``os.replace`` never crosses
+file systems), are fsynced, renamed over the target (atomic on POSIX) and the folder is
+fsynced, so a reader sees the old file or the complete new one, never a torn write. A failed
+write removes its temp file.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some file systems refuse to open a folder; the rename still holds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_path(path: Path, mark: str = ".tmp-") -> Path:
+    """A hidden, unique temp name next to `path`: ``.NAME<mark><pid>-<random>``."""
+    return path.with_name(f".{path.name}{mark}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None], *, tmp: Path | None = None) -> None:
+    """Call ``write(f)`` on a temp file and move it over `path` atomically."""
+    path = Path(path)
+    tmp = tmp if tmp is not None else temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
