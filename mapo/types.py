@@ -72,7 +72,7 @@ class RolloutBatch:
     prompts: list[Prompt]  # [B]
     completions: Completions  # [B*G], prompt-major
     group_ids: Tensor  # [B*G] int64, unique per prompt over the whole run
-    rewards: dict[str, Tensor] | None = None  # overall/format/accuracy [B*G], if already scored
+    rewards: dict[str, Tensor] | None = None  # overall/format/accuracy [B*G] + counters
     metrics: dict[str, float] = field(default_factory=dict)  # rollout timings, DAPO counts
 
 

@@ -96,3 +96,23 @@ def test_missing_data_names_prepare_command(tmp_path):
 def test_bad_configs_fail_before_any_model_loads(override, msg, tmp_path):
     with pytest.raises(ConfigError, match=msg):
         validate(compose_cfg([override], tmp_path))
+
+
+def test_code_defaults_equal_the_yaml():
+    """conf/ is the source of truth: the dataclass defaults equal the default config's groups
+    (conf/algorithm/mapo.yaml, conf/optim/adamw.yaml), so code and YAML cannot drift apart."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from mapo.algorithm.config import AlgorithmConfig
+    from mapo.types import OptimConfig
+
+    for cls, path in [(AlgorithmConfig, "algorithm/mapo.yaml"), (OptimConfig, "optim/adamw.yaml")]:
+        yaml = OmegaConf.to_container(OmegaConf.load(CONF / path), resolve=True)
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        assert set(yaml) == set(defaults), f"{path} and {cls.__name__} name different keys"
+        for key, value in yaml.items():
+            code = defaults[key]
+            code = list(code) if isinstance(code, tuple) else code
+            assert code == value, f"{cls.__name__}.{key}={code!r} but {path} says {value!r}"

@@ -27,15 +27,16 @@ class AlgorithmConfig:
         "unbiased"  # group std: "population" (paper eq. 2) or "unbiased" (EasyR1, authors' code)
     )
     eps: float = 1e-6  # added to the std / mean denominators
-    group_size: int = 8  # G: rollouts per prompt (paper: 12, also 8)
-    rollout_batch_size: int = 16  # prompts per RL step (paper: 512)
-    mini_batch_size: int = 16  # prompts per optimizer step (paper: 128 -> 4 updates per rollout)
-    micro_batch_size: int = 32  # rollouts per forward/backward (memory knob; no effect on math)
+    # Defaults equal conf/algorithm/mapo.yaml, the source of truth (tests/test_configs.py checks)
+    group_size: int = 12  # G: rollouts per prompt (paper: 12, also 8)
+    rollout_batch_size: int = 512  # prompts per RL step (paper: 512)
+    mini_batch_size: int = 128  # prompts per optimizer step (paper: 128 -> 4 updates per rollout)
+    micro_batch_size: int = 8  # rollouts per forward/backward (memory knob; no effect on math)
     ppo_epochs: int = 1  # passes over the rollout batch
     shuffle: bool = True  # shuffle rollouts across mini-batches (groups stay keyed by id)
     clip_low: float = 0.2  # eps_low
-    clip_high: float = 0.2  # eps_high (DAPO: 0.28)
-    dual_clip: float | None = None  # verl's clip_ratio_c (authors: 3.0), null disables
+    clip_high: float = 0.3  # eps_high (the authors' code; DAPO: 0.28)
+    dual_clip: float | None = 3.0  # verl's clip_ratio_c (the authors' code), null disables
     kl_coef: float = 1e-2  # beta; 0 skips the reference model (DAPO)
     kl_estimator: str = "k3"  # k1 | k2 | k3 (low-variance, the paper's)
     loss_agg: str = "token-mean"  # token-mean | seq-mean-token-sum | seq-mean-token-mean

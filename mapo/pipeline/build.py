@@ -31,7 +31,10 @@ def make_scorer(cfg: DictConfig):
             "overall": torch.as_tensor(rb.overall, dtype=torch.float64),
             "format": torch.as_tensor(rb.format, dtype=torch.float64),
             "accuracy": torch.as_tensor(rb.accuracy, dtype=torch.float64),
+            # counters (summed when DAPO pools several generations): every one is logged
             "timeouts": float(rb.timeouts), "errors": float(rb.errors),
+            "rejected": float(rb.rejected), "pooled": float(rb.pooled),
+            "scored": float(len(rb.overall)),
         }  # fmt: skip
 
     return scorer

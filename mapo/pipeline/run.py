@@ -87,10 +87,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     check_world_size(plan.algo, trainer.world_size)
     records = RecordWriter(run_dir, rank=trainer.global_rank, with_text=cfg.records_text)
     module = MAPOModule(
-        policy, processor, plan.algo, plan.optim, reference=reference, scorer=scorer,
+        policy, processor, plan.algo, plan.optim, reference=reference,
         temperature=plan.sampling.temperature, total_steps=cfg.steps,
         suppress_ids=policy_suppressed_ids(policy, processor), records=records,
-        share_prompt=cfg.model.get("share_prompt", True),
+        share_prompt=cfg.model.share_prompt,
     )  # fmt: skip
     module.stream = PromptStream(
         train_rows, seed=cfg.seed, rank=trainer.global_rank, world_size=trainer.world_size

@@ -36,7 +36,7 @@ def build_engine(
 def _hf(policy, processor, model_path, cfg):
     from mapo.rollout.hf import HFEngine
 
-    return HFEngine(policy, processor, share_prefill=cfg.get("share_prefill", True))
+    return HFEngine(policy, processor, share_prefill=cfg.share_prefill)
 
 
 @register_engine("vllm")
@@ -45,12 +45,12 @@ def _vllm(policy, processor, model_path, cfg):
 
     return VLLMEngine(
         str(model_path),
-        dtype=cfg.get("dtype", "auto"),
-        gpu_memory_utilization=cfg.get("gpu_memory_utilization", 0.5),
-        tensor_parallel_size=cfg.get("tensor_parallel_size", 1),
-        max_model_len=cfg.get("max_model_len", 4096),
-        enable_sleep_mode=cfg.get("enable_sleep_mode", False),
-        enforce_eager=cfg.get("enforce_eager", False),
-        limit_mm_per_prompt=dict(cfg.get("limit_mm_per_prompt") or {"image": 1}),
-        seed=cfg.get("seed", 0),
+        dtype=cfg.dtype,  # every value from conf/rollout/vllm.yaml, the one home of the defaults
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        max_model_len=cfg.max_model_len,
+        enable_sleep_mode=cfg.enable_sleep_mode,
+        enforce_eager=cfg.enforce_eager,
+        limit_mm_per_prompt=dict(cfg.limit_mm_per_prompt),
+        seed=cfg.seed,
     )

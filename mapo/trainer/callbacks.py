@@ -72,13 +72,17 @@ class RolloutCallback(Callback):
         metrics = {"time/weight_sync": self._sync(module)}
         world = trainer.world_size
         prompts, comps, gids = self._generate(module, self.algo.rollout_batch_size)
-        rewards = None
-        if self.algo.filter_groups:
+        if self.algo.filter_groups:  # DAPO scores while it filters
             prompts, comps, gids, rewards, dapo = self._dynamic_sampling(
                 module, prompts, comps, gids, world
             )
             metrics.update(dapo)
-        metrics["time/rollout"] = time.perf_counter() - clock
+            metrics["time/rollout"] = time.perf_counter() - clock
+        else:
+            metrics["time/rollout"] = time.perf_counter() - clock
+            clock = time.perf_counter()
+            rewards = self.scorer(prompts, comps)
+            metrics["time/scoring"] = time.perf_counter() - clock
         module.rollout = RolloutBatch(module.rl_step, prompts, comps, gids, rewards, metrics)
 
     # ------------------------------------------------------------------ DAPO dynamic sampling

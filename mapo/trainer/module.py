@@ -46,7 +46,6 @@ class MAPOModule(pl.LightningModule):
         optim: OptimConfig,
         *,
         reference: torch.nn.Module | None = None,
-        scorer: Any = None,  # callable(prompts, completions) -> dict of [N] tensors + counters
         temperature: float = 1.0,  # sampling temperature: log-probs use the same scaling
         total_steps: int = 1,
         suppress_ids: list[int] | None = None,
@@ -63,7 +62,6 @@ class MAPOModule(pl.LightningModule):
             reference.eval().requires_grad_(False)
         self.processor = processor
         self.algo, self.optim_cfg, self.loss_cfg = algo, optim, algo.loss_config()
-        self.scorer = scorer
         self.temperature = temperature
         self.total_steps = total_steps
         self.suppress_ids = suppress_ids or []
@@ -117,8 +115,10 @@ class MAPOModule(pl.LightningModule):
         t = {"time/rollout": rb.metrics.pop("time/rollout", 0.0)}
         clock = time.perf_counter()
 
-        rewards = rb.rewards if rb.rewards is not None else self.scorer(rb.prompts, rb.completions)
-        t["time/scoring"] = time.perf_counter() - clock
+        rewards = rb.rewards  # scored once, by the RolloutCallback, for every algorithm
+        if rewards is None:
+            raise RuntimeError("the rollout batch is not scored: RolloutCallback scores it")
+        t["time/scoring"] = rb.metrics.pop("time/scoring", 0.0)
         adv = compute_advantages_with_stats(
             self.algo.estimator, rewards["overall"].double(), rb.group_ids,
             eps=self.algo.eps, std=self.algo.std,
@@ -255,9 +255,11 @@ class MAPOModule(pl.LightningModule):
         m: dict[str, float] = {}
         m.update(reward_metrics(rewards["overall"], rewards["format"], rewards["accuracy"]))
         m["reward/success_rate"] = float(success.float().mean())
-        for k in ("timeouts", "errors"):
+        for k in ("timeouts", "errors", "rejected", "pooled"):
             if k in rewards:
                 m[f"reward/{k}"] = float(rewards[k])
+        if rewards.get("scored"):
+            m["reward/pooled_frac"] = float(rewards.get("pooled", 0.0)) / float(rewards["scored"])
         scalars, hists = _split_hists(advantage_metrics(adv))
         m.update(scalars)
         m.update(response_metrics(lengths, truncated, None))
