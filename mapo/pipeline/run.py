@@ -88,7 +88,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     records = RecordWriter(run_dir, rank=trainer.global_rank, with_text=cfg.records_text)
     module = MAPOModule(
         policy, processor, plan.algo, plan.optim, reference=reference,
-        temperature=plan.sampling.temperature, total_steps=cfg.steps,
+        sampling=plan.sampling, total_steps=cfg.steps,
         suppress_ids=policy_suppressed_ids(policy, processor), records=records,
         share_prompt=cfg.model.share_prompt,
     )  # fmt: skip

@@ -17,7 +17,8 @@ from mapo.trainer.evaluation import EvalSets, evaluate
 from mapo.trainer.module import MAPOModule
 from mapo.types import Prompt, RolloutBatch, RolloutEngine, SamplingConfig
 
-# Group ids are draw_index * stride + 0: one id per drawn prompt, unique across the run.
+# Group ids are the prompts' global draw indices (PromptStream.next): one id per drawn prompt,
+# unique across the run and the same on every rank.
 
 
 class RolloutCallback(Callback):

@@ -34,7 +34,7 @@ from mapo.algorithm.losses import Normalizer, policy_loss
 from mapo.models.batching import PolicyInputs, build_policy_inputs
 from mapo.models.logprobs import token_logprobs
 from mapo.trainer.strategies import optimizer_update
-from mapo.types import OptimConfig, RolloutBatch
+from mapo.types import OptimConfig, RolloutBatch, SamplingConfig
 
 
 class MAPOModule(pl.LightningModule):
@@ -46,7 +46,7 @@ class MAPOModule(pl.LightningModule):
         optim: OptimConfig,
         *,
         reference: torch.nn.Module | None = None,
-        temperature: float = 1.0,  # sampling temperature: log-probs use the same scaling
+        sampling: SamplingConfig,  # the rollouts' sampling: log-probs use its temperature
         total_steps: int = 1,
         suppress_ids: list[int] | None = None,
         records: Any = None,  # mapo.trainer.records.RecordWriter or None
@@ -62,7 +62,7 @@ class MAPOModule(pl.LightningModule):
             reference.eval().requires_grad_(False)
         self.processor = processor
         self.algo, self.optim_cfg, self.loss_cfg = algo, optim, algo.loss_config()
-        self.temperature = temperature
+        self.sampling = sampling  # the same object the RolloutCallback hands the engine
         self.total_steps = total_steps
         self.suppress_ids = suppress_ids or []
         self.records = records
@@ -166,7 +166,7 @@ class MAPOModule(pl.LightningModule):
 
     def _logprobs(self, model, inputs: PolicyInputs, entropy: bool = False):
         out = token_logprobs(
-            model, inputs, temperature=self.temperature, suppress_ids=self.suppress_ids,
+            model, inputs, temperature=self.sampling.temperature, suppress_ids=self.suppress_ids,
             return_entropy=entropy, share_prompt=self.share_prompt,
         )  # fmt: skip
         return out if isinstance(out, tuple) else (out, None)
