@@ -150,11 +150,11 @@ def validate(cfg: DictConfig) -> Plan:
                 "download Qwen2.5-VL-7B-Instruct to a local folder and pass model.path=/that/folder "
                 "(or set MAPO_MODEL_DIR to the folder that contains it)")  # fmt: skip
     if cfg.data.get("synthetic") is None:
-        how = (f"prepare it with `python -m mapo.data.prepare {cfg.data.name} --src RAW --out DIR` and "
-               "pass data.root=DIR's parent (or set MAPO_DATA_DIR); see docs/data.md")  # fmt: skip
-        _check_path(cfg.data.train, "training data (data.train)", how)
+        from mapo.data.prepare import prepare_hint  # each set names its own converter
+
+        _check_path(cfg.data.train, "training data (data.train)", prepare_hint(cfg.data.name))
         for name, path in {**cfg.data.in_domain, **cfg.data.out_of_domain}.items():
-            _check_path(path, f"evaluation set {name!r}", how)
+            _check_path(path, f"evaluation set {name!r}", prepare_hint(name))
     r = cfg.rollout
     # seed=None: training rollouts draw from the global RNG (seeded once, saved in checkpoints),
     # so every step gets fresh noise and a resumed run continues the same random stream.

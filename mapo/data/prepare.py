@@ -2,10 +2,12 @@
 
     python -m mapo.data.prepare geo3k --src RAW/geometry3k --out data/geo3k
     python -m mapo.data.prepare emoset --src RAW/EmoSet-118K --out data/emoset --seed 0
+    python -m mapo.data.prepare emotion6 --src RAW/Emotion6 --out data/emotion6 --label-source folder
     python -m mapo.data.prepare synth_emo --out data/synth_emo --n-train 2000 --n-test 400
 
 Writes ``OUT/<split>.parquet``; point the config at them: ``data.train=OUT/train.parquet``.
-docs/data.md describes every dataset's expected raw layout.
+The summary counts, per split, the rows written, dropped and changed (by reason).
+docs/data.md describes every dataset's published layout.
 """
 
 from __future__ import annotations
@@ -33,6 +35,14 @@ def prepare(name: str, src: str | Path | None, out: str | Path, **options) -> Co
     return source.fn(Path(src) if src is not None else None, Path(out), opts)
 
 
+def prepare_hint(dataset: str) -> str:
+    """How to create the files of a dataset named in a config (data.name or an eval set)."""
+    if dataset in REGISTRY and REGISTRY[dataset].needs_src:
+        return (f"prepare it with `python -m mapo.data.prepare {dataset} --src RAW --out DIR` "
+                "and pass data.root=DIR's parent (or set MAPO_DATA_DIR); see docs/data.md")  # fmt: skip
+    return f"no converter is registered as {dataset!r}; see docs/data.md for the schema"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m mapo.data.prepare",
@@ -48,7 +58,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, help="training rows (EmoSet 2100, synth 2000)")
     p.add_argument("--n-test", type=int, help="test rows (EmoSet 2000, 0 = all; synth 400)")
     p.add_argument("--labels", help="comma-separated allowed labels (webemo / emotion6)")
-    p.add_argument("--images-root", help="folder image paths are relative to (JSON sources)")
+    p.add_argument("--images-root", help="folder holding the images (JSON sources, WEBEmo)")
+    p.add_argument(
+        "--label-source",
+        choices=["folder", "argmax"],
+        default="folder",
+        help="Emotion6 gold label: the image's folder or the most voted column",
+    )
+    p.add_argument(
+        "--label-level",
+        type=int,
+        choices=[1, 2, 3],
+        default=2,
+        help="WEBEmo gold label: 1 sentiment, 2 category.txt level 2, 3 the 25 fine",
+    )
     p.add_argument("--on-bad-row", choices=["error", "skip"], default="error")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
@@ -70,18 +93,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             images_root=Path(args.images_root) if args.images_root else None,
             on_bad_row=args.on_bad_row,
             progress=not args.no_progress,
+            label_source=args.label_source,
+            label_level=args.label_level,
         )
     except (FileNotFoundError, ValueError) as err:
         console.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
         return 2
-    table = Table(title=f"{args.name} -> {args.out}")
-    for col in ("split", "rows", "dropped", "file"):
+    console.print(summary_table(args.name, args.out, result))
+    for note in result.notes:
+        console.print(f"note: {note}", markup=False, highlight=False)
+    return 0
+
+
+def summary_table(name: str, out, result: Converted) -> Table:
+    """Rows written, dropped and changed (by reason) per split."""
+    table = Table(title=f"{name} -> {out}")
+    for col in ("split", "rows", "dropped", "changed", "file"):
         table.add_column(col)
     for split, path in result.paths.items():
-        dropped = result.skipped.get(split) or {}
-        table.add_row(split, str(result.rows[split]), str(dict(dropped) or 0), str(path))
-    console.print(table)
-    return 0
+        dropped = dict(result.skipped.get(split) or {})
+        changed = dict(result.changed.get(split) or {})
+        table.add_row(split, str(result.rows[split]), str(dropped or 0), str(changed or 0),
+                      str(path))  # fmt: skip
+    return table
 
 
 if __name__ == "__main__":

@@ -15,9 +15,10 @@ import pyarrow.parquet as pq
 
 from mapo.data.sources.benchmarks import prepare_mathverse, prepare_mathvision, prepare_mathvista
 from mapo.data.sources.common import Converted, PrepareOptions
-from mapo.data.sources.conversations import prepare_emotion6, prepare_webemo
 from mapo.data.sources.emoset import prepare_emoset
+from mapo.data.sources.emotion6 import prepare_emotion6
 from mapo.data.sources.geo3k import prepare_geo3k
+from mapo.data.sources.webemo import prepare_webemo
 from mapo.data.synthetic import write_synthetic
 
 Converter = Callable[[Path | None, Path, PrepareOptions], Converted]
@@ -46,18 +47,20 @@ def _synthetic(name: str) -> Converter:
             name, out, seed=opts.seed, **{k: v for k, v in kwargs.items() if v is not None}
         )
         rows = {split: pq.read_metadata(p).num_rows for split, p in paths.items()}
-        return Converted(paths=paths, skipped={s: Counter() for s in paths}, rows=rows)
+        empty = {s: Counter() for s in paths}
+        changed = {s: Counter() for s in paths}
+        return Converted(paths=paths, skipped=empty, rows=rows, changed=changed)
 
     return prepare
 
 
-register("geo3k", prepare_geo3k, "Geometry3K, hiyouga/geometry3k parquet layout")
+register("geo3k", prepare_geo3k, "Geometry3K: hiyouga/geometry3k parquet or InterGPS folders")
 register("emoset", prepare_emoset, "EmoSet-118K root (train/test.json + image/)")
 register("mathvista", prepare_mathvista, "MathVista testmini parquet (AI4Math/MathVista)")
 register("mathverse", prepare_mathverse, "MathVerse testmini parquet (AI4Math/MathVerse)")
-register("mathvision", prepare_mathvision, "MathVision test/testmini (MathLLMs/MathVision)")
-register("webemo", prepare_webemo, "WEBEmo conversations JSON (authors' eval file)")
-register("emotion6", prepare_emotion6, "Emotion6 conversations JSON (authors' eval file)")
+register("mathvision", prepare_mathvision, "MathVision: hub parquet or MATH-V data/*.jsonl")
+register("webemo", prepare_webemo, "WEBEmo release (category.txt, test25.txt) or conv. JSON")
+register("emotion6", prepare_emotion6, "Emotion6 release (ground_truth.txt) or conv. JSON")
 register("synth_emo", _synthetic("synth_emo"), "SynthEmo (no download)", needs_src=False)
 register("synth_math", _synthetic("synth_math"), "SynthMath (no download)", needs_src=False)
 

@@ -1,4 +1,5 @@
-"""WEBEmo and Emotion6 as the authors evaluated them: LLaVA-style ``conversations`` JSON
+"""WEBEmo and Emotion6 as LLaVA-style ``conversations`` JSON (the form of the MAPO authors'
+evaluation files; the published releases are read by ``emotion6.py`` and ``webemo.py``)
 
     [{"id": "...", "image": "relative/path.jpg",
       "conversations": [{"from": "human", "value": "<image>\\n<question>"},
@@ -23,6 +24,7 @@ from mapo.data.schema import EMOTION6_LABELS, EMOTION_QUESTION
 from mapo.data.sources.common import (
     Converted,
     PrepareOptions,
+    RawFile,
     convert,
     image_entry,
     strip_image_tokens,
@@ -56,9 +58,22 @@ def _label(value: str | None) -> str | None:
     return None if value is None else value.strip().rstrip(".").strip().lower()
 
 
+def _entries(path: Path, name: str) -> list:
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{path} is not a conversations JSON file ({err}). {name} accepts the published "
+            f"release folder or a LLaVA-style conversations JSON (docs/data.md, {name})."
+        ) from None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a JSON list of conversation entries (docs/data.md)")
+    return entries
+
+
 def prepare_conversations(name: str, src: Path, out: Path, opts: PrepareOptions) -> Converted:
     path = _json_file(src)
-    entries = json.loads(path.read_text())
+    entries = _entries(path, name)
     images_root = Path(opts.images_root) if opts.images_root else path.parent
     labels = list(opts.labels or DEFAULT_LABELS[name] or [])
     if not labels:
@@ -78,12 +93,5 @@ def prepare_conversations(name: str, src: Path, out: Path, opts: PrepareOptions)
             "task": "emotion",
         }
 
-    return convert(name, out, {"test": [(str(path), entries)]}, row, opts, base_dir=images_root)
-
-
-def prepare_webemo(src: Path, out: Path, opts: PrepareOptions) -> Converted:
-    return prepare_conversations("webemo", src, out, opts)
-
-
-def prepare_emotion6(src: Path, out: Path, opts: PrepareOptions) -> Converted:
-    return prepare_conversations("emotion6", src, out, opts)
+    splits = {"test": [RawFile(str(path), entries)]}
+    return convert(name, out, splits, row, opts, base_dir=images_root)
