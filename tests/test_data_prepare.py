@@ -65,21 +65,45 @@ def test_geo3k_missing_split_says_what_was_expected(tmp_path):
         prepare("geo3k", tmp_path / "raw", tmp_path / "out", progress=False)
 
 
-def emoset_raw(root, n_per_label=3, missing=None):
-    """EmoSet-118K layout: {train,val,test}.json of [label, id, image path, annotation path]."""
+def emoset_raw(root, n_per_label=3, missing=None, label_order=EMOSET_LABELS):
+    """EmoSet-118K as released (github.com/JingyuanYY/EmoSet README): info.json with every
+    attribute's label2idx / idx2label (emotion under info["emotion"]), {train,val,test}.json of
+    [label, image id, image path, annotation path], image/ and annotation/ per emotion."""
     entries = []
     for label in EMOSET_LABELS:
+        (root / "annotation" / label).mkdir(parents=True, exist_ok=True)
         for i in range(n_per_label):
             image_id = f"{label}_{i:05d}"
             rel = f"image/{label}/{image_id}.jpg"
             if image_id != missing:
                 (root / "image" / label).mkdir(parents=True, exist_ok=True)
                 (root / rel).write_bytes(jpeg())
+            annotation = {"image_id": image_id, "emotion": label, "brightness": 0.4}
+            (root / f"annotation/{label}/{image_id}.json").write_text(json.dumps(annotation))
             entries.append([label, image_id, rel, f"annotation/{label}/{image_id}.json"])
-    label2idx = {label: i for i, label in enumerate(EMOSET_LABELS)}
-    (root / "info.json").write_text(json.dumps({"label2idx": {"emotion": label2idx}}))
+    label2idx = {label: i for i, label in enumerate(label_order)}
+    info = {
+        "emotion": {"label2idx": label2idx, "idx2label": {str(i): k for k, i in label2idx.items()}},
+        "brightness": {"label2idx": {"0.0": 0, "0.1": 1}, "idx2label": {"0": 0.0, "1": 0.1}},
+    }
+    (root / "info.json").write_text(json.dumps(info, indent=2))
     for split in ("train", "val", "test"):
         (root / f"{split}.json").write_text(json.dumps(entries))
+
+
+def test_emoset_labels_follow_info_json(tmp_path):
+    order = tuple(reversed(EMOSET_LABELS))
+    emoset_raw(tmp_path / "raw", n_per_label=1, label_order=order)
+    result = prepare("emoset", tmp_path / "raw", tmp_path / "o", n_train=0, progress=False)
+    assert load_split(result.paths["test"])[0]["choices"] == list(order)
+
+
+def test_emoset_info_json_with_another_nesting_is_an_error(tmp_path):
+    emoset_raw(tmp_path / "raw", n_per_label=1)
+    wrong = {"label2idx": {"emotion": {label: i for i, label in enumerate(EMOSET_LABELS)}}}
+    (tmp_path / "raw" / "info.json").write_text(json.dumps(wrong))
+    with pytest.raises(ValueError, match=r"info\.json.*info\[\"emotion\"\]\[\"label2idx\"\]"):
+        prepare("emoset", tmp_path / "raw", tmp_path / "o", progress=False)
 
 
 def test_emoset_seeded_subset(tmp_path):
