@@ -301,3 +301,29 @@ def test_webemo_label_index_outside_category_txt(tmp_path):
     webemo_release(tmp_path / "W", [("a1", 0), ("b1", 25)])
     with pytest.raises(BadRowError, match=r"test25\.txt: line 2 .*category\.txt has 25"):
         prepare("webemo", tmp_path / "W", tmp_path / "o", progress=False)
+
+
+# --- MathVista testmini (AI4Math/MathVista data/testmini-*.parquet) -----------------------------
+
+
+def test_mathvista_duplicate_choice_accepts_every_matching_letter(tmp_path):
+    from mapo.rewards import score
+
+    common = {"unit": None, "precision": None, "answer_type": "integer", "metadata": None,
+              "image": "images/1.jpg", "question_type": "multi_choice"}  # fmt: skip
+    records = [
+        {"pid": "1", "question": "How many?", "decoded_image": {"bytes": image_bytes(),
+         "path": "images/1.jpg"}, "choices": ["9", "12", "18", "18"], "answer": "18",
+         "query": "Hint: answer with the option letter.\nHow many?", **common},
+    ]  # fmt: skip
+    path = tmp_path / "raw" / "data" / "testmini-00000-of-00001.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(records), path)
+    result = prepare("mathvista", tmp_path / "raw", tmp_path / "o", progress=False)
+    (row,) = load_split(result.paths["testmini"])
+    assert row["answer"] == "C\nD"
+    assert result.changed["testmini"] == {"answer_text_to_letter": 1, "several_letters": 1}
+    think = "<think>count</think> "
+    accuracy = {g: score("math", think + f"\\boxed{{{g}}}", row["answer"])["accuracy"]
+                for g in "ABCD"}  # fmt: skip
+    assert accuracy == {"A": 0.0, "B": 0.0, "C": 1.0, "D": 1.0}

@@ -6,7 +6,8 @@ A split is a parquet file (or an HF ``save_to_disk`` folder) with the columns
     images   list[{bytes, path}]  encoded images (PNG for synthetic data, the original
                               JPEG/PNG bytes for real data), like HF's ``List(Image())``
     problem  str              the question, without image placeholders
-    answer   str              the gold answer (for multiple choice: what the prompt asks for)
+    answer   str              the gold answer (for multiple choice: what the prompt asks for;
+                              several accepted answers are listed one per line)
     choices  list[str] | null optional; required for emotion rows (the allowed labels)
     source   str              dataset name, for per-dataset metrics
     task     str              reward kind: "math" or "emotion"

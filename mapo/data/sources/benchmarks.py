@@ -3,7 +3,8 @@
 MathVista (AI4Math/MathVista): ``data/testmini-*.parquet``; pid, query, choices, answer,
     question_type, decoded_image (or image: a path inside images.zip). ``query`` is the
     official prompt; for multiple choice it asks for the option letter, so the answer is
-    stored as that letter (the raw answer is the choice text).
+    stored as that letter (the raw answer is the choice text), or as every letter whose
+    choice is that text, one per line, when the text is listed twice.
 MathVerse (AI4Math/MathVerse): ``testmini.parquet``; sample_index, query_cot, answer
     (a letter for multiple choice; query_cot lists the options), image.
 MathVision: the hub parquet (MathLLMs/MathVision, ``data/{test,testmini}-*.parquet``) or the
@@ -44,12 +45,16 @@ def _images(raw: dict[str, Any], base_dir: Path) -> list[dict[str, Any]]:
     return [image_entry(image, base_dir)] if image else []
 
 
-def _mathvista_row(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+def _mathvista_row(raw: dict[str, Any], base_dir: Path) -> Record:
     choices = raw.get("choices") or None
-    answer = raw.get("answer")
+    answer, reasons = raw.get("answer"), ()
     if raw.get("question_type") == "multi_choice" and choices and answer in choices:
-        answer = letter(choices.index(answer))
-    return {
+        # every letter whose choice is the answer text (testmini has ['9', '12', '18', '18'] with
+        # answer '18'), one per line: the math reward accepts any of them (accepted_answers)
+        letters = [letter(i) for i, c in enumerate(choices) if c == answer]
+        answer = "\n".join(letters)
+        reasons = ("answer_text_to_letter",) + (("several_letters",) if len(letters) > 1 else ())
+    row = {
         "id": raw.get("pid"),
         "images": _images(raw, base_dir),
         "problem": raw.get("query"),
@@ -58,6 +63,7 @@ def _mathvista_row(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
         "source": "mathvista",
         "task": "math",
     }
+    return Record(row, reasons)
 
 
 def _mathverse_row(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
