@@ -100,22 +100,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
         return 2
     console.print(summary_table(args.name, args.out, result))
-    for note in result.notes:
-        console.print(f"note: {note}", markup=False, highlight=False)
+    for line in summary_lines(result):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     return 0
 
 
 def summary_table(name: str, out, result: Converted) -> Table:
-    """Rows written, dropped and changed (by reason) per split."""
+    """Rows written and dropped, and changes made (a row can have several), per split; the
+    reasons follow in summary_lines."""
     table = Table(title=f"{name} -> {out}")
-    for col in ("split", "rows", "dropped", "changed", "file"):
+    for col in ("split", "rows", "dropped", "changes", "file"):
         table.add_column(col)
     for split, path in result.paths.items():
-        dropped = dict(result.skipped.get(split) or {})
-        changed = dict(result.changed.get(split) or {})
-        table.add_row(split, str(result.rows[split]), str(dropped or 0), str(changed or 0),
-                      str(path))  # fmt: skip
+        dropped = sum((result.skipped.get(split) or {}).values())
+        changed = sum((result.changed.get(split) or {}).values())
+        table.add_row(split, str(result.rows[split]), str(dropped), str(changed), str(path))
     return table
+
+
+def summary_lines(result: Converted) -> list[str]:
+    """'<split> dropped|changed: reason=count, ...' per split, then the converter's notes."""
+    lines = []
+    for split in result.paths:
+        for what, counts in (("dropped", result.skipped), ("changed", result.changed)):
+            if counts.get(split):
+                reasons = ", ".join(f"{r}={n}" for r, n in counts[split].most_common())
+                lines.append(f"{split} {what}: {reasons}")
+    return lines + [f"note: {note}" for note in result.notes]
 
 
 if __name__ == "__main__":
