@@ -327,3 +327,17 @@ def test_mathvista_duplicate_choice_accepts_every_matching_letter(tmp_path):
     accuracy = {g: score("math", think + f"\\boxed{{{g}}}", row["answer"])["accuracy"]
                 for g in "ABCD"}  # fmt: skip
     assert accuracy == {"A": 0.0, "B": 0.0, "C": 1.0, "D": 1.0}
+
+
+def test_cli_label_flags_reach_the_converters(tmp_path, capsys):
+    emotion6_release(tmp_path / "E")
+    webemo_release(tmp_path / "W", [("a1", 1)])
+    e6 = ["emotion6", "--src", str(tmp_path / "E"), "--out", str(tmp_path / "e"), "--no-progress"]
+    assert main([*e6, "--label-source", "argmax"]) == 0
+    out = capsys.readouterr().out
+    assert "--label-source argmax" in out and "test dropped: tied_votes=1" in out
+    we = ["webemo", "--src", str(tmp_path / "W"), "--out", str(tmp_path / "w"), "--no-progress"]
+    assert main([*we, "--label-level", "3"]) == 0
+    assert load_split(tmp_path / "w" / "test.parquet")[0]["answer"] == "cheerfulness"
+    assert main(we) == 0  # default level 2
+    assert load_split(tmp_path / "w" / "test.parquet")[0]["answer"] == "joy"

@@ -2,7 +2,8 @@
 
     python -m mapo.data.prepare geo3k --src RAW/geometry3k --out data/geo3k
     python -m mapo.data.prepare emoset --src RAW/EmoSet-118K --out data/emoset --seed 0
-    python -m mapo.data.prepare emotion6 --src RAW/Emotion6 --out data/emotion6 --label-source folder
+    python -m mapo.data.prepare emotion6 --src RAW/Emotion6 --out data/emotion6 \
+        --label-source folder
     python -m mapo.data.prepare synth_emo --out data/synth_emo --n-train 2000 --n-test 400
 
 Writes ``OUT/<split>.parquet``; point the config at them: ``data.train=OUT/train.parquet``.
@@ -56,25 +57,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for <split>.parquet")
     p.add_argument("--seed", type=int, default=0, help="sampling / generation seed")
     p.add_argument("--n-train", type=int, help="training rows (EmoSet 2100, synth 2000)")
-    p.add_argument("--n-test", type=int, help="test rows (EmoSet 2000, 0 = all; synth 400)")
+    p.add_argument(
+        "--n-test", type=int, help="test rows (EmoSet 2000, WEBEmo all, 0 = all; synth 400)"
+    )
     p.add_argument("--labels", help="comma-separated allowed labels (webemo / emotion6)")
     p.add_argument("--images-root", help="folder holding the images (JSON sources, WEBEmo)")
-    p.add_argument(
-        "--label-source",
-        choices=["folder", "argmax"],
-        default="folder",
-        help="Emotion6 gold label: the image's folder or the most voted column",
-    )
-    p.add_argument(
-        "--label-level",
-        type=int,
-        choices=[1, 2, 3],
-        default=2,
-        help="WEBEmo gold label: 1 sentiment, 2 category.txt level 2, 3 the 25 fine",
-    )
+    defaults = PrepareOptions()  # one home for the defaults
+    p.add_argument("--label-source", choices=["folder", "argmax"],
+                   help="Emotion6 gold label: the image's folder or the most voted column "
+                        f"(default {defaults.label_source})")  # fmt: skip
+    p.add_argument("--label-level", type=int, choices=[1, 2, 3],
+                   help="WEBEmo gold label: 1 sentiment, 2 category.txt level 2, 3 the 25 fine "
+                        f"(default {defaults.label_level})")  # fmt: skip
     p.add_argument("--on-bad-row", choices=["error", "skip"], default="error")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
+
+
+def _given(args: argparse.Namespace, *names: str) -> dict:
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,8 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             images_root=Path(args.images_root) if args.images_root else None,
             on_bad_row=args.on_bad_row,
             progress=not args.no_progress,
-            label_source=args.label_source,
-            label_level=args.label_level,
+            **_given(args, "label_source", "label_level"),  # else PrepareOptions' defaults
         )
     except (FileNotFoundError, ValueError) as err:
         console.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
