@@ -244,3 +244,13 @@ def test_cli_synthetic_and_errors(tmp_path, capsys):
 def test_registry_covers_every_dataset():
     expected = {"geo3k", "emoset", "mathvista", "mathverse", "mathvision", "webemo", "emotion6"}
     assert expected | {"synth_emo", "synth_math"} == set(REGISTRY)
+
+
+def test_prepare_hint_names_each_sets_own_converter():
+    from mapo.data.prepare import prepare_hint
+
+    assert "`python -m mapo.data.prepare mathvision --src RAW --out DIR`" in prepare_hint(
+        "mathvision"
+    )
+    assert "`python -m mapo.data.prepare synth_emo --out DIR`" in prepare_hint("synth_emo")
+    assert "no converter is registered as 'mine'" in prepare_hint("mine")

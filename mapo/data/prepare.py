@@ -38,10 +38,12 @@ def prepare(name: str, src: str | Path | None, out: str | Path, **options) -> Co
 
 def prepare_hint(dataset: str) -> str:
     """How to create the files of a dataset named in a config (data.name or an eval set)."""
-    if dataset in REGISTRY and REGISTRY[dataset].needs_src:
-        return (f"prepare it with `python -m mapo.data.prepare {dataset} --src RAW --out DIR` "
-                "and pass data.root=DIR's parent (or set MAPO_DATA_DIR); see docs/data.md")  # fmt: skip
-    return f"no converter is registered as {dataset!r}; see docs/data.md for the schema"
+    if dataset in REGISTRY:
+        src = " --src RAW" if REGISTRY[dataset].needs_src else ""
+        return (f"prepare it with `python -m mapo.data.prepare {dataset}{src} --out DIR` and "
+                "pass data.root=DIR's parent (or set MAPO_DATA_DIR); see docs/data.md")  # fmt: skip
+    return (f"no converter is registered as {dataset!r} (known: {sorted(REGISTRY)}); write the "
+            "schema of docs/data.md, e.g. `python -m mapo.data.prepare NAME --src RAW --out DIR`")  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
