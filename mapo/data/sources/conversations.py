@@ -34,15 +34,16 @@ log = logging.getLogger(__name__)
 DEFAULT_LABELS: dict[str, tuple[str, ...] | None] = {"emotion6": EMOTION6_LABELS, "webemo": None}
 
 
-def _json_file(src: Path) -> Path:
+def _json_file(src: Path, name: str) -> Path:
     src = Path(src)
     if src.is_file():
         return src
     found = sorted(src.glob("*.json")) if src.is_dir() else []
     if len(found) != 1:
+        where = "does not exist" if not src.exists() else f"holds {[p.name for p in found]}"
         raise FileNotFoundError(
-            f"--src {src} must be the conversations JSON file (or a folder holding exactly one "
-            f"*.json; found {[p.name for p in found]})."
+            f"--src {src} {where}: pass the {name} release folder as published, or a "
+            "conversations JSON file (or a folder holding exactly one *.json); see docs/data.md."
         )
     return found[0]
 
@@ -72,7 +73,7 @@ def _entries(path: Path, name: str) -> list:
 
 
 def prepare_conversations(name: str, src: Path, out: Path, opts: PrepareOptions) -> Converted:
-    path = _json_file(src)
+    path = _json_file(src, name)
     entries = _entries(path, name)
     images_root = Path(opts.images_root) if opts.images_root else path.parent
     labels = list(opts.labels or DEFAULT_LABELS[name] or [])
