@@ -98,6 +98,16 @@ def test_mathvision_documented_command_prints_the_changes(tmp_path, capsys):
     assert "image_only_question" in out and "options_in_image" in out
 
 
+def test_mathvision_missing_image_names_the_jsonl_row(tmp_path):
+    mathvision_release(tmp_path / "MATH-V")
+    (tmp_path / "MATH-V" / "images" / "2.jpg").unlink()
+    with pytest.raises(BadRowError, match=r"data/test\.jsonl: row 1 \(id='2'\)"):
+        prepare("mathvision", tmp_path / "MATH-V", tmp_path / "out", progress=False)
+    kw = {"on_bad_row": "skip", "progress": False}
+    result = prepare("mathvision", tmp_path / "MATH-V", tmp_path / "out", **kw)
+    assert result.rows["test"] == 5 and result.skipped["test"] == {"missing_image": 1}
+
+
 # --- Geo3K: hiyouga/geometry3k earlier revision (no id) and lupantech/InterGPS folders ----------
 
 

@@ -100,14 +100,8 @@ def mathvision_problem(question: str, options: list[str]) -> tuple[str, tuple[st
     if len(figures) > 1 or max(figures, default=1) > 1:
         text, reasons = f"{text}\n{SEVERAL_FIGURES}", [*reasons, "several_figures_one_image"]
     if options and placeholder_letters(options):
-        letters = ", ".join(options)
-        text, reasons = (
-            f"{text}\n{OPTIONS_IN_IMAGE.format(letters=letters)}",
-            [
-                *reasons,
-                "options_in_image",
-            ],
-        )
+        text = f"{text}\n{OPTIONS_IN_IMAGE.format(letters=', '.join(options))}"
+        reasons.append("options_in_image")
     elif options:
         text = f"{text}\n{format_choices(options)}"
     return text, tuple(reasons)
@@ -141,10 +135,10 @@ def _split_parts(src: Path, split: str, required, names=None, jsonl: bool = Fals
 
 
 def read_jsonl_rows(path: Path, required) -> list[dict[str, Any]]:
+    """One JSON object per line (rows are numbered from 0, like parquet rows, in messages)."""
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-        if not line.strip():
-            continue
+    for n, line in enumerate(lines):
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as err:
