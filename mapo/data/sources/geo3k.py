@@ -78,7 +78,10 @@ def _folder_number(folder: Path) -> tuple[int, str]:
 
 
 def _folder_row(folder: Path) -> Record:
-    data = json.loads((folder / "data.json").read_text(encoding="utf-8"))
+    try:
+        data = json.loads((folder / "data.json").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{folder / 'data.json'} is not valid JSON ({err})") from None
     choices = [str(c) for c in data.get("choices") or []]
     letter = str(data.get("answer") or "").strip().upper()
     index = ord(letter) - ord("A") if len(letter) == 1 else -1
@@ -91,7 +94,8 @@ def _folder_row(folder: Path) -> Record:
         "source": "geo3k",
         "task": "math",
     }
-    return Record(row, ("answer_letter_to_choice",), _folder_number(folder)[0])
+    number = int(folder.name) if folder.name.isdigit() else None  # messages name the folder
+    return Record(row, ("answer_letter_to_choice",), number)
 
 
 def _folder_splits(root: Path) -> dict[str, list[RawFile]]:
