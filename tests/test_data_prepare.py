@@ -113,6 +113,7 @@ def test_emoset_seeded_subset(tmp_path):
     b = prepare("emoset", tmp_path / "raw", tmp_path / "b", seed=1, **kw)
     c = prepare("emoset", tmp_path / "raw", tmp_path / "c", seed=2, **kw)
     assert a.rows == {"train": 10, "test": 24}  # n_test=0 keeps all of test.json
+    assert "train: 10 of the 24 entries of train.json (seeded subset, --seed 1)" in a.notes
     ids = [[r["id"] for r in load_split(x.paths["train"])] for x in (a, b, c)]
     assert ids[0] == ids[1] and ids[0] != ids[2]
     row = load_split(a.paths["train"])[0]
@@ -212,6 +213,7 @@ def test_emotion6_conversations(tmp_path):
     assert [r["answer"] for r in rows] == ["joy", "sadness", "surprise"]
     assert rows[0]["problem"] == "What emotion does this image show?"
     assert rows[0]["choices"] == list(EMOTION6_LABELS) and rows[0]["source"] == "emotion6"
+    assert result.changed["test"] == {"image_tokens_removed": 3, "label_normalized": 2}
 
 
 def test_conversations_unknown_label_is_a_named_bad_row(tmp_path):

@@ -25,6 +25,7 @@ from mapo.data.sources.common import (
     Converted,
     PrepareOptions,
     RawFile,
+    Record,
     convert,
     image_entry,
     strip_image_tokens,
@@ -82,17 +83,21 @@ def prepare_conversations(name: str, src: Path, out: Path, opts: PrepareOptions)
         log.warning("%s: no --labels given; using the answers found in %s: %s", name, path, labels)
     labels = [lab.strip().lower() for lab in labels]
 
-    def row(entry: dict[str, Any]) -> dict[str, Any]:
-        question = strip_image_tokens(_turn(entry, "human") or "")
-        return {
+    def row(entry: dict[str, Any]) -> Record:
+        human, gpt = _turn(entry, "human") or "", _turn(entry, "gpt")
+        question, answer = strip_image_tokens(human), _label(gpt)
+        reasons = [r for r, changed in (("image_tokens_removed", question != human.strip()),
+                                        ("question_supplied", not question),
+                                        ("label_normalized", answer != gpt)) if changed]  # fmt: skip
+        return Record({
             "id": None if entry.get("id") is None else str(entry["id"]),
             "images": [image_entry(entry["image"], images_root)] if entry.get("image") else [],
             "problem": question or EMOTION_QUESTION,
-            "answer": _label(_turn(entry, "gpt")),
+            "answer": answer,
             "choices": labels,
             "source": name,
             "task": "emotion",
-        }
+        }, tuple(reasons))  # fmt: skip
 
     splits = {"test": [RawFile(str(path), entries)]}
     return convert(name, out, splits, row, opts, base_dir=images_root)

@@ -22,6 +22,7 @@ from mapo.data.sources.common import (
     Converted,
     PrepareOptions,
     RawFile,
+    Record,
     convert,
     image_entry,
     subset,
@@ -50,6 +51,7 @@ def _labels(root: Path) -> tuple[list[str], str | None]:
 def prepare_emoset(src: Path, out: Path, opts: PrepareOptions) -> Converted:
     root = Path(src)
     labels, note = _labels(root)
+    notes = [note] if note else []
     splits: dict[str, list[RawFile]] = {}
     for split in ("train", "test"):
         path = root / f"{split}.json"
@@ -62,19 +64,22 @@ def prepare_emoset(src: Path, out: Path, opts: PrepareOptions) -> Converted:
         n = DEFAULT_N[split] if n is None else n
         entries = json.loads(path.read_text(encoding="utf-8"))
         splits[split] = [RawFile(str(path), subset(entries, n, opts.seed, split))]
+        notes.append(f"{split}: {len(splits[split][0].records)} of the {len(entries)} entries "
+                     f"of {path.name} (seeded subset, --seed {opts.seed})")  # fmt: skip
 
-    def row(entry: list[Any]) -> dict[str, Any]:
+    def row(entry: list[Any]) -> Record:
         label, image_id, image_path = entry[0], entry[1], entry[2]
-        return {
+        answer = str(label).strip().lower()
+        return Record({
             "id": str(image_id),
             "images": [image_entry(image_path, root)],
             "problem": EMOTION_QUESTION,
-            "answer": str(label).strip().lower(),
+            "answer": answer,
             "choices": labels,
             "source": "emoset",
             "task": "emotion",
-        }
+        }, ("label_normalized",) if answer != label else ())  # fmt: skip
 
     result = convert("emoset", out, splits, row, opts)
-    result.notes += [note] if note else []
+    result.notes += notes
     return result
