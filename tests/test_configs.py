@@ -82,6 +82,18 @@ def test_missing_data_names_prepare_command(tmp_path):
         validate(cfg)
 
 
+def test_missing_eval_set_names_its_own_prepare_command(tmp_path):
+    for split in ("train", "test"):  # geo3k is there, the MathVision set is not
+        (tmp_path / "data" / "geo3k").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / "geo3k" / f"{split}.parquet").write_bytes(b"")
+    overrides = ["experiment=geo3k_mapo", f"model.path={tmp_path}", f"data.root={tmp_path}/data"]
+    with pytest.raises(FileNotFoundError) as info:
+        validate(compose_cfg(overrides, tmp_path))
+    msg = str(info.value)
+    assert "evaluation set 'mathvision'" in msg and "mapo.data.prepare mathvision" in msg
+    assert "prepare geo3k" not in msg
+
+
 @pytest.mark.parametrize(
     "override, msg",
     [

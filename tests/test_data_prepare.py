@@ -65,21 +65,45 @@ def test_geo3k_missing_split_says_what_was_expected(tmp_path):
         prepare("geo3k", tmp_path / "raw", tmp_path / "out", progress=False)
 
 
-def emoset_raw(root, n_per_label=3, missing=None):
-    """EmoSet-118K layout: {train,val,test}.json of [label, id, image path, annotation path]."""
+def emoset_raw(root, n_per_label=3, missing=None, label_order=EMOSET_LABELS):
+    """EmoSet-118K as released (github.com/JingyuanYY/EmoSet README): info.json with every
+    attribute's label2idx / idx2label (emotion under info["emotion"]), {train,val,test}.json of
+    [label, image id, image path, annotation path], image/ and annotation/ per emotion."""
     entries = []
     for label in EMOSET_LABELS:
+        (root / "annotation" / label).mkdir(parents=True, exist_ok=True)
         for i in range(n_per_label):
             image_id = f"{label}_{i:05d}"
             rel = f"image/{label}/{image_id}.jpg"
             if image_id != missing:
                 (root / "image" / label).mkdir(parents=True, exist_ok=True)
                 (root / rel).write_bytes(jpeg())
+            annotation = {"image_id": image_id, "emotion": label, "brightness": 0.4}
+            (root / f"annotation/{label}/{image_id}.json").write_text(json.dumps(annotation))
             entries.append([label, image_id, rel, f"annotation/{label}/{image_id}.json"])
-    label2idx = {label: i for i, label in enumerate(EMOSET_LABELS)}
-    (root / "info.json").write_text(json.dumps({"label2idx": {"emotion": label2idx}}))
+    label2idx = {label: i for i, label in enumerate(label_order)}
+    info = {
+        "emotion": {"label2idx": label2idx, "idx2label": {str(i): k for k, i in label2idx.items()}},
+        "brightness": {"label2idx": {"0.0": 0, "0.1": 1}, "idx2label": {"0": 0.0, "1": 0.1}},
+    }
+    (root / "info.json").write_text(json.dumps(info, indent=2))
     for split in ("train", "val", "test"):
         (root / f"{split}.json").write_text(json.dumps(entries))
+
+
+def test_emoset_labels_follow_info_json(tmp_path):
+    order = tuple(reversed(EMOSET_LABELS))
+    emoset_raw(tmp_path / "raw", n_per_label=1, label_order=order)
+    result = prepare("emoset", tmp_path / "raw", tmp_path / "o", n_train=0, progress=False)
+    assert load_split(result.paths["test"])[0]["choices"] == list(order)
+
+
+def test_emoset_info_json_with_another_nesting_is_an_error(tmp_path):
+    emoset_raw(tmp_path / "raw", n_per_label=1)
+    wrong = {"label2idx": {"emotion": {label: i for i, label in enumerate(EMOSET_LABELS)}}}
+    (tmp_path / "raw" / "info.json").write_text(json.dumps(wrong))
+    with pytest.raises(ValueError, match=r"info\.json.*info\[\"emotion\"\]\[\"label2idx\"\]"):
+        prepare("emoset", tmp_path / "raw", tmp_path / "o", progress=False)
 
 
 def test_emoset_seeded_subset(tmp_path):
@@ -89,6 +113,7 @@ def test_emoset_seeded_subset(tmp_path):
     b = prepare("emoset", tmp_path / "raw", tmp_path / "b", seed=1, **kw)
     c = prepare("emoset", tmp_path / "raw", tmp_path / "c", seed=2, **kw)
     assert a.rows == {"train": 10, "test": 24}  # n_test=0 keeps all of test.json
+    assert "train: 10 of the 24 entries of train.json (seeded subset, --seed 1)" in a.notes
     ids = [[r["id"] for r in load_split(x.paths["train"])] for x in (a, b, c)]
     assert ids[0] == ids[1] and ids[0] != ids[2]
     row = load_split(a.paths["train"])[0]
@@ -188,6 +213,7 @@ def test_emotion6_conversations(tmp_path):
     assert [r["answer"] for r in rows] == ["joy", "sadness", "surprise"]
     assert rows[0]["problem"] == "What emotion does this image show?"
     assert rows[0]["choices"] == list(EMOTION6_LABELS) and rows[0]["source"] == "emotion6"
+    assert result.changed["test"] == {"image_tokens_removed": 3, "label_normalized": 2}
 
 
 def test_conversations_unknown_label_is_a_named_bad_row(tmp_path):
@@ -220,3 +246,13 @@ def test_cli_synthetic_and_errors(tmp_path, capsys):
 def test_registry_covers_every_dataset():
     expected = {"geo3k", "emoset", "mathvista", "mathverse", "mathvision", "webemo", "emotion6"}
     assert expected | {"synth_emo", "synth_math"} == set(REGISTRY)
+
+
+def test_prepare_hint_names_each_sets_own_converter():
+    from mapo.data.prepare import prepare_hint
+
+    assert "`python -m mapo.data.prepare mathvision --src RAW --out DIR`" in prepare_hint(
+        "mathvision"
+    )
+    assert "`python -m mapo.data.prepare synth_emo --out DIR`" in prepare_hint("synth_emo")
+    assert "no converter is registered as 'mine'" in prepare_hint("mine")

@@ -291,3 +291,12 @@ def test_every_dataset_label_matches_itself_and_no_other():
     batch = score_batch("emotion", completions, golds)
     expected = [float(g == a) for g in labels for a in labels]
     assert batch.accuracy.tolist() == expected
+
+
+def test_math_gold_listing_several_answers_accepts_each():
+    from mapo.rewards.text import accepted_answers
+
+    assert accepted_answers("C\nD") == ["C", "D"] and accepted_answers("18") == ["18"]
+    comps = ["<think>x</think> \\boxed{D}", "<think>x</think> \\boxed{B}", "\\boxed{C}"]
+    batch = score_batch(["math"] * 3, comps, ["C\nD"] * 3, format_weight=0.0)
+    assert list(batch.accuracy) == [1.0, 0.0, 1.0]

@@ -6,7 +6,8 @@ A split is a parquet file (or an HF ``save_to_disk`` folder) with the columns
     images   list[{bytes, path}]  encoded images (PNG for synthetic data, the original
                               JPEG/PNG bytes for real data), like HF's ``List(Image())``
     problem  str              the question, without image placeholders
-    answer   str              the gold answer (for multiple choice: what the prompt asks for)
+    answer   str              the gold answer (for multiple choice: what the prompt asks for;
+                              several accepted answers are listed one per line)
     choices  list[str] | null optional; required for emotion rows (the allowed labels)
     source   str              dataset name, for per-dataset metrics
     task     str              reward kind: "math" or "emotion"
@@ -100,6 +101,8 @@ FIXES = {
     "bad_task": f"`task` must be one of {list(TASKS)}",
     "missing_choices": "emotion rows must list their allowed labels in `choices`",
     "unknown_label": "the answer of an emotion row must be one of its `choices`",
+    "malformed_line": "the line must have the columns of the published layout (docs/data.md)",
+    "unknown_label_index": "the label index must name a line of the release's category file",
 }
 SKIP_HINT = "set data.on_bad_row=skip to drop such rows"
 
@@ -111,10 +114,12 @@ class SchemaError(ValueError):
 class BadRowError(ValueError):
     """One row that breaks the schema; the message names file, row index, id and the fix."""
 
-    def __init__(self, origin: str, index: int, row_id: Any, reason: str, detail: str):
+    def __init__(
+        self, origin: str, index: int, row_id: Any, reason: str, detail: str, unit: str = "row"
+    ):
         self.origin, self.index, self.row_id, self.reason = origin, index, row_id, reason
         super().__init__(
-            f"{origin}: row {index} (id={row_id!r}): {detail}. "
+            f"{origin}: {unit} {index} (id={row_id!r}): {detail}. "
             f"Fix: {FIXES[reason]}, or {SKIP_HINT}."
         )
 
@@ -230,11 +235,15 @@ def validate_rows(
     on_bad_row: str = "error",
     max_prompt_chars: int | None = None,
     base_dir: str | Path | None = None,
+    indices: list[int] | None = None,
+    unit: str = "row",
 ) -> tuple[list[dict[str, Any]], Counter]:
     """Check and normalise rows; returns (kept rows, Counter of dropped rows by reason).
 
-    ``origin`` names the file in error messages. Rows whose problem is longer than
-    ``max_prompt_chars`` are always dropped and counted as "too_long" (never truncated).
+    ``origin`` names the file in error messages, ``indices[k]`` the position of row k in that
+    file (default k; converters pass it when rows were dropped before validation) and ``unit``
+    what the position counts ("row", or "line" for text files). Rows whose problem is longer
+    than ``max_prompt_chars`` are always dropped and counted as "too_long" (never truncated).
     Relative image paths are resolved against ``base_dir``.
     """
     if on_bad_row not in ON_BAD_ROW:
@@ -249,7 +258,8 @@ def validate_rows(
             reason, detail = "duplicate_id", f"id {out['id']!r} appears more than once"
         if reason:
             if on_bad_row == "error":
-                raise BadRowError(origin, index, out["id"], reason, detail)
+                where = indices[index] if indices is not None else index
+                raise BadRowError(origin, where, out["id"], reason, detail, unit)
             skipped[reason] += 1
             continue
         if max_prompt_chars is not None and len(out["problem"]) > max_prompt_chars:

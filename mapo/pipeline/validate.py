@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mapo.algorithm.config import AlgorithmConfig, ConfigError
+from mapo.data.prepare import prepare_hint
 from mapo.registry import import_plugins
 from mapo.rollout import ENGINES
 from mapo.types import OptimConfig, SamplingConfig
@@ -147,11 +148,10 @@ def validate(cfg: DictConfig) -> Plan:
                 "download Qwen2.5-VL-7B-Instruct to a local folder and pass model.path=/that/folder "
                 "(or set MAPO_MODEL_DIR to the folder that contains it)")  # fmt: skip
     if cfg.data.get("synthetic") is None:
-        how = (f"prepare it with `python -m mapo.data.prepare {cfg.data.name} --src RAW --out DIR` and "
-               "pass data.root=DIR's parent (or set MAPO_DATA_DIR); see docs/data.md")  # fmt: skip
-        _check_path(cfg.data.train, "training data (data.train)", how)
+        # each set's hint names its own converter (a missing MathVision set is told `prepare mathvision`)
+        _check_path(cfg.data.train, "training data (data.train)", prepare_hint(cfg.data.name))
         for name, path in {**cfg.data.in_domain, **cfg.data.out_of_domain}.items():
-            _check_path(path, f"evaluation set {name!r}", how)
+            _check_path(path, f"evaluation set {name!r}", prepare_hint(name))
     r = cfg.rollout
     # seed=None: training rollouts draw from the global RNG (seeded once, saved in checkpoints),
     # so every step gets fresh noise and a resumed run continues the same random stream.

@@ -14,6 +14,9 @@ from __future__ import annotations
 import re
 
 BOX_OPEN = "\\boxed{"
+# A gold answer may list several accepted answers, one per line (a MathVista row whose answer
+# text is under two letters accepts both); single-line answers, the usual case, are one.
+ANSWER_SEPARATOR = "\n"
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
@@ -23,6 +26,11 @@ THINK_CLOSE = "</think>"
 # `\s*(<|>|/)\s*`, which retries the whole run from every start position.
 _SPACE_AT_TAG = re.compile(r"(?<=[<>/])\s+|(?<!\s)(?=(\s+))\1(?=[<>/])")
 _TAG_CHARS = "<>/"
+
+
+def accepted_answers(gold: str) -> list[str]:
+    """The accepted answers a gold answer lists (``"C\\nD"`` -> ``["C", "D"]``)."""
+    return [a for a in gold.split(ANSWER_SEPARATOR) if a.strip()] or [gold]
 
 
 def normalize_response(text: str) -> str:

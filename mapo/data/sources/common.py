@@ -2,50 +2,113 @@
 
 from __future__ import annotations
 
+import random
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 from rich.progress import track
 
-from mapo.data.schema import validate_rows, write_rows
+from mapo.data.schema import BadRowError, validate_rows, write_rows
 
 # "<image>", "<image1>", "<image 2>" placeholders: our messages carry images as content items.
-_IMAGE_TOKEN = re.compile(r"<image\s*\d*>", re.IGNORECASE)
+_TOKEN_WITH_BLANKS = re.compile(r"[ \t]*<image\s*\d*>[ \t]*", re.IGNORECASE)
 
 
 @dataclass
 class PrepareOptions:
     """Options every converter receives (each uses the ones it needs)."""
 
-    seed: int = 0  # sampling seed (EmoSet subsets, synthetic sets)
+    seed: int = 0  # sampling seed (EmoSet / WEBEmo subsets, synthetic sets)
     n_train: int | None = None  # training rows; None = the converter's default
     n_test: int | None = None  # test rows; None = the converter's default; 0 = all
-    labels: Sequence[str] | None = None  # allowed emotion labels (conversations JSON)
-    images_root: Path | None = None  # where relative image paths resolve (JSON sources)
+    labels: Sequence[str] | None = None  # allowed emotion labels (WEBEmo / Emotion6)
+    images_root: Path | None = None  # where relative image paths resolve (JSON / URL lists)
     on_bad_row: str = "error"  # "error" | "skip", as in load_split
     progress: bool = True  # show a Rich progress bar
+    label_source: str = "folder"  # Emotion6: "folder" (the image's folder) | "argmax"
+    label_level: int = 2  # WEBEmo: 1 (positive/negative), 2 (category.txt level 2), 3 (25)
 
 
 @dataclass
 class Converted:
-    """What a converter wrote: {split: parquet path} and the rows dropped per reason."""
+    """What a converter wrote: {split: parquet path}, rows written, the rows dropped and the
+    rows changed per reason, and notes (e.g. which label convention was used)."""
 
     paths: dict[str, Path]
     skipped: dict[str, Counter]
     rows: dict[str, int]
+    changed: dict[str, Counter] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Record:
+    """One raw record after conversion: the schema row (None when a documented rule drops it)
+    and why it was changed (row kept) or dropped; ``index`` is its position in the raw file
+    for error messages (default: its position in the record list)."""
+
+    row: dict[str, Any] | None
+    reasons: tuple[str, ...] = ()
+    index: int | None = None
+
+
+@dataclass
+class RawFile:
+    """The records read from one raw file; ``unit`` says what an index counts (row, line)."""
+
+    origin: str
+    records: list
+    unit: str = "row"
+
+
+def dropped(reason: str, index: int | None = None) -> Record:
+    return Record(None, (reason,), index)
+
+
+def bad_record(opts: PrepareOptions, origin: str, index: int, row_id, reason: str, detail: str,
+               unit: str = "line") -> Record:  # fmt: skip
+    """A raw record that cannot become a row: BadRowError, or dropped and counted (skip)."""
+    if opts.on_bad_row == "error":
+        raise BadRowError(origin, index, row_id, reason, detail, unit)
+    return dropped(reason, index)
+
+
+def subset(entries: list, n: int, seed: int, split: str) -> list:
+    """A seeded uniform sample of n entries (all of them for n == 0), in file order."""
+    if n == 0 or n >= len(entries):
+        return entries
+    rng = random.Random(f"{seed}-{split}")  # string seeds hash deterministically
+    return [entries[i] for i in sorted(rng.sample(range(len(entries)), n))]
 
 
 def strip_image_tokens(text: str) -> str:
-    return _IMAGE_TOKEN.sub("", text).strip()
+    """Remove image placeholders and only the blanks they leave: "the ant <image1> walks" ->
+    "the ant walks", "the ladybird <image3>." -> "the ladybird.", a line holding only tokens
+    goes; whitespace elsewhere is kept as released."""
+    lines = []
+    for line in _TOKEN_WITH_BLANKS.sub("\0", text).split("\n"):
+        had_token = "\0" in line
+        line = re.sub(r"^\0+|\0+$", "", line)
+        line = re.sub(r"\0+(?=[.,;:?!])", "", line)
+        line = re.sub(r"\0+", " ", line)
+        if not (had_token and not line.strip()):
+            lines.append(line)
+    return "\n".join(lines).strip()
 
 
 def letter(index: int) -> str:
     return chr(ord("A") + index)
+
+
+def placeholder_letters(options: Sequence[str]) -> bool:
+    """True for options that are just their own letters (['A', 'B', ...]): the real options
+    are drawn in the image. ['A', 'B', 'D', 'F', 'G'] (letters as answers) is not."""
+    return [str(o).strip() for o in options] == [letter(i) for i in range(len(options))]
 
 
 def format_choices(options: Sequence[str]) -> str:
@@ -102,34 +165,45 @@ def read_parquet_rows(path: Path, required: Sequence[str]) -> list[dict[str, Any
 def convert(
     name: str,
     out: Path,
-    splits: dict[str, list[tuple[str, list[dict[str, Any]]]]],
-    to_row: Callable[[dict[str, Any]], dict[str, Any]],
+    splits: dict[str, list[RawFile]],
+    to_row: Callable[[Any], dict[str, Any] | Record],
     opts: PrepareOptions,
     base_dir: Path | None = None,
 ) -> Converted:
     """Convert raw records to schema rows, validate them per raw file (errors name that file
-    and the record index), and write ``out/{split}.parquet``.
+    and the record's position), and write ``out/{split}.parquet``.
 
-    splits: {split: [(origin file, raw records), ...]}.
+    ``to_row`` returns a row, or a ``Record`` saying why the row was changed or dropped; both
+    are counted per reason (``Converted.changed`` counts only rows that were written).
     """
     result = Converted(paths={}, skipped={}, rows={})
-    for split, parts in splits.items():
+    for split, files in splits.items():
         rows: list[dict[str, Any]] = []
-        skipped: Counter = Counter()
-        for origin, records in parts:
-            converted = _track(records, f"{name} {split}", opts.progress, to_row)
-            kept, dropped = validate_rows(
-                converted, origin=origin, on_bad_row=opts.on_bad_row, base_dir=base_dir
-            )
+        skipped, changed = Counter(), Counter()
+        for raw in files:
+            records = _track(raw.records, f"{name} {split}", opts.progress, to_row)
+            batch, indices, reasons = [], [], {}
+            for pos, rec in enumerate(records):
+                rec = rec if isinstance(rec, Record) else Record(rec)
+                if rec.row is None:
+                    skipped.update(rec.reasons)
+                    continue
+                batch.append(rec.row)
+                indices.append(pos if rec.index is None else rec.index)
+                reasons.setdefault(str(rec.row.get("id")), rec.reasons)  # first of an id is kept
+            kept, bad = validate_rows(batch, origin=raw.origin, on_bad_row=opts.on_bad_row,
+                                      base_dir=base_dir, indices=indices, unit=raw.unit)  # fmt: skip
+            for row in kept:
+                changed.update(reasons.get(row["id"], ()))
             rows.extend(kept)
-            skipped.update(dropped)
+            skipped.update(bad)
         result.paths[split] = write_rows(rows, Path(out) / f"{split}.parquet")
-        result.skipped[split] = skipped
+        result.skipped[split], result.changed[split] = skipped, changed
         result.rows[split] = len(rows)
     return result
 
 
-def _track(records: list, description: str, show: bool, fn: Callable) -> Iterable[dict]:
+def _track(records: list, description: str, show: bool, fn: Callable) -> list:
     """Map fn over records, with a Rich progress bar when `show`."""
     items = track(records, description=description, transient=True) if show else records
     return [fn(r) for r in items]

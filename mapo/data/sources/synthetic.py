@@ -19,7 +19,9 @@ def _synthetic(name: str) -> Converter:
             name, out, seed=opts.seed, **{k: v for k, v in kwargs.items() if v is not None}
         )
         rows = {split: pq.read_metadata(p).num_rows for split, p in paths.items()}
-        return Converted(paths=paths, skipped={s: Counter() for s in paths}, rows=rows)
+        empty = {s: Counter() for s in paths}
+        changed = {s: Counter() for s in paths}
+        return Converted(paths=paths, skipped=empty, rows=rows, changed=changed)
 
     return prepare
 

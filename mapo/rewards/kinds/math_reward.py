@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from ..grading import MAX_ANSWER_CHARS, Grading
 from ..registry import register_reward
-from ..text import has_think_then_box, last_boxed, normalize_response
+from ..text import accepted_answers, has_think_then_box, last_boxed, normalize_response
 
 
 @register_reward("math")
@@ -14,9 +14,15 @@ def math_reward(
     completions: Sequence[str], answers: Sequence[str], grading: Grading
 ) -> tuple[list[float], list[float]]:
     """Format: ``<think>...</think>`` then ``\\boxed{...}`` (EasyR1's check). Accuracy: the last
-    box's content against the gold answer, graded by ``grading`` (mathruler by default)."""
+    box's content against the gold answer, graded by ``grading`` (mathruler by default); a
+    gold answer listing several accepted answers (``accepted_answers``) scores the best."""
     normalized = [normalize_response(c) for c in completions]
     formats = [float(has_think_then_box(text)) for text in normalized]
     given = [last_boxed(text, MAX_ANSWER_CHARS) for text in normalized]
-    accuracy = grading.grade(list(zip(given, answers)))
+    golds = [accepted_answers(a) for a in answers]
+    scores = grading.grade([(g, alt) for g, alts in zip(given, golds) for alt in alts])
+    accuracy, start = [], 0
+    for alts in golds:  # one pass over the flat list: best score per completion
+        accuracy.append(max(scores[start : start + len(alts)]))
+        start += len(alts)
     return formats, accuracy
