@@ -46,6 +46,16 @@ def run_dir_of(cfg: DictConfig) -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
+def run_dir_is_explicit(cfg: DictConfig) -> bool:
+    """Whether the user chose the run dir (hydra.run.dir / run_dir), not Hydra's timestamp."""
+    if cfg.get("run_dir"):
+        return True
+    from hydra.core.hydra_config import HydraConfig
+
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.hydra}
+    return bool(keys & {"hydra.run.dir", "hydra.sweep.dir"})
+
+
 def _check_path(value: Any, what: str, how: str) -> None:
     if value is None:
         return
@@ -83,6 +93,7 @@ _VALUE_RULES = (
     ("data.eval_limit", lambda v: v is None or v >= 0, "null (every row) or >= 0"),
     ("data.min_pixels", lambda v: 1 <= v, ">= 1"),
     ("data.max_pixels", lambda v: v >= 1, ">= data.min_pixels"),
+    ("data.max_image_pixels", lambda v: v is None or v >= 1, ">= 1, or null for no cap"),
     ("model.dtype", lambda v: v in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16",
      "fp16"), "auto, float32, bfloat16 or float16"),
     ("model.share_prompt", lambda v: v is None or isinstance(v, bool), "true or false"),
@@ -138,6 +149,8 @@ def validate(cfg: DictConfig) -> Plan:
             f"reward.format_weight={cfg.reward.format_weight} must be in [0, 1]: APD/MAPO divide by "
             "the group mean and need non-negative rewards"
         )
+    if not cfg.data.in_domain:
+        raise ConfigError("data.in_domain is empty; name at least one evaluation set: NAME: PATH")
     if cfg.steps < 1:
         raise ConfigError(f"steps={cfg.steps} must be >= 1")
     _check_values(cfg)
@@ -187,7 +200,7 @@ def make_scorer(cfg: DictConfig):
 
 def prepare_data(cfg: DictConfig) -> dict[str, Any]:
     """Generate the synthetic sets if missing; load and validate every split."""
-    from mapo.data.loader import load_split
+    from mapo.data.loader import load_split, require_rows
 
     syn = cfg.data.get("synthetic")
     if syn is not None:  # cached: reused when meta.json matches
@@ -196,11 +209,15 @@ def prepare_data(cfg: DictConfig) -> dict[str, Any]:
         write_synthetic(
             syn.name, cfg.data.root, seed=syn.seed, n_train=syn.n_train, n_test=syn.n_test
         )
-    load = partial(load_split, on_bad_row=cfg.data.on_bad_row)
+    load = partial(load_split, on_bad_row=cfg.data.on_bad_row,
+                   max_image_pixels=cfg.data.get("max_image_pixels"))  # fmt: skip
     train = load(cfg.data.train)
+    require_rows(train, "data.train", cfg.data.train)
     evals = {
         name: load(path) for name, path in {**cfg.data.in_domain, **cfg.data.out_of_domain}.items()
     }
+    for name, split in evals.items():
+        require_rows(split, f"evaluation set {name!r}", split.files[0] if split.files else name)
     for name, split in [("train", train), *evals.items()]:
         if split.num_skipped:
             log.warning(
@@ -291,10 +308,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     from mapo.prompt_stream import PromptStream
     from mapo.records import RecordWriter
     from mapo.rollout import build_engine
+    from mapo.run_identity import IdentityInCheckpoint, resolve_resume, run_identity, write_identity
 
     plan = validate(cfg)
     run_dir = plan.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = resolve_resume(cfg, run_dir, run_dir_is_explicit(cfg))  # refuses a changed run
+    identity = run_identity(cfg)
+    write_identity(run_dir, identity)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = prepare_data(cfg)
     model_path = prepare_model(cfg, data)
@@ -334,7 +355,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
                           "filtered_long_prompts": {"train": len(data["train"]) - len(train_rows),
                                                     **eval_dropped}}},
     )  # fmt: skip
-    trainer = build_trainer(cfg, [rollout_cb, evaluation], run_dir, plan.algo.updates_per_rollout)
+    callbacks = [rollout_cb, evaluation, IdentityInCheckpoint(identity)]
+    trainer = build_trainer(cfg, callbacks, run_dir, plan.algo.updates_per_rollout)
     if (
         plan.algo.rollout_batch_size % trainer.world_size
         or plan.algo.mini_batch_size % trainer.world_size
@@ -356,7 +378,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     steps = torch.utils.data.DataLoader(
         list(range(cfg.steps)), batch_size=1
     )  # step ticks; prompts come from the stream
-    trainer.fit(module, train_dataloaders=steps, ckpt_path=_ckpt_path(cfg, run_dir),
+    trainer.fit(module, train_dataloaders=steps, ckpt_path=ckpt_path,
                 weights_only=True)  # a checkpoint never runs code on load  # fmt: skip
 
     if cfg.export_hf:
@@ -378,16 +400,6 @@ def _suppress_ids(policy: Any, processor: Any) -> list[int]:
     eos = [eos] if isinstance(eos, int) else list(eos or [tok.eos_token_id])
     vocab = policy.get_output_embeddings().weight.shape[0]
     return suppressed_token_ids(tok, eos_token_ids=eos, vocab_size=vocab)
-
-
-def _ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
-    if cfg.ckpt_path != "last":
-        return cfg.ckpt_path
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if not last.exists():
-        log.warning("ckpt_path=last but %s does not exist: starting from scratch", last)
-        return None
-    return str(last)
 
 
 def _read_metrics(run_dir: Path) -> dict[str, Any]:
