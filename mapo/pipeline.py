@@ -132,6 +132,11 @@ def _check_values(cfg: DictConfig) -> None:
 
 def validate(cfg: DictConfig) -> Plan:
     """Fail fast, before any model or dataset loads."""
+    from mapo.config_keys import check_known_keys, check_types
+
+    check_known_keys(OmegaConf.to_container(cfg, resolve=False))  # `+rollout.temprature=0.5`
+    check_types(AlgorithmConfig, OmegaConf.to_container(cfg.algorithm, resolve=True), "algorithm")
+    check_types(OptimConfig, OmegaConf.to_container(cfg.optim, resolve=True), "optim")
     algo = AlgorithmConfig.from_dict(OmegaConf.to_container(cfg.algorithm, resolve=True))
     optim = OptimConfig(**{k: (tuple(v) if k == "betas" else v) for k, v in cfg.optim.items()})
     if cfg.rollout.engine not in ENGINES:
@@ -162,6 +167,10 @@ def validate(cfg: DictConfig) -> Plan:
     _check_path(cfg.model.path, "model folder (model.path)",
                 "download Qwen2.5-VL-7B-Instruct to a local folder and pass model.path=/that/folder "
                 "(or set MAPO_MODEL_DIR to the folder that contains it)")  # fmt: skip
+    if cfg.model.path is not None and os.path.isdir(str(cfg.model.path)):
+        from mapo.models.loading import check_model_folder
+
+        check_model_folder(cfg.model.path)  # before the data, with the fix
     if cfg.data.get("synthetic") is None:
         how = (f"prepare it with `python -m mapo.data.prepare {cfg.data.name} --src RAW --out DIR` and "
                "pass data.root=DIR's parent (or set MAPO_DATA_DIR); see docs/data.md")  # fmt: skip

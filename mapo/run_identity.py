@@ -7,7 +7,8 @@ different sizes, and a new seed would rebuild the cold start and the KL referenc
 model. So a difference is an error that names each key with its old and new value, unless the
 user lists the key in `resume.allow_changed` (conf/config.yaml).
 
-Not part of the identity (free to change on resume): `steps` (grow it to extend a run), logging,
+Not part of the identity (free to change on resume): `steps` (grow it to extend a run; but with
+`optim.schedule=cosine` the decay spans `steps`, so there it is compared too), logging,
 evaluation and checkpoint intervals, paths other than the data and model, `records_text`,
 `export_hf`, and speed knobs that leave the maths alone (attention kernel, gradient
 checkpointing, shared prompt/prefill, the rollout engine's memory settings). Every
@@ -71,6 +72,8 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
             continue
         value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
         _flatten(key, value, out)
+    if OmegaConf.select(cfg, "optim.schedule", default=None) == "cosine":
+        out["steps"] = cfg.steps  # the decay spans `steps`: extending it changes past-step LRs
     return json.loads(json.dumps(out, default=str))  # tuples -> lists, as they come back
 
 
