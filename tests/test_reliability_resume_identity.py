@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mapo.checkpoint_integrity import sidecar_of
+from mapo.checkpoint_integrity import read_sidecar, sidecar_of, verify
 from mapo.checkpointing import AtomicCheckpointIO
 from mapo.config import ConfigError
 from mapo.pipeline import train
@@ -115,9 +115,17 @@ SMALL = [
 @pytest.mark.usefixtures("torch_threads")
 def test_the_final_step_is_saved_and_a_finished_run_resumes_to_nothing(tmp_path):
     run = tmp_path / "run"
-    train(compose_config([*SMALL, "steps=3"], run_dir=run))  # saves at 2, and 3 (final)
+    cfg = compose_config([*SMALL, "steps=3"], run_dir=run)
+    train(cfg)  # saves at 2, and 3 (final)
     ckpts = run / "checkpoints"
-    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 3
+    last = torch.load(ckpts / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 3
+    # the identity travels in the checkpoint and its verified sidecar
+    assert last["run_identity"] == read_sidecar(ckpts / "last.ckpt")["run_identity"]
+    assert last["run_identity"] == run_identity(cfg) and verify(ckpts / "last.ckpt") == "ok"
+    with pytest.raises(ConfigError, match="algorithm.estimator: 'mapo' -> 'grpo'"):
+        train(compose_config([*SMALL, "steps=4", "ckpt_path=last", "algorithm.estimator=grpo"],
+                             run_dir=run))  # fmt: skip
     assert sorted(p.name for p in ckpts.glob("*.ckpt")) == ["last.ckpt", "step000003.ckpt"]
     records = sorted((run / "records").iterdir())
     stamps = [p.stat().st_mtime_ns for p in records]
