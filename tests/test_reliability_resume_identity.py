@@ -88,6 +88,15 @@ def test_allowed_changes_and_free_keys_pass(tmp_path):
     assert "optim.lr" not in str(err.value)
 
 
+def test_steps_is_part_of_the_identity_only_under_a_cosine_schedule(tmp_path):
+    _fake_run(tmp_path, "optim.schedule=cosine", "steps=10")
+    cfg = compose_config([*FAST, "ckpt_path=last", "optim.schedule=cosine", "steps=20"],
+                         run_dir=tmp_path)  # fmt: skip
+    with pytest.raises(ConfigError, match="steps: 10 -> 20"):
+        resolve_resume(cfg, tmp_path, explicit_run_dir=True)
+    assert "steps" not in run_identity(compose_config([*FAST], run_dir=tmp_path))
+
+
 def test_ckpt_path_last_without_a_run_dir_names_the_command(tmp_path):
     old = tmp_path / "runs" / "synth_emo_mapo" / "2026-01-01_00-00-00"
     _fake_run(old)
