@@ -22,9 +22,12 @@ def main(cfg: DictConfig) -> None:
     for tag in ("before", "after"):
         if tag in metrics:
             b = metrics[tag]
-            print(
-                f"{tag:>6}: A_S={b['A_S']:.3f}  A_T={b['A_T']:.3f}  A_avg={b['A_avg']:.3f}  {b['datasets']}"
-            )
+            acc = "  ".join(f"{k}={_fmt(b.get(k))}" for k in ("A_S", "A_T", "A_avg"))
+            print(f"{tag:>6}: {acc}  {b['datasets']}")
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"  # None: a set without samples
 
 
 if __name__ == "__main__":

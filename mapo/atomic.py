@@ -34,8 +34,17 @@ def temp_path(path: Path, mark: str = ".tmp-") -> Path:
     return path.with_name(f".{path.name}{mark}{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None], *, tmp: Path | None = None) -> None:
-    """Call ``write(f)`` on a temp file and move it over `path` atomically."""
+def atomic_write(
+    path: Path,
+    write: Callable[[BinaryIO], None],
+    *,
+    tmp: Path | None = None,
+    before_replace: Callable[[], None] | None = None,
+) -> None:
+    """Call ``write(f)`` on a temp file and move it over `path` atomically.
+
+    ``before_replace`` runs once the temp file is durable and before the rename (a checkpoint
+    records its checksum there, so a kill at any moment leaves a verifiable pair)."""
     path = Path(path)
     tmp = tmp if tmp is not None else temp_path(path)
     try:
@@ -43,6 +52,8 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], *, tmp: Path | N
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

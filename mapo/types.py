@@ -16,6 +16,11 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+# The longest answer the reward grades (the data loader refuses longer gold answers). Real
+# answers (Geo3K choices, MathVista, emotion labels) are under 200 characters; the cap bounds
+# the in-process work (mathruler's normalisation, pylatexenc) on hostile output.
+MAX_ANSWER_CHARS = 1000
+
 
 @dataclass(frozen=True)
 class Prompt:

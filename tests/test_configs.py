@@ -73,8 +73,12 @@ def test_missing_model_path_names_it(tmp_path):
 
 
 def test_missing_data_names_prepare_command(tmp_path):
+    model = tmp_path / "model"  # passes the model-folder check (config.json + weights)
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "qwen2_5_vl"}')
+    (model / "model.safetensors").write_bytes(b"")
     cfg = compose_cfg(
-        ["experiment=emoset_mapo", f"model.path={tmp_path}", "data.root=/nowhere"], tmp_path
+        ["experiment=emoset_mapo", f"model.path={model}", "data.root=/nowhere"], tmp_path
     )
     with pytest.raises(
         FileNotFoundError, match="(?s)/nowhere/emoset/train.parquet.*mapo.data.prepare emoset"
@@ -86,7 +90,11 @@ def test_missing_eval_set_names_its_own_prepare_command(tmp_path):
     for split in ("train", "test"):  # geo3k is there, the MathVision set is not
         (tmp_path / "data" / "geo3k").mkdir(parents=True, exist_ok=True)
         (tmp_path / "data" / "geo3k" / f"{split}.parquet").write_bytes(b"")
-    overrides = ["experiment=geo3k_mapo", f"model.path={tmp_path}", f"data.root={tmp_path}/data"]
+    model = tmp_path / "model"  # passes the model-folder check (config.json + weights)
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "qwen2_5_vl"}')
+    (model / "model.safetensors").write_bytes(b"")
+    overrides = ["experiment=geo3k_mapo", f"model.path={model}", f"data.root={tmp_path}/data"]
     with pytest.raises(FileNotFoundError) as info:
         validate(compose_cfg(overrides, tmp_path))
     msg = str(info.value)
@@ -102,7 +110,7 @@ def test_missing_eval_set_names_its_own_prepare_command(tmp_path):
         ("algorithm.estimator=nope", "known"),
         ("rollout.engine=sglang", "rollout.engine"),
         ("reward.format_weight=-0.5", "non-negative"),
-        ("+algorithm.typo=1", "unknown algorithm keys"),
+        ("+algorithm.typo=1", r"unknown config key\(s\): algorithm.typo"),
     ],
 )
 def test_bad_configs_fail_before_any_model_loads(override, msg, tmp_path):

@@ -240,3 +240,77 @@ AutoModel.from_pretrained(p, trust_remote_code=True)
     assert sum(h is not None for h in hits) == 6
     ok = "torch.load(p, weights_only=True)\nyaml.load(s, Loader=yaml.SafeLoader)\nexec('x = 1')"
     assert all(_unsafe(n, o, m) is None for n, o, m in _calls(ast.parse(ok)))
+
+
+# ---------------------------------------------------------------- keys, types, model folder
+@pytest.mark.parametrize(
+    "override, msg",
+    [
+        ("+rollout.temprature=0.5", r"rollout\.temprature \(did you mean rollout\.temperature\?\)"),
+        (
+            "+algorithm.grup_size=4",
+            r"algorithm\.grup_size \(did you mean algorithm\.group_size\?\)",
+        ),
+        ("+trainer.max_epoch=3", r"trainer\.max_epoch"),
+        ("+seeed=1", r"seeed \(did you mean seed\?\)"),
+    ],
+)
+def test_a_typo_added_with_plus_is_an_unknown_key(override, msg, tmp_path, no_model):
+    with pytest.raises(ConfigError, match=rf"unknown config key\(s\): {msg}"):
+        _train(tmp_path, override)
+
+
+def test_every_default_key_and_free_form_map_is_known(tmp_path):
+    from mapo.pipeline.config_keys import unknown_keys
+
+    for exp in ("synth_emo_mapo", "geo3k_dapo", "emoset_grpo"):
+        cfg = compose_config([f"experiment={exp}", "+data.in_domain.extra=/x.parquet",
+                              "trainer.max_epochs=3"], run_dir=tmp_path)  # fmt: skip
+        assert unknown_keys(OmegaConf.to_container(cfg, resolve=False)) == [], exp
+
+
+@pytest.mark.parametrize(
+    "override, msg",
+    [
+        ("algorithm.group_size=abc", r"algorithm\.group_size='abc' must be of type int"),
+        ("algorithm.clip_high=high", r"algorithm\.clip_high='high' must be of type float"),
+        ("algorithm.shuffle=3", r"algorithm\.shuffle=3 must be of type bool"),
+        ("optim.lr=fast", r"optim\.lr='fast' must be of type float"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_named(override, msg, tmp_path, no_model):
+    with pytest.raises(ConfigError, match=msg):
+        _train(tmp_path, override)
+
+
+def _model_folder(tmp_path, config: str | None, weights: bool) -> Path:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    if config is not None:
+        (folder / "config.json").write_text(config)
+    if weights:
+        (folder / "model.safetensors").write_bytes(b"x")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "config, weights, msg",
+    [
+        (None, False, "no config.json"),
+        ('{"model_type": "qwen2_5_vl", ', True, "config.json is not valid JSON"),
+        ('{"hidden_size": 8}', True, "config.json has no model_type"),
+        ('{"model_type": "qwen2_5_vl"}', False, "no weights"),
+    ],
+    ids=["empty", "corrupt", "no_model_type", "no_weights"],
+)
+def test_a_model_folder_without_a_model_fails_before_the_data(config, weights, msg, tmp_path,
+                                                               no_model, monkeypatch):  # fmt: skip
+    import mapo.pipeline.run as pipeline
+
+    def no_data(cfg):
+        raise AssertionError("the data was prepared before the model folder was checked")
+
+    monkeypatch.setattr(pipeline, "prepare_data", no_data)
+    folder = _model_folder(tmp_path, config, weights)
+    with pytest.raises(ValueError, match=rf"model.path={folder}.*{msg}"):
+        _train(tmp_path, f"model.path={folder}")

@@ -274,6 +274,25 @@ def test_a_failing_kind_costs_only_its_item(monkeypatch):
     assert batch.errors == 1
 
 
+def test_a_nan_or_out_of_range_score_of_a_kind_is_counted_as_an_error(monkeypatch):
+    from mapo.rewards.registry import REWARDS
+
+    values = {"nan": float("nan"), "inf": float("inf"), "big": 1.5, "neg": -0.1, "ok": 1.0,
+              "str": "1"}  # fmt: skip
+
+    def sloppy(completions, answers, grading):
+        return [1.0] * len(completions), [values[c] for c in completions]
+
+    REWARDS.add("sloppy", sloppy)
+    try:
+        batch = score_batch("sloppy", list(values), ["a"] * len(values))
+    finally:
+        REWARDS.remove("sloppy")
+    assert batch.accuracy.tolist() == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+    assert batch.overall.tolist() == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+    assert batch.errors == 4 and batch.metrics()["reward/errors"] == 4.0
+
+
 @pytest.mark.slow
 def test_score_batch_sends_only_undecided_items_to_the_pool(pool):
     completions = [boxed("3"), boxed("4"), boxed("\\sqrt{48}"), boxed("12.50")]

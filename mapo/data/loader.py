@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mapo.data.coerce import table_to_rows
 from mapo.data.schema import check_columns, validate_rows
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -70,14 +71,14 @@ def _not_found(spec: str, why: str) -> FileNotFoundError:
 def _read_parquet(path: Path) -> list[dict[str, Any]]:
     table = pq.read_table(path)
     check_columns(table.column_names, str(path))
-    return table.to_pylist()
+    return table_to_rows(table)
 
 
 def _read_dataset(ds: Any, origin: str) -> list[dict[str, Any]]:
     """Rows of an HF Dataset with images as raw {bytes, path} (no PIL decode round trip)."""
     check_columns(ds.column_names, origin)
     table: pa.Table = ds.with_format("arrow")[:]
-    return table.to_pylist()
+    return table_to_rows(table)
 
 
 def _read_save_to_disk(path: Path) -> list[dict[str, Any]]:
@@ -136,6 +137,7 @@ def load_split(
     *,
     on_bad_row: str = "error",
     max_prompt_chars: int | None = None,
+    max_image_pixels: int | None = None,
 ) -> LoadedSplit:
     """Load and validate one split.
 
@@ -143,6 +145,7 @@ def load_split(
         "skip" drops such rows and counts them by reason in ``LoadedSplit.skipped``.
     max_prompt_chars: rows whose problem is longer are dropped and counted as "too_long"
         (prompts are never truncated).
+    max_image_pixels: images with more pixels (width x height) are bad rows.
     """
     spec = os.fspath(spec)
     out = LoadedSplit(rows=[])
@@ -153,12 +156,29 @@ def load_split(
             on_bad_row=on_bad_row,
             max_prompt_chars=max_prompt_chars,
             base_dir=base_dir,
+            max_image_pixels=max_image_pixels,
         )
         out.rows.extend(rows)
         out.skipped.update(skipped)
         out.files.append(origin)
     _check_unique_ids(out)
     return out
+
+
+def require_rows(split: LoadedSplit, what: str, spec: str) -> None:
+    """Raise ValueError if a split has no usable row, saying whether it was empty or every row
+    was dropped (and why), instead of failing later on a misleading setting."""
+    if split.rows:
+        return
+    if split.skipped:
+        why = (
+            f"all {split.num_skipped} rows were dropped as bad rows {dict(split.skipped)} "
+            "(data.on_bad_row=skip); set data.on_bad_row=error to see the first one with its "
+            "row number and fix"
+        )
+    else:
+        why = "it has no rows; point it at a non-empty split"
+    raise ValueError(f"{what}={spec} has no usable rows: {why} (files: {split.files})")
 
 
 def _check_unique_ids(split: LoadedSplit) -> None:

@@ -31,6 +31,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from mapo.data.coerce import text_field
+from mapo.types import MAX_ANSWER_CHARS
+
 log = logging.getLogger(__name__)
 
 TASKS = ("math", "emotion")
@@ -103,6 +106,12 @@ FIXES = {
     "unknown_label": "the answer of an emotion row must be one of its `choices`",
     "malformed_line": "the line must have the columns of the published layout (docs/data.md)",
     "unknown_label_index": "the label index must name a line of the release's category file",
+    "bad_type": "store id/problem/answer/source/task as UTF-8 strings and choices as a list of "
+    "strings (decode binary columns, unwrap list-valued answers) and re-write the parquet",
+    "answer_too_long": f"the reward grades at most {MAX_ANSWER_CHARS} characters of an answer; "
+    "shorten the gold answer",
+    "image_too_large": "downscale the image (data.max_pixels resizes it for the model anyway) "
+    "or raise data.max_image_pixels",
 }
 SKIP_HINT = "set data.on_bad_row=skip to drop such rows"
 
@@ -155,9 +164,12 @@ def check_columns(names: Iterable[str], origin: str) -> None:
 
 
 def _image_bytes(entry: Any, base_dir: Path | None) -> bytes | None:
-    """The encoded bytes of one image entry, read from its path when bytes are absent."""
+    """The encoded bytes of one image entry, read from its path when bytes are absent. An
+    entry may also be a plain path string (how some datasets store images)."""
     if isinstance(entry, Image.Image):
         return encode_image(entry)["bytes"]
+    if isinstance(entry, str):
+        entry = {"bytes": None, "path": entry}
     if not isinstance(entry, dict):
         return None
     if entry.get("bytes"):
@@ -171,35 +183,53 @@ def _image_bytes(entry: Any, base_dir: Path | None) -> bytes | None:
     return candidate.read_bytes() if candidate.is_file() else None
 
 
-def _image_is_decodable(data: bytes) -> bool:
+def _image_problem(data: bytes, max_image_pixels: int | None) -> tuple[str, str]:
+    """("", "") for an image that decodes within the pixel cap, else (reason, detail)."""
     try:
         with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size  # from the header, before any pixel is decoded
+            if max_image_pixels is not None and w * h > max_image_pixels:
+                return "image_too_large", (
+                    f"{w}x{h} = {w * h / 1e6:.0f} M pixels, over data.max_image_pixels="
+                    f"{max_image_pixels} (a decompression bomb, or a scan far larger than needed)"
+                )
             # JPEG draft mode decodes at 1/8 scale: ~10x cheaper, still reads the whole stream,
             # so truncated files fail here instead of in the middle of a training step.
             im.draft("RGB", (64, 64))
             im.load()
-        return True
-    except Exception:
-        return False
+        return "", ""
+    except Image.DecompressionBombError as err:  # Pillow's own cap, hit before ours can be
+        return "image_too_large", f"a decompression bomb ({err})"
+    except Exception as err:
+        return "corrupt_image", f"cannot be decoded ({type(err).__name__}: {err})"
 
 
-def _as_str(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value if isinstance(value, str) else str(value)
+def _text_fields(row: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The text fields of a row, strictly (mapo/data/coerce.py); the first problem found."""
+    out: dict[str, Any] = {}
+    problem = ""
+    for name in ("id", "problem", "answer", "source", "task"):
+        out[name], why = text_field(row, name)
+        problem = problem or why
+    choices = row.get("choices")
+    out["choices"] = None
+    if choices is not None:
+        if not isinstance(choices, (list, tuple)) or not all(isinstance(c, str) for c in choices):
+            problem = problem or f"`choices` must be a list of strings, got {choices!r:.60}"
+        else:
+            out["choices"] = list(choices)
+    out["source"] = out["source"] or ""
+    return out, problem
 
 
-def _check_row(row: dict[str, Any], base_dir: Path | None) -> tuple[dict[str, Any], str, str]:
+def _check_row(
+    row: dict[str, Any], base_dir: Path | None, max_image_pixels: int | None = None
+) -> tuple[dict[str, Any], str, str]:
     """Normalise one row; returns (row, reason, detail) with reason "" when the row is fine."""
-    out = {
-        "id": _as_str(row.get("id")),
-        "problem": _as_str(row.get("problem")),
-        "answer": _as_str(row.get("answer")),
-        "choices": [str(c) for c in row["choices"]] if row.get("choices") is not None else None,
-        "source": _as_str(row.get("source")) or "",
-        "task": _as_str(row.get("task")),
-        "images": [],
-    }
+    out, problem = _text_fields(row)
+    out["images"] = []
+    if problem:
+        return out, "bad_type", problem
     if not out["id"]:
         return out, "missing_id", "empty id"
     if out["task"] not in TASKS:
@@ -208,6 +238,15 @@ def _check_row(row: dict[str, Any], base_dir: Path | None) -> tuple[dict[str, An
         return out, "empty_problem", "empty problem"
     if out["answer"] is None or not out["answer"].strip():
         return out, "missing_answer", "missing answer"
+    if len(out["answer"]) > MAX_ANSWER_CHARS:
+        return (
+            out,
+            "answer_too_long",
+            (
+                f"answer of {len(out['answer'])} characters, over the grader's cap of "
+                f"{MAX_ANSWER_CHARS}: no completion could ever score on it"
+            ),
+        )
     if out["task"] == "emotion":
         if not out["choices"]:
             return out, "missing_choices", "emotion row without `choices`"
@@ -215,15 +254,24 @@ def _check_row(row: dict[str, Any], base_dir: Path | None) -> tuple[dict[str, An
         if out["answer"].strip().lower() not in allowed:
             return out, "unknown_label", f"label {out['answer']!r} not in {out['choices']}"
     images = row.get("images")
+    if isinstance(images, str):  # one path instead of a list of entries
+        images = [images]
     if not images:
         return out, "missing_image", "no image"
     for k, entry in enumerate(images):
         data = _image_bytes(entry, base_dir)
         if data is None:
             return out, "missing_image", f"image {k} has no bytes and no readable path"
-        if not _image_is_decodable(data):
-            return out, "corrupt_image", f"image {k} cannot be decoded"
-        path = entry.get("path") if isinstance(entry, dict) else None
+        reason, detail = _image_problem(data, max_image_pixels)
+        if reason:
+            return out, reason, f"image {k}: {detail}"
+        path = (
+            entry.get("path")
+            if isinstance(entry, dict)
+            else entry
+            if isinstance(entry, str)
+            else None
+        )
         out["images"].append({"bytes": data, "path": path})
     return out, "", ""
 
@@ -237,6 +285,7 @@ def validate_rows(
     base_dir: str | Path | None = None,
     indices: list[int] | None = None,
     unit: str = "row",
+    max_image_pixels: int | None = None,
 ) -> tuple[list[dict[str, Any]], Counter]:
     """Check and normalise rows; returns (kept rows, Counter of dropped rows by reason).
 
@@ -244,7 +293,8 @@ def validate_rows(
     file (default k; converters pass it when rows were dropped before validation) and ``unit``
     what the position counts ("row", or "line" for text files). Rows whose problem is longer
     than ``max_prompt_chars`` are always dropped and counted as "too_long" (never truncated).
-    Relative image paths are resolved against ``base_dir``.
+    Relative image paths are resolved against ``base_dir``. Images over ``max_image_pixels``
+    (width x height, read from the header) are bad rows ("image_too_large").
     """
     if on_bad_row not in ON_BAD_ROW:
         raise ValueError(f"on_bad_row must be one of {list(ON_BAD_ROW)}, got {on_bad_row!r}")
@@ -253,7 +303,7 @@ def validate_rows(
     skipped: Counter = Counter()
     seen: set[str] = set()
     for index, row in enumerate(rows):
-        out, reason, detail = _check_row(row, base)
+        out, reason, detail = _check_row(row, base, max_image_pixels)
         if not reason and out["id"] in seen:
             reason, detail = "duplicate_id", f"id {out['id']!r} appears more than once"
         if reason:

@@ -162,10 +162,36 @@ def _train(
     return losses
 
 
+def remove_dead_temp_dirs(out: Path) -> list[Path]:
+    """Remove the temp folders of builders of `out` that were killed (their pid is gone): a kill
+    during a save must not leave a model-sized folder in the cache forever. Folders of a live
+    builder (on this machine) are left alone."""
+    removed = []
+    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = tmp.name[len(f".{out.name}.tmp-") :].split("-")[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    if removed:
+        log.warning("cold start: removed %d temp folder(s) of killed builds", len(removed))
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def _save(model, processor, base: Path, out: Path, meta: dict[str, Any]) -> None:
     """Write the warm model into ``out`` (which must not exist) via a sibling temp folder."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    remove_dead_temp_dirs(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         if base.is_dir():  # tokenizer / processor / chat template exactly as the base has them
             for item in base.iterdir():
@@ -298,6 +324,8 @@ def coldstarted_model_path(
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     final = cache / f"coldstart-{base.name}-{key}"
+    if cache.is_dir():
+        remove_dead_temp_dirs(final)
     if (final / "coldstart.json").is_file():
         log.info("cold start: reusing %s", final)
         return final

@@ -7,6 +7,7 @@ Pure transformers, ``trust_remote_code=False`` by default. The special names ``t
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -45,6 +46,40 @@ def resolve_model_path(path: str | os.PathLike) -> str:
         "as Qwen/Qwen2.5-VL-7B-Instruct on a machine that can reach the hub, or model.path=tiny "
         "for the tiny model built offline."
     )
+
+
+_WEIGHTS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
+
+
+def check_model_folder(path: str | os.PathLike) -> None:
+    """Raise ValueError unless the local folder `path` looks like a Hugging Face model (a
+    config.json that parses, with a model_type, and weight files), before any data or model
+    loads; transformers would fail much later, with its own message."""
+    folder = Path(path)
+    how = (
+        "point model.path at the folder that holds config.json and the *.safetensors files "
+        "(e.g. a local copy of Qwen/Qwen2.5-VL-7B-Instruct)"
+    )
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ValueError(f"model.path={folder} is not a model folder: no config.json. Fix: {how}")
+    try:
+        data = json.loads(config.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"model.path={folder}: config.json is not valid JSON ({err}); the copy is damaged. "
+            "Fix: copy or download the model again"
+        ) from None
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise ValueError(
+            f"model.path={folder}: config.json has no model_type, so it is not a transformers "
+            f"model config. Fix: {how}"
+        )
+    if not any(any(folder.glob(pattern)) for pattern in _WEIGHTS):
+        raise ValueError(
+            f"model.path={folder} has a config.json but no weights (*.safetensors or "
+            f"pytorch_model*.bin). Fix: {how}; a download may have stopped early"
+        )
 
 
 def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype | str:

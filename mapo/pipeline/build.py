@@ -42,7 +42,7 @@ def make_scorer(cfg: DictConfig):
 
 def prepare_data(cfg: DictConfig) -> dict[str, Any]:
     """Generate the synthetic sets if missing; load and validate every split."""
-    from mapo.data.loader import load_split
+    from mapo.data.loader import load_split, require_rows
 
     syn = cfg.data.get("synthetic")
     if syn is not None:  # cached: reused when meta.json matches
@@ -51,11 +51,15 @@ def prepare_data(cfg: DictConfig) -> dict[str, Any]:
         write_synthetic(
             syn.name, cfg.data.root, seed=syn.seed, n_train=syn.n_train, n_test=syn.n_test
         )
-    load = partial(load_split, on_bad_row=cfg.data.on_bad_row)
+    load = partial(load_split, on_bad_row=cfg.data.on_bad_row,
+                   max_image_pixels=cfg.data.get("max_image_pixels"))  # fmt: skip
     train = load(cfg.data.train)
+    require_rows(train, "data.train", cfg.data.train)
     evals = {
         name: load(path) for name, path in {**cfg.data.in_domain, **cfg.data.out_of_domain}.items()
     }
+    for name, split in evals.items():
+        require_rows(split, f"evaluation set {name!r}", split.files[0] if split.files else name)
     for name, split in [("train", train), *evals.items()]:
         if split.num_skipped:
             log.warning(

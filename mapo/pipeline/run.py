@@ -25,7 +25,13 @@ from mapo.pipeline.build import (
     to_prompt_fn,
 )
 from mapo.pipeline.export import export_hf
-from mapo.pipeline.validate import check_world_size, validate
+from mapo.pipeline.run_identity import (
+    IdentityInCheckpoint,
+    resolve_resume,
+    run_identity,
+    write_identity,
+)
+from mapo.pipeline.validate import check_world_size, run_dir_is_explicit, validate
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     plan = validate(cfg)
     run_dir = plan.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = resolve_resume(cfg, run_dir, run_dir_is_explicit(cfg))  # refuses a changed run
+    identity = run_identity(cfg)
+    write_identity(run_dir, identity)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = prepare_data(cfg)
     model_path = prepare_model(cfg, data)
@@ -83,7 +92,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
                           "filtered_long_prompts": {"train": len(data["train"]) - len(train_rows),
                                                     **eval_dropped}}},
     )  # fmt: skip
-    trainer = build_trainer(cfg, [rollout_cb, evaluation], run_dir, plan.algo.updates_per_rollout)
+    callbacks = [rollout_cb, evaluation, IdentityInCheckpoint(identity)]
+    trainer = build_trainer(cfg, callbacks, run_dir, plan.algo.updates_per_rollout)
     check_world_size(plan.algo, trainer.world_size)
     records = RecordWriter(run_dir, rank=trainer.global_rank, with_text=cfg.records_text)
     module = MAPOModule(
@@ -98,7 +108,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     steps = torch.utils.data.DataLoader(
         list(range(cfg.steps)), batch_size=1
     )  # step ticks; prompts come from the stream
-    trainer.fit(module, train_dataloaders=steps, ckpt_path=_ckpt_path(cfg, run_dir),
+    trainer.fit(module, train_dataloaders=steps, ckpt_path=ckpt_path,
                 weights_only=True)  # a checkpoint never runs code on load  # fmt: skip
 
     if cfg.export_hf:
@@ -107,16 +117,6 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     metrics["train"] = dict(module.last_metrics)
     return metrics, {"module": module, "trainer": trainer, "engine": rollout_cb.engine, "run_dir": run_dir,
                      "model_path": model_path}  # fmt: skip
-
-
-def _ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
-    if cfg.ckpt_path != "last":
-        return cfg.ckpt_path
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if not last.exists():
-        log.warning("ckpt_path=last but %s does not exist: starting from scratch", last)
-        return None
-    return str(last)
 
 
 def _read_metrics(run_dir: Path) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from mapo.algorithm.config import AlgorithmConfig, ConfigError
 from mapo.data.prepare import prepare_hint
+from mapo.models.loading import check_model_folder
+from mapo.pipeline.config_keys import check_known_keys, check_types
 from mapo.registry import import_plugins
 from mapo.rollout import ENGINES
 from mapo.types import OptimConfig, SamplingConfig
@@ -37,6 +39,16 @@ def run_dir_of(cfg: DictConfig) -> Path:
     from hydra.core.hydra_config import HydraConfig
 
     return Path(HydraConfig.get().runtime.output_dir)
+
+
+def run_dir_is_explicit(cfg: DictConfig) -> bool:
+    """Whether the user chose the run dir (hydra.run.dir / run_dir), not Hydra's timestamp."""
+    if cfg.get("run_dir"):
+        return True
+    from hydra.core.hydra_config import HydraConfig
+
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.hydra}
+    return bool(keys & {"hydra.run.dir", "hydra.sweep.dir"})
 
 
 def _check_path(value: Any, what: str, how: str) -> None:
@@ -86,6 +98,7 @@ _VALUE_RULES = (
     ("data.eval_limit", lambda v: v is None or v >= 0, "null (every row) or >= 0"),
     ("data.min_pixels", lambda v: 1 <= v, ">= 1"),
     ("data.max_pixels", lambda v: v >= 1, ">= data.min_pixels"),
+    ("data.max_image_pixels", lambda v: v is None or v >= 1, ">= 1, or null for no cap"),
     ("model.dtype", lambda v: v in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16",
      "fp16"), "auto, float32, bfloat16 or float16"),
     ("model.share_prompt", lambda v: v is None or isinstance(v, bool), "true or false"),
@@ -119,6 +132,9 @@ def _check_values(cfg: DictConfig, algo: AlgorithmConfig) -> None:
 def validate(cfg: DictConfig) -> Plan:
     """Fail fast, before any model or dataset loads."""
     import_plugins(cfg.plugins)  # first: plugins add names the checks below look up
+    check_known_keys(OmegaConf.to_container(cfg, resolve=False))  # `+rollout.temprature=0.5`
+    check_types(AlgorithmConfig, OmegaConf.to_container(cfg.algorithm, resolve=True), "algorithm")
+    check_types(OptimConfig, OmegaConf.to_container(cfg.optim, resolve=True), "optim")
     algo = AlgorithmConfig.from_dict(OmegaConf.to_container(cfg.algorithm, resolve=True))
     optim = OptimConfig(**{k: (tuple(v) if k == "betas" else v) for k, v in cfg.optim.items()})
     if cfg.rollout.engine not in ENGINES:
@@ -136,6 +152,8 @@ def validate(cfg: DictConfig) -> Plan:
             f"reward.format_weight={cfg.reward.format_weight} must be in [0, 1]: APD/MAPO divide by "
             "the group mean and need non-negative rewards"
         )
+    if not cfg.data.in_domain:
+        raise ConfigError("data.in_domain is empty; name at least one evaluation set: NAME: PATH")
     if cfg.steps < 1:
         raise ConfigError(f"steps={cfg.steps} must be >= 1")
     _check_values(cfg, algo)
@@ -147,6 +165,8 @@ def validate(cfg: DictConfig) -> Plan:
     _check_path(cfg.model.path, "model folder (model.path)",
                 "download Qwen2.5-VL-7B-Instruct to a local folder and pass model.path=/that/folder "
                 "(or set MAPO_MODEL_DIR to the folder that contains it)")  # fmt: skip
+    if cfg.model.path is not None and os.path.isdir(str(cfg.model.path)):
+        check_model_folder(cfg.model.path)  # before the data, with the fix
     if cfg.data.get("synthetic") is None:
         # each set's hint names its own converter (a missing MathVision set is told `prepare mathvision`)
         _check_path(cfg.data.train, "training data (data.train)", prepare_hint(cfg.data.name))

@@ -86,8 +86,14 @@ def _run_kind(kind: str, completions: list[str], answers: list[str], grading: Gr
     return fmt, acc
 
 
-def _clip01(x: float) -> float:
-    return x if 0.0 <= x <= 1.0 else (0.0 if not x >= 0.0 else 1.0)  # NaN -> 0
+def _in01(x) -> float | None:
+    """A kind's score as a float in [0, 1], or None for NaN, inf, a non-number or a value
+    outside [0, 1] (a bug in that kind)."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if 0.0 <= x <= 1.0 else None
 
 
 def _score_lists(kinds_or_kind, completions, answers, format_weight, grading: Grading):
@@ -106,7 +112,11 @@ def _score_lists(kinds_or_kind, completions, answers, format_weight, grading: Gr
             kind, [completions[i] for i in idx], [answers[i] for i in idx], grading
         )
         for i, f, a in zip(idx, kind_fmt, kind_acc):
-            fmt[i], acc[i] = _clip01(float(f)), _clip01(float(a))
+            f, a = _in01(f), _in01(a)
+            if f is None or a is None:  # scored 0 and counted, never a silent 0 or clip
+                grading.counts.errors += 1
+                f, a = 0.0, 0.0
+            fmt[i], acc[i] = f, a
     overall = [combine(a, f, format_weight) for a, f in zip(acc, fmt)]
     return overall, fmt, acc
 

@@ -15,13 +15,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mapo.types import MAX_ANSWER_CHARS  # re-exported here: the graders' cap
+
 from .graders import get_grader
 from .pool import GraderPool, shared_pool
 from .safety import looks_explosive
-
-# Real answers (Geo3K choices, MathVista, emotion labels) are under 200 characters. The cap
-# bounds the in-process work (mathruler's normalisation, pylatexenc) on hostile output.
-MAX_ANSWER_CHARS = 1000
 
 
 @dataclass

@@ -24,7 +24,9 @@ the file, say what is wrong and how to go on.
 
 from __future__ import annotations
 
+import logging
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,6 +35,9 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mapo.atomic import atomic_write, temp_path
+from mapo.trainer import checkpoint_integrity as integrity
+
+log = logging.getLogger(__name__)
 
 TMP_MARK = ".tmp-"  # temp files are ".<name>.tmp-<pid>-<random>" in the target's folder
 
@@ -47,19 +52,53 @@ def temp_files(path: _PATH) -> list[Path]:
     return sorted(path.parent.glob(f".{path.name}{TMP_MARK}*"))
 
 
-def atomic_torch_save(obj: Any, path: _PATH) -> None:
-    """`torch.save(obj, path)` that leaves either the old file or the complete new one."""
+def atomic_torch_save(obj: Any, path: _PATH, extra_meta: dict[str, Any] | None = None) -> None:
+    """`torch.save(obj, path)` that leaves either the old file or the complete new one, with a
+    sha256 sidecar that accepts whichever is in place (`mapo.trainer.checkpoint_integrity`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in temp_files(path):  # from a run killed while saving; only rank 0 saves
         stale.unlink(missing_ok=True)
-    # streamed: no second in-memory copy of a 7B checkpoint
-    atomic_write(path, lambda f: torch.save(obj, f), tmp=temp_path(path, TMP_MARK))
+    # streamed through a hasher: no second in-memory copy of a 7B checkpoint
+    hashed: dict[str, integrity.HashingWriter] = {}
+    meta: dict[str, Any] = {}
+
+    def write(f) -> None:
+        hashed["w"] = integrity.HashingWriter(f)
+        torch.save(obj, hashed["w"])
+
+    def accept_both() -> None:  # before the rename: the sidecar accepts the old or the new file
+        w = hashed["w"]
+        meta.update(sha256=w.sha.hexdigest(), bytes=w.bytes, **(extra_meta or {}))
+        integrity.accept_both(path, meta)
+
+    atomic_write(path, write, tmp=temp_path(path, TMP_MARK), before_replace=accept_both)
+    integrity.write_sidecar(path, {**meta, "accept": [meta["sha256"]]})
 
 
-def _other_checkpoints(path: Path) -> list[str]:
+def _other_checkpoints(path: Path, limit: int = 3) -> list[str]:
+    """Up to `limit` other `.ckpt` files beside `path`, newest first, that pass their checksum
+    (one without a sidecar is never offered: it may be as damaged as `path`)."""
     others = sorted(path.parent.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
-    return [str(p) for p in others if p.name != path.name]
+    good = []
+    for p in others:
+        if p.name != path.name and p.is_file() and integrity.verify(p) == "ok":
+            good.append(str(p))
+            if len(good) == limit:
+                break
+    return good
+
+
+def _not_a_checkpoint(path: Path) -> str | None:
+    """Why `path` is not a torch.save zip archive at all, or None if it is one."""
+    if path.is_file() and path.stat().st_size > 0 and not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head == b"PK":  # a zip cut short: truncated, not foreign
+            return None
+        kind = "a raw pickle" if head[:1] == b"\x80" else f"bytes starting {head!r}"
+        return f"it is {kind}, not the zip archive torch.save writes"
+    return None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -74,7 +113,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options for local files")
-        atomic_torch_save(checkpoint, path)
+        identity = checkpoint.get("run_identity")  # set by mapo.pipeline.run_identity's callback
+        atomic_torch_save(checkpoint, path, {"run_identity": identity} if identity else None)
+
+    def remove_checkpoint(self, path: _PATH) -> None:
+        super().remove_checkpoint(path)
+        if "://" not in str(path):
+            integrity.sidecar_of(path).unlink(missing_ok=True)
 
     def load_checkpoint(
         self,
@@ -84,6 +129,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> dict[str, Any]:
         # None would defer to torch's default, which an environment variable can flip
         weights_only = True if weights_only is None else weights_only
+        if "://" not in str(path) and Path(path).is_file():
+            self._verify(Path(path))
         try:
             return super().load_checkpoint(path, map_location, weights_only)
         except pickle.UnpicklingError as err:
@@ -102,8 +149,36 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 raise
             raise self._unreadable(path, err) from err
 
+    @classmethod
+    def _verify(cls, path: Path) -> None:
+        """Refuse a file that is not a checkpoint or fails its checksum, before unpickling."""
+        why = _not_a_checkpoint(path)
+        status = integrity.verify(path)
+        if why is None and status.startswith("mismatch"):
+            why = f"its checksum does not match ({status[len('mismatch: ') :]}): the file was "
+            why += "changed after it was saved (disk or copy corruption, or an edit)"
+        if why is not None:
+            raise CheckpointLoadError(f"checkpoint {path} was refused: {why}. {cls._hint(path)}")
+        if status == "unverified":
+            log.warning(
+                "checkpoint %s has no checksum sidecar (%s): loading it unverified",
+                path, integrity.sidecar_of(path).name,
+            )  # fmt: skip
+
     @staticmethod
-    def _unreadable(path: _PATH, err: BaseException) -> CheckpointLoadError:
+    def _hint(path: _PATH) -> str:
+        others = _other_checkpoints(Path(path)) if "://" not in str(path) else []
+        if others:
+            return (
+                f"Resume from one that passes its checksum: ckpt_path={others[0]} (all: {others})"
+            )
+        return (
+            "No other checkpoint there passes its checksum; start over with ckpt_path=null "
+            "(and a new hydra.run.dir), or restore the file from a backup"
+        )
+
+    @classmethod
+    def _unreadable(cls, path: _PATH, err: BaseException) -> CheckpointLoadError:
         boilerplate = (
             "Weights only load failed",
             "Please file an issue",
@@ -111,10 +186,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         )
         lines = [s for s in str(err).splitlines() if s.strip() and not s.startswith(boilerplate)]
         first = lines[0] if lines else type(err).__name__
-        others = _other_checkpoints(Path(path)) if "://" not in str(path) else []
-        hint = f"ckpt_path={others[0]}" if others else "ckpt_path=null (start over)"
         return CheckpointLoadError(
             f"checkpoint {path} is unreadable ({first}); it is probably truncated (written by a "
-            f"writer that was not atomic, or the disk filled up). Resume from another one: "
-            f"{hint}; other checkpoints there, newest first: {others or 'none'}"
+            f"writer that was not atomic, or the disk filled up). {cls._hint(path)}"
         )
