@@ -163,6 +163,8 @@ class MAPOModule(pl.LightningModule):
         t["time/update"] = time.perf_counter() - clock
         t["time/step"] = sum(t.values())
         t["perf/rollouts_per_s"] = len(rb.completions) / max(t["time/step"], 1e-9)
+        # tokens (prompt + completion, padding excluded) per pass over the batch: FLOP counts
+        t["perf/train_tokens"] = float(inputs.attention_mask.sum())
 
         self._log_step(rb, rewards, adv, upd, t)
 
