@@ -55,10 +55,13 @@ class OptimConfig:
     schedule: str = "constant"  # constant | cosine
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
+    impl: str = "torch"  # torch | fused (conf/optim/adamw.yaml)
 
     def __post_init__(self) -> None:
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"optim.schedule={self.schedule!r}; use constant or cosine")
+        if self.impl not in ("torch", "fused"):
+            raise ValueError(f"optim.impl={self.impl!r}; use torch or fused")
         if self.lr <= 0:
             raise ValueError(f"optim.lr={self.lr} must be > 0")
 
@@ -117,6 +120,11 @@ class MAPOModule(pl.LightningModule):
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
             opt = DeepSpeedCPUAdam(params, adamw_mode=True, **kw)
+        elif self.optim_cfg.impl == "fused":
+            # one CUDA kernel for all tensors; JIT-compiled on first use (needs nvcc, ninja)
+            from deepspeed.ops.adam import FusedAdam
+
+            opt = FusedAdam(params, adam_w_mode=True, **kw)
         else:
             opt = torch.optim.AdamW(params, **kw)
         total = max(1, self.total_steps * self.algo.updates_per_rollout)
