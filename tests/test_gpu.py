@@ -8,7 +8,6 @@ DeepSpeed strategy, no FusedAdam): that checks the tests' own code, not the GPU.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -94,7 +93,9 @@ def sharp_fp32(tiny_model_dir, sharpen, device):
     return sharpen(load_policy(tiny_model_dir)).eval().to(device)
 
 
-def test_hf_engine_generation(device, tiny_model_dir, tiny_processor, tiny_prompts, sharpen, sharp_fp32):
+def test_hf_engine_generation(
+    device, tiny_model_dir, tiny_processor, tiny_prompts, sharpen, sharp_fp32
+):
     from mapo.models.loading import load_policy
     from mapo.rollout.base import SamplingConfig
     from mapo.rollout.hf import HFEngine
@@ -114,7 +115,9 @@ def test_hf_engine_generation(device, tiny_model_dir, tiny_processor, tiny_promp
     assert here.token_ids == HFEngine(cpu, tiny_processor).generate(tiny_prompts, greedy).token_ids
 
 
-def test_bf16_logprobs_match_fp32(device, tiny_model_dir, tiny_processor, tiny_prompts, sharpen, sharp_fp32):
+def test_bf16_logprobs_match_fp32(
+    device, tiny_model_dir, tiny_processor, tiny_prompts, sharpen, sharp_fp32
+):
     from mapo.models.batching import build_policy_inputs
     from mapo.models.loading import load_policy
     from mapo.models.logprobs import token_logprobs
@@ -182,30 +185,38 @@ def _train(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_zero2_rl_steps_on_one_gpu(device, tmp_path):
-    """Two RL steps of train.py under ZeRO-2 in DeepSpeed bf16, with DeepSpeed's FusedAdam
-    where it builds (else torch AdamW; the test id's output says which)."""
+@pytest.fixture(scope="module")
+def zero2_run(device, tmp_path_factory) -> Path:
+    """Three RL steps of train.py under ZeRO-2 in DeepSpeed bf16, with DeepSpeed's FusedAdam
+    where it builds (else torch AdamW; the test output says which)."""
     why = _fused_adam_builds() if device.type == "cuda" else "CPU run"
     optim = ["optim.impl=fused"] if why is None else []
     print(f"optimizer: {'FusedAdam' if why is None else f'torch AdamW ({why})'}")
-    _train(tmp_path / "run", *_deepspeed_trainer(device, 2), "steps=2", *optim)
-    df = read_records(tmp_path / "run")
-    assert sorted(df.step.unique()) == [0, 1] and len(df) == 2 * 4 * 4
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["config"]["model_path"]
+    run_dir = tmp_path_factory.mktemp("zero2") / "run"
+    _train(run_dir, *_deepspeed_trainer(device, 2), "steps=3", *optim)
+    return run_dir
 
 
-def test_zero3_checkpoint_and_resume_on_one_gpu(device, tmp_path):
+def test_zero2_rl_steps_on_one_gpu(zero2_run):
+    df = read_records(zero2_run)
+    assert sorted(df.step.unique()) == [0, 1, 2] and len(df) == 3 * 4 * 4
+    assert df.reward_overall.notna().all() and df.advantage.notna().all()
+    assert (zero2_run / "checkpoints/last.ckpt").is_dir()  # DeepSpeed writes a folder
+
+
+def test_zero3_checkpoint_and_resume_on_one_gpu(device, tmp_path, zero2_run):
     """ckpt_path=last under ZeRO-3 restores the sharded state on the GPU: the resumed run's
-    step 2 draws the same prompts as step 2 of an uninterrupted run."""
+    step 2 draws the same prompts as step 2 of an uninterrupted run (the ZeRO-2 run: the
+    prompt stream depends on the seed only, not on the strategy)."""
     trainer = _deepspeed_trainer(device, 3)
     _train(tmp_path / "resumed", *trainer, "steps=2")
-    assert (tmp_path / "resumed/checkpoints/last.ckpt").is_dir()  # DeepSpeed writes a folder
+    assert (tmp_path / "resumed/checkpoints/last.ckpt").is_dir()
     proc = _train(tmp_path / "resumed", *trainer, "steps=3", "ckpt_path=last")
     assert "Restored all states from the checkpoint" in proc.stdout + proc.stderr
-    _train(tmp_path / "straight", *trainer, "steps=3")
-    resumed, straight = read_records(tmp_path / "resumed"), read_records(tmp_path / "straight")
+    resumed, straight = read_records(tmp_path / "resumed"), read_records(zero2_run)
     assert sorted(resumed.step.unique()) == [0, 1, 2] and len(resumed) == 3 * 4 * 4
     a, b = resumed[resumed.step == 2], straight[straight.step == 2]
     for col in ("prompt_id", "rollout_index"):
         assert a[col].tolist() == b[col].tolist(), col
+    # a fresh start instead of the resume would draw step 0's prompts again
+    assert a.prompt_id.tolist() != resumed[resumed.step == 0].prompt_id.tolist()
