@@ -30,7 +30,7 @@ def test_check_without_cuda_is_a_dry_run(tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
     assert "dry run" in text
-    assert f"-m pytest -m gpu tests/test_gpu.py" in text and f"--junitxml={out}/pytest.xml" in text
+    assert "-m pytest -m gpu tests/test_gpu.py" in text and f"--junitxml={out}/pytest.xml" in text
     for phase in ("env", "install", "fused_adam", "pytest", "build7b", "time7b", "summary"):
         assert f"\n  {phase} " in text, phase
     assert "benchmarks.arch7b time" in text and "--trainer deepspeed_stage_3" in text
