@@ -7,6 +7,9 @@ for the GPU figure in docs/benchmarks.md: rollout tokens/s and seconds per RL st
     python -m benchmarks.arch7b time --model /scratch/qwen25vl7b-random \
         --engine vllm --trainer deepspeed_stage_3 --prompts 16 --group 8 --max-new-tokens 256
 
+`scripts/gpu_check.sh` runs the HF-engine variant within its 8 minutes (docs/benchmarks.md):
+training-phase tokens/s, MFU (benchmarks/mfu.py), peak GPU memory and generation tokens/s.
+
 The architecture is Qwen2.5-VL-7B-Instruct's (text 28 x 3584, 28 heads / 4 KV heads, MLP 18944,
 vocabulary 152064, mrope [16, 24, 24]; vision 32 x 1280, MLP 3420, full attention in blocks
 7/15/23/31, merger to 3584). The tokenizer is the tiny model's (a few hundred tokens; the
