@@ -49,9 +49,11 @@ def _deepspeed_trainer(device: torch.device, stage: int) -> list[str]:
 
 def _fused_adam_builds() -> str | None:
     """None when DeepSpeed's FusedAdam loads here (gpu_check.sh builds it beforehand, into
-    $TORCH_EXTENSIONS_DIR), else why not."""
+    $TORCH_EXTENSIONS_DIR, and sets MAPO_FUSED_ADAM=0 when it could not), else why not."""
     if not torch.cuda.is_available():
         return "no CUDA"
+    if os.environ.get("MAPO_FUSED_ADAM") == "0":
+        return "gpu_check.sh could not build it (fused_adam phase)"
     try:
         from deepspeed.ops.op_builder import FusedAdamBuilder
 
@@ -75,6 +77,7 @@ def test_tiny_rl_step_in_bf16(device, tmp_path):
     _, objs = train(cfg)
     policy, module = objs["module"].policy, objs["module"]
     assert next(policy.parameters()).device.type == device.type
+    assert objs["trainer"].precision == "bf16-mixed"  # conf/trainer/gpu.yaml
     m = module.last_metrics
     assert torch.isfinite(torch.tensor(m["actor/grad_norm"])) and m["actor/grad_norm"] > 0
     assert m["perf/train_tokens"] > 4 * 4  # prompt + completion tokens of 16 rollouts
