@@ -89,6 +89,16 @@ def test_tiny_rl_step_in_bf16(device, tmp_path):
     assert sorted(df.step.unique()) == [0, 1] and len(df) == 2 * 16
 
 
+@pytest.fixture
+def no_tf32():
+    """fp32 really fp32 on the GPU: cuDNN convolutions (the vision patch embedding) default to
+    TF32, whose 10-bit mantissa would make "fp32" differ from the CPU by more than rounding."""
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
 @pytest.fixture(scope="module")
 def sharp_fp32(tiny_model_dir, sharpen, device):
     from mapo.models.loading import load_policy
