@@ -107,7 +107,7 @@ def sharp_fp32(tiny_model_dir, sharpen, device):
 
 
 def test_hf_engine_generation(
-    device, tiny_model_dir, tiny_processor, tiny_prompts, sharpen, sharp_fp32
+    device, tiny_model_dir, tiny_processor, tiny_prompts, sharpen, sharp_fp32, no_tf32
 ):
     from mapo.models.loading import load_policy
     from mapo.rollout.base import SamplingConfig
@@ -129,7 +129,7 @@ def test_hf_engine_generation(
 
 
 def test_bf16_logprobs_match_fp32(
-    device, tiny_model_dir, tiny_processor, tiny_prompts, sharpen, sharp_fp32
+    device, tiny_model_dir, tiny_processor, tiny_prompts, sharpen, sharp_fp32, no_tf32
 ):
     from mapo.models.batching import build_policy_inputs
     from mapo.models.loading import load_policy
