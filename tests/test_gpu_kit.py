@@ -34,6 +34,11 @@ def test_check_without_cuda_is_a_dry_run(tmp_path):
     for phase in ("env", "install", "fused_adam", "pytest", "build7b", "time7b", "summary"):
         assert f"\n  {phase} " in text, phase
     assert "benchmarks.arch7b time" in text and "--trainer deepspeed_stage_3" in text
+    # the serial phases' limits add up to the 8 minutes at most (build7b overlaps them)
+    limits = {line.split()[0]: int(line.split("(max")[1].split("s)")[0])
+              for line in text.splitlines() if "(max" in line}  # fmt: skip
+    assert sum(v for k, v in limits.items() if k != "build7b") <= 8 * 60, limits
+    assert limits["time7b"] >= 120, limits
     assert not out.exists()  # nothing ran
 
 
