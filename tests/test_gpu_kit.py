@@ -141,3 +141,11 @@ def test_report_reads_phases_tests_and_gpu_memory(tmp_path):
                                "mean_utilisation_pct": 30.0}  # fmt: skip
     assert r["arch7b"]["complete"] is False and r["ok"] is False
     assert "1 failed" in gpu_report.headline(r)
+
+
+def test_optim_impl_is_checked():
+    from mapo.module import OptimConfig
+
+    assert OptimConfig().impl == "torch" and OptimConfig(impl="fused").impl == "fused"
+    with pytest.raises(ValueError, match="optim.impl='adam8bit'; use torch or fused"):
+        OptimConfig(impl="adam8bit")
