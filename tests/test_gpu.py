@@ -199,12 +199,16 @@ def _train(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def zero2_run(device, tmp_path_factory) -> Path:
-    """Three RL steps of train.py under ZeRO-2 in DeepSpeed bf16, with DeepSpeed's FusedAdam
-    where it builds (else torch AdamW; the test output says which)."""
+def optim(device) -> list[str]:
+    """DeepSpeed's FusedAdam where it builds, else torch AdamW (the test output says which)."""
     why = _fused_adam_builds() if device.type == "cuda" else "CPU run"
-    optim = ["optim.impl=fused"] if why is None else []
     print(f"optimizer: {'FusedAdam' if why is None else f'torch AdamW ({why})'}")
+    return ["optim.impl=fused"] if why is None else []
+
+
+@pytest.fixture(scope="module")
+def zero2_run(device, optim, tmp_path_factory) -> Path:
+    """Three RL steps of train.py under ZeRO-2 in DeepSpeed bf16."""
     run_dir = tmp_path_factory.mktemp("zero2") / "run"
     _train(run_dir, *_deepspeed_trainer(device, 2), "steps=3", *optim)
     return run_dir
@@ -217,11 +221,11 @@ def test_zero2_rl_steps_on_one_gpu(zero2_run):
     assert (zero2_run / "checkpoints/last.ckpt").is_dir()  # DeepSpeed writes a folder
 
 
-def test_zero3_checkpoint_and_resume_on_one_gpu(device, tmp_path, zero2_run):
+def test_zero3_checkpoint_and_resume_on_one_gpu(device, optim, tmp_path, zero2_run):
     """ckpt_path=last under ZeRO-3 restores the sharded state on the GPU: the resumed run's
     step 2 draws the same prompts as step 2 of an uninterrupted run (the ZeRO-2 run: the
     prompt stream depends on the seed only, not on the strategy)."""
-    trainer = _deepspeed_trainer(device, 3)
+    trainer = [*_deepspeed_trainer(device, 3), *optim]
     _train(tmp_path / "resumed", *trainer, "steps=2")
     assert (tmp_path / "resumed/checkpoints/last.ckpt").is_dir()
     proc = _train(tmp_path / "resumed", *trainer, "steps=3", "ckpt_path=last")
