@@ -11,7 +11,7 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv test test-fast test-vllm test-deepspeed demo lint bench curves clean
+.PHONY: venv test test-fast test-vllm test-deepspeed demo lint bench curves clean gpu-wheels gpu-check
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,16 @@ test-deepspeed: $(STAMP)  ## DeepSpeed strategy tests only (CPU, gloo)
 lint: $(STAMP)
 	$(PY) -m ruff check mapo tests train.py eval.py benchmarks
 	$(PY) -m ruff format --check mapo tests train.py eval.py benchmarks
+
+# ---------------------------------------------------------------- GPU acceptance (docs/benchmarks.md)
+gpu-wheels: $(STAMP)  ## wheels/gpu: what the offline GPU machine lacks (CPython 3.12), < 60 MiB
+	PYTHON=$(PY) bash scripts/gpu_wheels.sh
+
+# On the GPU machine (its own python3 with CUDA torch; no .venv): <= 8 min, writes
+# $(GPU_OUT)/gpu_check.json and gpu_check.log. Without CUDA: a dry run (also run by `make test`).
+GPU_OUT ?= $(or $(OUT),outputs/gpu_check)
+gpu-check:
+	bash scripts/gpu_check.sh $(GPU_OUT)
 
 demo: $(STAMP)  ## the embedded default: tiny VLM, synthetic emotion task, CPU
 	$(PY) train.py

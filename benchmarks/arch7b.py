@@ -7,6 +7,9 @@ for the GPU figure in docs/benchmarks.md: rollout tokens/s and seconds per RL st
     python -m benchmarks.arch7b time --model /scratch/qwen25vl7b-random \
         --engine vllm --trainer deepspeed_stage_3 --prompts 16 --group 8 --max-new-tokens 256
 
+`scripts/gpu_check.sh` runs the HF-engine variant within its 8 minutes (docs/benchmarks.md):
+training-phase tokens/s, MFU (benchmarks/mfu.py), peak GPU memory and generation tokens/s.
+
 The architecture is Qwen2.5-VL-7B-Instruct's (text 28 x 3584, 28 heads / 4 KV heads, MLP 18944,
 vocabulary 152064, mrope [16, 24, 24]; vision 32 x 1280, MLP 3420, full attention in blocks
 7/15/23/31, merger to 3584). The tokenizer is the tiny model's (a few hundred tokens; the
@@ -20,11 +23,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 import torch
 
 from benchmarks.common import Settings, load_average, peak_rss_mb
+from benchmarks.mfu import (
+    H200_BF16_DENSE_TFLOPS,
+    param_counts_of_folder,
+    training_flops,
+    utilisation,
+)
+from benchmarks.run_ours import StepClockCallback
 
 QWEN25_VL_7B = {
     "text": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
@@ -87,6 +98,46 @@ def build(out: Path, *, small: bool = False, seed: int = 0, dtype: str = "bfloat
     return out
 
 
+class StepLog(StepClockCallback):
+    """The step clock; also appends each step's trainer metrics and GPU memory to ``path``
+    (JSON lines) as it ends, so a run cut short still leaves its finished steps."""
+
+    def __init__(self, path: str | None = None):
+        super().__init__()
+        self.path = path
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
+        if self.path:
+            row = {"step": len(self.metrics) - 1, **self.metrics[-1], **gpu_memory_gb()}
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def gpu_memory_gb() -> dict[str, float]:
+    """Peak GPU memory of this process so far (GiB): allocated by tensors, reserved by the
+    caching allocator. Empty without CUDA."""
+    if not torch.cuda.is_available():
+        return {}
+    return {"gpu_peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "gpu_peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30}  # fmt: skip
+
+
+def step_figures(m: dict, rollouts: int, n_flops: int, *, recompute: bool) -> dict[str, float]:
+    """Generation and training-phase rates of one RL step from its trainer metrics ``m``
+    (time/rollout, time/update, response_length/mean, perf/train_tokens); benchmarks.mfu."""
+    train_s, tokens = m["time/update"], m["perf/train_tokens"]
+    flops = training_flops(n_flops, tokens, recompute=recompute)
+    return {
+        "generation_tokens_per_s": m["response_length/mean"] * rollouts / m["time/rollout"],
+        "train_tokens": tokens,
+        "train_s": train_s,
+        "train_tokens_per_s": tokens / train_s,
+        "mfu": utilisation(flops["model_flops"], train_s),
+        "hfu": utilisation(flops["hardware_flops"], train_s),
+    }
+
+
 def time_steps(a: argparse.Namespace) -> dict:
     """RL steps of the real trainer on ``a.model``; prints and returns the timing summary."""
     from benchmarks.run_ours import run
@@ -94,21 +145,35 @@ def time_steps(a: argparse.Namespace) -> dict:
     s = Settings(size="tiny", engine=a.engine, prompts=a.prompts, group=a.group,
                  max_new_tokens=a.max_new_tokens, beta=a.beta, warmup=a.warmup, timed=a.timed,
                  threads=torch.get_num_threads(), coldstart=False)  # fmt: skip
+    recompute = a.gradient_checkpointing
     extra = [f"model.path={a.model}", f"model.dtype={a.dtype}", f"trainer={a.trainer}",
              f"algorithm.micro_batch_size={a.micro_batch}",
-             f"data.max_pixels={a.max_pixels}", *a.override]  # fmt: skip
+             f"model.gradient_checkpointing={str(recompute).lower()}",
+             f"model.freeze_vision={str(a.freeze_vision).lower()}",
+             f"data.min_pixels={a.min_pixels}", f"data.max_pixels={a.max_pixels}",
+             *a.override]  # fmt: skip
     load = load_average()
-    result, _ = run(s, *extra)
-    tokens = result["mean_completion_tokens"] * a.prompts * a.group
+    steps_jsonl = str(a.steps_jsonl) if a.steps_jsonl else None
+    result, _ = run(s, *extra, callback=StepLog, callback_kwargs={"path": steps_jsonl})
+    rollouts = a.prompts * a.group
+    counts = param_counts_of_folder(a.model)
+    per_step = [step_figures(m, rollouts, counts["flops"], recompute=recompute)
+                for m in result["phases"]]  # fmt: skip
+    median = {k: statistics.median(f[k] for f in per_step) for k in per_step[0]}
+    tokens = result["mean_completion_tokens"] * rollouts
     out = {"model": str(a.model), "trainer": a.trainer, "engine": a.engine,
            "prompts": a.prompts, "group": a.group, "max_new_tokens": a.max_new_tokens,
+           "gradient_checkpointing": recompute, "freeze_vision": a.freeze_vision,
            "s_per_step": result["s_per_step"], "rollouts_per_s": result["rollouts_per_s"],
            "rollout_tokens_per_s": tokens / result["s_per_step"],
            "mean_completion_tokens": result["mean_completion_tokens"],
+           **median, "per_step": per_step, "params": counts,
+           "flop_formula": "model 6*N*T, hardware 8*N*T with checkpointing (else 6*N*T); "
+           "N = params['flops'], T = train_tokens (benchmarks/mfu.py)",
+           "peak_tflops": H200_BF16_DENSE_TFLOPS,
            "peak_rss_mb": peak_rss_mb(), "load": [load, load_average()],
            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-           "gpu_peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30
-           if torch.cuda.is_available() else None}  # fmt: skip
+           **gpu_memory_gb()}  # fmt: skip
     print(json.dumps(out, indent=2))
     return out
 
@@ -129,7 +194,16 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--group", type=int, default=8)
     t.add_argument("--max-new-tokens", type=int, default=256)
     t.add_argument("--micro-batch", type=int, default=8, help="rollouts per forward/backward")
+    t.add_argument("--min-pixels", type=int, default=3136, help="images are resized up to this")
     t.add_argument("--max-pixels", type=int, default=12544, help="image size cap (pixels)")
+    t.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="recompute activations in the backward (paper: on)",
+    )
+    t.add_argument("--freeze-vision", action="store_true", help="train the language model only")
+    t.add_argument("--steps-jsonl", type=Path, help="append each step's metrics here as it ends")
     t.add_argument("--beta", type=float, default=0.01)
     t.add_argument("--warmup", type=int, default=1)
     t.add_argument("--timed", type=int, default=3)

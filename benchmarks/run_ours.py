@@ -32,9 +32,13 @@ class StepClockCallback(pl.Callback):
 
 
 def run(
-    s: Settings, *extra: str, callback: type[StepClockCallback] = StepClockCallback
+    s: Settings,
+    *extra: str,
+    callback: type[StepClockCallback] = StepClockCallback,
+    callback_kwargs: dict | None = None,
 ) -> tuple[dict, StepClockCallback]:
-    """train(cfg) for `s` with `callback` (a StepClockCallback subclass) as the clock."""
+    """train(cfg) for `s` with `callback(**callback_kwargs)` (a StepClockCallback subclass) as
+    the clock."""
     set_threads(s.threads)
     import torch
     from omegaconf import open_dict
@@ -45,7 +49,8 @@ def run(
         cfg = compose(overrides(s, run_dir, "+trainer.enable_progress_bar=false", *extra))
         with open_dict(cfg):
             cfg.callbacks.step_clock = {
-                "_target_": f"{callback.__module__}.{callback.__qualname__}"
+                "_target_": f"{callback.__module__}.{callback.__qualname__}",
+                **(callback_kwargs or {}),
             }
         start = time.perf_counter()
         metrics, objs = train(cfg)

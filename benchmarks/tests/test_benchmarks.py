@@ -101,10 +101,29 @@ def test_arch7b_small_builds_and_times_through_the_trainer(tmp_path):
     out = arch7b.main  # the CLI, as a user runs it
     out(["time", "--model", str(tmp_path / "m"), "--engine", "hf", "--trainer", "default",
          "--dtype", "float32", "--prompts", "2", "--group", "2", "--max-new-tokens", "3",
-         "--micro-batch", "2", "--warmup", "1", "--timed", "1",
+         "--micro-batch", "2", "--warmup", "1", "--timed", "1", "--min-pixels", "12544",
+         "--steps-jsonl", str(tmp_path / "steps.jsonl"),
          "--json", str(tmp_path / "t.json")])  # fmt: skip
     res = json.loads((tmp_path / "t.json").read_text())
     assert res["s_per_step"] > 0 and 0 < res["mean_completion_tokens"] <= 3
     assert res["rollout_tokens_per_s"] == pytest.approx(
         res["mean_completion_tokens"] * 4 / res["s_per_step"]
+    )
+    # both steps were logged as they ended; the figures are those of the timed step (1)
+    steps = [json.loads(x) for x in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps] == [0, 1]
+    last = steps[1]
+    # 112 x 112 images (min_pixels) are 16 merged image tokens: every row has > 16 tokens
+    assert last["perf/train_tokens"] > 4 * 16
+    assert res["train_tokens"] == last["perf/train_tokens"]
+    assert res["train_tokens_per_s"] == pytest.approx(
+        last["perf/train_tokens"] / last["time/update"]
+    )
+    n = res["params"]["flops"]
+    assert n == res["params"]["total"] - res["params"]["vision"] - res["params"]["embedding"] > 0
+    peak = res["peak_tflops"] * 1e12
+    assert res["mfu"] == pytest.approx(6 * n * res["train_tokens"] / res["train_s"] / peak)
+    assert res["hfu"] == pytest.approx(8 / 6 * res["mfu"])  # checkpointing on by default
+    assert res["generation_tokens_per_s"] == pytest.approx(
+        last["response_length/mean"] * 4 / last["time/rollout"]
     )

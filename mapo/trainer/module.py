@@ -89,6 +89,11 @@ class MAPOModule(pl.LightningModule):
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
             opt = DeepSpeedCPUAdam(params, adamw_mode=True, **kw)
+        elif self.optim_cfg.impl == "fused":
+            # one CUDA kernel for all tensors; JIT-compiled on first use (needs nvcc, ninja)
+            from deepspeed.ops.adam import FusedAdam
+
+            opt = FusedAdam(params, adam_w_mode=True, **kw)
         else:
             opt = torch.optim.AdamW(params, **kw)
         total = max(1, self.total_steps * self.algo.updates_per_rollout)
@@ -137,6 +142,8 @@ class MAPOModule(pl.LightningModule):
         t["time/update"] = time.perf_counter() - clock
         t["time/step"] = sum(t.values())
         t["perf/rollouts_per_s"] = len(rb.completions) / max(t["time/step"], 1e-9)
+        # tokens (prompt + completion, padding excluded) per pass over the batch: FLOP counts
+        t["perf/train_tokens"] = float(inputs.attention_mask.sum())
 
         self._log_step(rb, rewards, adv, upd, t)
 
