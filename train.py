@@ -16,15 +16,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from mapo.pipeline import train
+    from hydra.core.hydra_config import HydraConfig
 
-    metrics, _ = train(cfg)
-    for tag in ("before", "after"):
-        if tag in metrics:
-            b = metrics[tag]
-            print(
-                f"{tag:>6}: A_S={b['A_S']:.3f}  A_T={b['A_T']:.3f}  A_avg={b['A_avg']:.3f}  {b['datasets']}"
-            )
+    from mapo.console import setup_console
+
+    setup_console()  # each line once, only the warnings that apply (mapo/console.py)
+    from mapo.pipeline import train
+    from mapo.run_summary import run_summary
+
+    _, objs = train(cfg)
+    if objs["trainer"].is_global_zero:
+        print(run_summary(objs["run_dir"], HydraConfig.get().overrides.task), end="")
 
 
 if __name__ == "__main__":

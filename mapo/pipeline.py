@@ -361,6 +361,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     if cfg.export_hf:
         export_hf(module, processor, run_dir / "hf_model", trainer)
+    if trainer.is_global_zero:  # report.png, also logged to TensorBoard
+        from mapo.report_image import finish_report
+
+        finish_report(run_dir, trainer.loggers, step=module.rl_step)
     metrics = _read_metrics(run_dir)
     metrics["train"] = dict(module.last_metrics)
     return metrics, {"module": module, "trainer": trainer, "engine": rollout_cb.engine, "run_dir": run_dir,
@@ -411,12 +415,14 @@ def export_hf(module: Any, processor: Any, out: Path, trainer: pl.Trainer) -> No
         state = None
     if trainer.global_rank != 0:
         return
-    tmp = out.with_name(out.name + ".tmp")
-    policy.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-    processor.save_pretrained(tmp)
-    if out.exists():
-        import shutil
+    from mapo.progress import phase
 
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    log.info("exported the policy to %s", out)
+    tmp = out.with_name(out.name + ".tmp")
+    with phase(f"exporting the policy to {out}"):
+        policy.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        os.replace(tmp, out)
