@@ -66,7 +66,7 @@ def _curves(ax: Axes, df: pd.DataFrame) -> None:
     smoothing = f"mean of {window} steps" if window > 1 else "per step"
     ax.set_title(f"Training rollouts ({smoothing})", loc="left", fontweight="bold")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(loc="lower right", fontsize=9)
+    ax.legend(loc="center right", fontsize=9)
     ax.grid(alpha=0.3)
 
 
@@ -107,9 +107,11 @@ def _distribution(ax: Axes, values: pd.Series, first, last, labels, what: str, t
     width = 0.04
     for offset, mask, label, color in ((-width / 2, first, labels[0], START),
                                        (width / 2, last, labels[1], END)):  # fmt: skip
-        counts, _ = np.histogram(values[mask].to_numpy(dtype=float), bins=edges)
+        sel = values[mask].to_numpy(dtype=float)
+        counts, _ = np.histogram(sel, bins=edges)
         centers = (edges[:-1] + edges[1:]) / 2
-        ax.bar(centers + offset, counts / max(counts.sum(), 1), width, color=color, label=label)
+        ax.bar(centers + offset, counts / max(counts.sum(), 1), width, color=color,
+               label=f"{label} (mean {sel.mean():.2f})")  # fmt: skip
     ax.set_xlim(0, 1)
     ax.set_xticks(edges)
     ax.set_xlabel(what)
