@@ -33,7 +33,7 @@ class IgnoredWarning(NamedTuple):
     why: str
 
 
-def _ignored_warnings() -> tuple[IgnoredWarning, ...]:
+def ignored_warnings() -> tuple[IgnoredWarning, ...]:
     from lightning.fabric.utilities.warnings import PossibleUserWarning
 
     return (
@@ -89,8 +89,8 @@ def interactive() -> bool:
 
 
 def filter_warnings() -> None:
-    """Ignore exactly the warnings of `_ignored_warnings()` (message, category and module)."""
-    for w in _ignored_warnings():
+    """Ignore exactly the warnings of `ignored_warnings()` (message, category and module)."""
+    for w in ignored_warnings():
         warnings.filterwarnings(
             "ignore", message=w.message, category=w.category, module=w.module + r"\Z"
         )

@@ -130,6 +130,12 @@ def write_fake_run(run_dir: Path, *, steps: int = 12, groups: int = 8, g: int = 
 
 
 @pytest.fixture(scope="session")
+def make_fake_run():
+    """`make_fake_run(run_dir, steps=12, groups=8, g=8)`: see `write_fake_run`."""
+    return write_fake_run
+
+
+@pytest.fixture(scope="session")
 def fake_run_dir(tmp_path_factory) -> Path:
     """`write_fake_run` once per session; never write into it."""
     return write_fake_run(tmp_path_factory.mktemp("fake-run"))
