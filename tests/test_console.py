@@ -151,3 +151,14 @@ def test_progress_bar_renders_in_a_pseudo_terminal():
     # no plain quartile lines in a terminal; the final line once
     assert "demo phase: 2/8" not in text
     assert text.count("demo phase: 8 steps in") == 1
+
+
+BAR_CHOICE = "from mapo.callbacks import rl_progress_bar; print(type(rl_progress_bar()).__name__)"
+
+
+def test_rl_progress_bar_is_rich_in_a_terminal_and_plain_in_a_pipe():
+    in_pty = _run_in_pty([sys.executable, "-c", BAR_CHOICE]).decode()
+    piped = subprocess.run([sys.executable, "-c", BAR_CHOICE], capture_output=True, text=True,
+                           env=_env(), timeout=120, check=True).stdout  # fmt: skip
+    assert in_pty.strip().endswith("RLProgressBar") and "Plain" not in in_pty
+    assert piped.strip() == "PlainRLProgressBar"

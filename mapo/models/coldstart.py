@@ -229,9 +229,7 @@ def coldstart(
             return prompts[i]
 
         start = time.perf_counter()
-        losses = _train(
-            model, processor, prompt_of, len(rows), labels, progress=progress, **recipe
-        )
+        losses = _train(model, processor, prompt_of, len(rows), labels, progress=progress, **recipe)
         seconds = time.perf_counter() - start
     meta = {"base": str(base), "labels": labels, **recipe, "final_loss": losses[-1],
             "train_seconds": round(seconds, 2), "version": COLDSTART_VERSION}  # fmt: skip
