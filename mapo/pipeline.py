@@ -285,6 +285,7 @@ def build_trainer(
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run one experiment; returns (metrics, objects) so tests can inspect both."""
     from mapo.callbacks import Evaluation, RolloutCallback
+    from mapo.console import filter_warnings
     from mapo.evaluation import EvalSets
     from mapo.models.loading import load_policy, load_processor, load_reference
     from mapo.module import MAPOModule
@@ -292,6 +293,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     from mapo.records import RecordWriter
     from mapo.rollout import build_engine
 
+    filter_warnings()  # also for notebooks and scripts that call train() without train.py
     plan = validate(cfg)
     run_dir = plan.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
