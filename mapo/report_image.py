@@ -66,7 +66,7 @@ def _curves(ax: Axes, df: pd.DataFrame) -> None:
     smoothing = f"mean of {window} steps" if window > 1 else "per step"
     ax.set_title(f"Training rollouts ({smoothing})", loc="left", fontweight="bold")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(loc="center right", fontsize=9)
+    ax.legend(loc="best", fontsize=9)
     ax.grid(alpha=0.3)
 
 
