@@ -11,7 +11,7 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv test test-fast test-vllm test-deepspeed demo lint bench curves clean gpu-wheels gpu-check
+.PHONY: venv test test-fast test-vllm test-deepspeed demo notebook lint bench curves clean gpu-wheels gpu-check
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ gpu-check:
 
 demo: $(STAMP)  ## the embedded default: tiny VLM, synthetic emotion task, CPU
 	$(PY) train.py
+
+notebook: $(STAMP)  ## the analysis notebook in Jupyter (installs the `notebook` extra once)
+	$(PY) -m pip install -q -c constraints-cpu.txt -e '.[notebook]'
+	$(VENV)/bin/jupyter notebook notebooks/trajectory_certainty.ipynb
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .cache outputs

@@ -15,6 +15,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
+    from mapo.console import setup_console
+
+    setup_console()  # each line once, only the warnings that apply (mapo/console/__init__.py)
     from mapo.pipeline.evaluate import run_eval
 
     run_eval(cfg)

@@ -16,18 +16,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from mapo.console import setup_console
+
+    setup_console()  # each line once, only the warnings that apply (mapo/console/__init__.py)
+    from mapo.analysis.summary import run_summary
     from mapo.pipeline.run import train
 
-    metrics, _ = train(cfg)
-    for tag in ("before", "after"):
-        if tag in metrics:
-            b = metrics[tag]
-            acc = "  ".join(f"{k}={_fmt(b.get(k))}" for k in ("A_S", "A_T", "A_avg"))
-            print(f"{tag:>6}: {acc}  {b['datasets']}")
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"  # None: a set without samples
+    _, objs = train(cfg)
+    if objs["trainer"].is_global_zero:
+        print(run_summary(objs["run_dir"], HydraConfig.get().overrides.task), end="")
 
 
 if __name__ == "__main__":

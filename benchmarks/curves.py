@@ -56,8 +56,8 @@ def run_one(method: str, seed: int, a: argparse.Namespace) -> Path:
 def read_run(run_dir: Path) -> dict:
     """Accuracy history (step, A_S, A_T) from metrics.json and the per-step fraction of
     groups with p in {0, 1} from the rollout records."""
+    from mapo.analysis.records import read_records
     from mapo.analysis.tables import group_table
-    from mapo.trainer.records import read_records
 
     data = json.loads((run_dir / "metrics.json").read_text())
     blocks = [data["before"], *data.get("history", [])] if "before" in data else data["history"]

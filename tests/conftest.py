@@ -90,3 +90,52 @@ def torch_threads():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def write_fake_run(run_dir: Path, *, steps: int = 12, groups: int = 8, g: int = 8) -> Path:
+    """A finished run directory without training: binary-reward rollout records whose success
+    probability rises from 0.1 to 0.8 over `steps` (MAPO advantages of the real estimator) and
+    a metrics.json with before/after blocks. For the report image and the notebook."""
+    import json
+
+    from mapo.advantages import compute_advantages_with_stats
+    from mapo.analysis.records import RecordWriter, records_table
+
+    gen = torch.Generator().manual_seed(0)
+    writer = RecordWriter(run_dir)
+    for step in range(steps):
+        prob = 0.1 + 0.7 * step / max(steps - 1, 1)
+        r = (torch.rand(groups * g, generator=gen) < prob).double()
+        gids = torch.arange(groups).repeat_interleave(g) + 1000 * step
+        result = compute_advantages_with_stats("mapo", r, gids)
+        n = len(r)
+        writer.write(step, records_table(
+            step=step, group_ids=gids, prompt_ids=[f"q{int(i)}" for i in gids],
+            sources=["synth_emo"] * n,
+            rewards={"overall": r, "format": torch.ones(n), "accuracy": r},
+            result=result, estimator="mapo", response_lengths=torch.full((n,), 9),
+            truncated=torch.zeros(n, dtype=torch.bool),
+        ))  # fmt: skip
+
+    def block(a_s: float, webemo: float, emotion6: float) -> dict:
+        a_t = (webemo + emotion6) / 2
+        return {"A_S": a_s, "A_T": a_t, "A_avg": (a_s + a_t) / 2, "in_domain": "synth_emo",
+                "out_of_domain": ["synth_webemo", "synth_emotion6"],
+                "datasets": {"synth_emo": a_s, "synth_webemo": webemo, "synth_emotion6": emotion6}}  # fmt: skip
+
+    metrics = {"before": block(0.125, 0.25, 0.125), "after": block(0.875, 0.75, 0.375),
+               "config": {"experiment_name": "fake_mapo", "estimator": "mapo"}}  # fmt: skip
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def make_fake_run():
+    """`make_fake_run(run_dir, steps=12, groups=8, g=8)`: see `write_fake_run`."""
+    return write_fake_run
+
+
+@pytest.fixture(scope="session")
+def fake_run_dir(tmp_path_factory) -> Path:
+    """`write_fake_run` once per session; never write into it."""
+    return write_fake_run(tmp_path_factory.mktemp("fake-run"))

@@ -15,6 +15,7 @@ from mapo.analysis.plots import (
     plot_success_heatmap,
     plot_success_histogram,
 )
+from mapo.analysis.records import records_table
 from mapo.analysis.tables import (
     certainty_distributions,
     gradient_ratio_table,
@@ -22,7 +23,6 @@ from mapo.analysis.tables import (
     reversion_mirror_counts,
     success_histogram,
 )
-from mapo.trainer.records import records_table
 
 matplotlib.use("Agg")
 torch.set_num_threads(1)

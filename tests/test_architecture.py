@@ -2,7 +2,8 @@
 
 Layers, bottom to top (docs/architecture.md draws them):
 
-    types, registry, atomic          shared types, the registry, crash-safe writes; no mapo imports
+    types, registry, atomic, console shared types, the registry, crash-safe writes, logging and
+                                     progress; no mapo imports
     algorithm                        advantages, losses, their config; torch and the bottom only
     data, rewards                    the bottom only
     models                           the bottom and data (templates for the cold start)
@@ -26,11 +27,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "mapo"
 
-BOTTOM = {"types", "registry", "atomic"}
+BOTTOM = {"types", "registry", "atomic", "console"}
 ALLOWED: dict[str, set[str]] = {
     "types": set(),
     "registry": set(),
     "atomic": set(),
+    "console": set(),
     "algorithm": BOTTOM,
     "data": BOTTOM,
     "rewards": BOTTOM,
@@ -41,6 +43,7 @@ ALLOWED: dict[str, set[str]] = {
     "pipeline": BOTTOM
     | {"algorithm", "data", "rewards", "models", "rollout", "analysis", "trainer"},
     "advantages": {"algorithm"},  # the old import path, a re-export
+    "report": {"analysis"},  # `python -m mapo.report`, forwards to mapo.analysis.report
     "__init__": set(),
 }
 # third-party packages the algorithm may use: the formulas are torch, nothing else

@@ -161,7 +161,7 @@ def test_warm_folder_loads_like_the_base(warm_dir, tiny_model_dir):
 @pytest.mark.slow
 def test_deterministic_from_the_seed(tiny_model_dir, emo_train, tmp_path):
     before_threads, before_rng = torch.get_num_threads(), torch.random.get_rng_state()
-    run = dict(template="emotion", steps=3, batch_size=8, num_threads=1, log_every=0)
+    run = dict(template="emotion", steps=3, batch_size=8, num_threads=1, progress=False)
     a = cs.coldstart(tiny_model_dir, emo_train[:16], out_dir=tmp_path / "a", seed=0, **run)
     b = cs.coldstart(tiny_model_dir, emo_train[:16], out_dir=tmp_path / "b", seed=0, **run)
     c = cs.coldstart(tiny_model_dir, emo_train[:16], out_dir=tmp_path / "c", seed=1, **run)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mapo.trainer.records import read_records
+from mapo.analysis.records import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.deepspeed, pytest.mark.slow]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mapo.trainer.records import read_records
+from mapo.analysis.records import read_records
 
 pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mapo.algorithm.advantages import compute_advantages, compute_advantages_with_stats
-from mapo.trainer.records import COLUMNS, RecordWriter, read_records, record_path, records_table
+from mapo.analysis.records import COLUMNS, RecordWriter, read_records, record_path, records_table
 
 torch.set_num_threads(1)
 

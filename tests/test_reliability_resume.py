@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from mapo.analysis.records import read_records
 from mapo.trainer.checkpointing import temp_files
-from mapo.trainer.records import read_records
 
 pytestmark = pytest.mark.slow
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from mapo.algorithm.config import ConfigError
+from mapo.analysis.records import read_records
 from mapo.pipeline.quickrun import compose_config
 from mapo.pipeline.run import train
 from mapo.pipeline.run_identity import IDENTITY_FILE, resolve_resume, run_identity, write_identity
 from mapo.trainer.checkpoint_integrity import read_sidecar, sidecar_of, verify
 from mapo.trainer.checkpointing import AtomicCheckpointIO
-from mapo.trainer.records import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["debug=fast", "logger=none", "callbacks.progress_bar=null"]

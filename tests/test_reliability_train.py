@@ -9,13 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from mapo.analysis.records import read_records
 from mapo.data.schema import rows_to_table
 from mapo.data.synthetic import generate
 from mapo.pipeline.quickrun import compose_config
 from mapo.pipeline.run import train
 from mapo.trainer.checkpointing import CheckpointLoadError
 from mapo.trainer.module import MAPOModule
-from mapo.trainer.records import read_records
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_threads")]
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from mapo.algorithm.advantages import certainty_weight
+from mapo.analysis.records import read_records
 from mapo.pipeline.quickrun import compose_config
 from mapo.pipeline.run import train
-from mapo.trainer.records import read_records
 
 pytestmark = pytest.mark.slow
 

@@ -4,8 +4,8 @@ import importlib.util
 
 import pytest
 
+from mapo.analysis.records import read_records
 from mapo.pipeline.quickrun import run
-from mapo.trainer.records import read_records
 
 pytestmark = [
     pytest.mark.vllm,

@@ -1,11 +1,12 @@
 """Results table in the layout of the paper's Tab. 2 / 3, from finished runs.
 
-    python -m mapo.analysis.report RUN_DIR... [--csv out.csv] [--md out.md] [--block after]
+    python -m mapo.analysis.report RUN_DIR... [--csv out.csv] [--md out.md] [--block after] [--plot]
 
 Each RUN_DIR holds metrics.json ({"before": BLOCK, "after": BLOCK, "config": {...}}, accuracies
 as fractions, see `mapo.analysis.metrics.EvalMetrics.to_block`) and .hydra/config.yaml. Rows = runs,
 columns = the in-domain dataset, each out-of-domain dataset, A^T and the average, in percent
 with 2 decimals. Runs evaluated on different dataset layouts (math vs emotion) get one table each.
+`--plot` also (re)draws each run's `RUN_DIR/report.png` (`mapo.analysis.report_image`).
 """
 
 from __future__ import annotations
@@ -214,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="which evaluation: after training, before (the Vanilla row), both")  # fmt: skip
     parser.add_argument("--label", choices=("experiment", "estimator", "dir"), default="experiment",
                         help="row name: experiment_name, algorithm.estimator, or the folder name")  # fmt: skip
+    parser.add_argument("--plot", action="store_true",
+                        help="also draw RUN_DIR/report.png for each run (curves, Fig. 1, lambda/p)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         rows = [row for d in args.run_dirs for row in load_rows(d, args.block, args.label)]
@@ -226,6 +229,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.md.write_text(markdown)
     if args.csv:
         args.csv.write_text(to_csv(rows))
+    if args.plot:
+        from mapo.analysis.report_image import write_report_image
+
+        for run_dir in args.run_dirs:
+            print(f"wrote {write_report_image(run_dir)}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Analysis of rollout records (`mapo.trainer.records.read_records`): pure functions over the DataFrame.
+"""Analysis of rollout records (`mapo.analysis.records.read_records`): pure functions over the DataFrame.
 
 A group is identified by (step, group_id). Per-group columns (mu, sigma, p, lam, n_success,
 group_size) are repeated on each of its rows; the functions here take them from the first row.

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from mapo.console.progress import Progress
 from mapo.data.prompts import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, load_template, to_prompt
 from mapo.types import Completions
 
@@ -113,7 +114,7 @@ def _batches(n_rows: int, batch_size: int, steps: int, generator: torch.Generato
 
 
 def _train(
-    model, processor, prompt_of, n_rows, labels, *, steps, batch_size, lr, seed, think, log_every
+    model, processor, prompt_of, n_rows, labels, *, steps, batch_size, lr, seed, think, progress
 ):
     """The SFT loop over rows 0..n_rows-1 (``prompt_of(i)`` -> Prompt); returns the losses."""
     from mapo.models.batching import build_policy_inputs
@@ -131,34 +132,27 @@ def _train(
     optimizer = torch.optim.AdamW((p for p in model.parameters() if p.requires_grad), lr=lr)
     batch_size = min(batch_size, n_rows)
     losses: list[float] = []
-    start = time.perf_counter()
     model.train()
-    for step, rows in enumerate(_batches(n_rows, batch_size, steps, generator)):
-        picks = torch.randint(len(labels), (len(rows),), generator=generator).tolist()
-        completions = Completions(
-            prompt_index=list(range(len(rows))),
-            token_ids=[target_ids[k] for k in picks],
-            text=[target_texts[k] for k in picks],
-            truncated=[False] * len(rows),
-        )
-        inputs = build_policy_inputs(
-            processor, [prompt_of(r) for r in rows], completions, pad_token_id=pad_id
-        )
-        logprobs = token_logprobs(model, inputs, suppress_ids=suppress)  # [B, L]
-        mask = inputs.completion_mask  # [B, L]
-        loss = -(logprobs * mask).sum() / mask.sum()  # token-mean NLL over completion tokens
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        if log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
-            log.info(
-                "cold start step %d/%d loss %.4f (%.1f s)",
-                step + 1,
-                steps,
-                losses[-1],
-                time.perf_counter() - start,
+    with Progress("cold start", steps, unit="steps", enabled=progress) as bar:
+        for rows in _batches(n_rows, batch_size, steps, generator):
+            picks = torch.randint(len(labels), (len(rows),), generator=generator).tolist()
+            completions = Completions(
+                prompt_index=list(range(len(rows))),
+                token_ids=[target_ids[k] for k in picks],
+                text=[target_texts[k] for k in picks],
+                truncated=[False] * len(rows),
             )
+            inputs = build_policy_inputs(
+                processor, [prompt_of(r) for r in rows], completions, pad_token_id=pad_id
+            )
+            logprobs = token_logprobs(model, inputs, suppress_ids=suppress)  # [B, L]
+            mask = inputs.completion_mask  # [B, L]
+            loss = -(logprobs * mask).sum() / mask.sum()  # token-mean NLL over completion tokens
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            bar.advance(1, info=f"loss {losses[-1]:.4f}")
     return losses
 
 
@@ -227,12 +221,13 @@ def coldstart(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     think: str = THINK_TEXT,
     num_threads: int | None = None,
-    log_every: int = 25,
+    progress: bool = True,
 ) -> Path:
     """Warm ``base_model_dir`` up on ``rows`` (schema rows of one task) and save model +
     processor files to ``out_dir`` atomically. ``template``: a template name ("emotion",
     "math"), a path, template text, or None for the rows' task's own template.
-    ``num_threads`` sets torch's intra-op threads during training only."""
+    ``num_threads`` sets torch's intra-op threads during training only; ``progress`` shows
+    the steps (`mapo.console.progress.Progress`)."""
     from mapo.models.loading import load_policy, load_processor, resolve_model_path
 
     if steps < 1 or batch_size < 1 or lr <= 0:
@@ -260,9 +255,7 @@ def coldstart(
             return prompts[i]
 
         start = time.perf_counter()
-        losses = _train(
-            model, processor, prompt_of, len(rows), labels, log_every=log_every, **recipe
-        )
+        losses = _train(model, processor, prompt_of, len(rows), labels, progress=progress, **recipe)
         seconds = time.perf_counter() - start
     meta = {"base": str(base), "labels": labels, **recipe, "final_loss": losses[-1],
             "train_seconds": round(seconds, 2), "version": COLDSTART_VERSION}  # fmt: skip

@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from mapo.console.progress import phase
 from mapo.models.sharding import gathered_state_dict, is_sharded
 
 log = logging.getLogger(__name__)
@@ -25,11 +26,11 @@ def export_hf(module: Any, processor: Any, out: Path, trainer: pl.Trainer) -> No
     if trainer.global_rank != 0:
         return
     tmp = out.with_name(out.name + ".tmp")
-    policy.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-    processor.save_pretrained(tmp)
-    if out.exists():
-        import shutil
+    with phase(f"exporting the policy to {out}"):
+        policy.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        if out.exists():
+            import shutil
 
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    log.info("exported the policy to %s", out)
+            shutil.rmtree(out)
+        os.replace(tmp, out)

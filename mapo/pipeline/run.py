@@ -16,6 +16,8 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig
 
+from mapo.analysis.report_image import finish_report
+from mapo.console import filter_warnings
 from mapo.pipeline.build import (
     build_trainer,
     filter_long,
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run one experiment; returns (metrics, objects) so tests can inspect both."""
+    from mapo.analysis.records import RecordWriter
     from mapo.models.loading import load_policy, load_processor, load_reference
     from mapo.models.processor import policy_suppressed_ids
     from mapo.rollout import build_engine
@@ -45,8 +48,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     from mapo.trainer.evaluation import EvalSets
     from mapo.trainer.module import MAPOModule
     from mapo.trainer.prompt_stream import PromptStream
-    from mapo.trainer.records import RecordWriter
 
+    filter_warnings()  # also for notebooks and scripts that call train() without train.py
     plan = validate(cfg)
     run_dir = plan.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -113,6 +116,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     if cfg.export_hf:
         export_hf(module, processor, run_dir / "hf_model", trainer)
+    if trainer.is_global_zero:  # report.png, also logged to TensorBoard
+        finish_report(run_dir, trainer.loggers, step=module.rl_step)
     metrics = _read_metrics(run_dir)
     metrics["train"] = dict(module.last_metrics)
     return metrics, {"module": module, "trainer": trainer, "engine": rollout_cb.engine, "run_dir": run_dir,

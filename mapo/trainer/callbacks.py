@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, RichProgressBar
+from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
 
 from mapo.algorithm.config import AlgorithmConfig
 from mapo.atomic import atomic_write
@@ -158,7 +158,8 @@ class Evaluation(Callback):
         was = module.policy.training
         module.policy.eval()
         block, _ = evaluate(self.rollout.engine, self.sets, self.scorer, self.sampling, batch_size=self.batch_size,
-                            rank=trainer.global_rank, world_size=trainer.world_size)  # fmt: skip
+                            rank=trainer.global_rank, world_size=trainer.world_size,
+                            desc=f"evaluation {tag}" if tag != "history" else f"evaluation at step {module.rl_step}")  # fmt: skip
         module.policy.train(was)
         block["step"] = module.rl_step
         # None marks a dataset with no samples (nothing to log)
@@ -212,3 +213,11 @@ class RLProgressBar(RichProgressBar):
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         last = getattr(pl_module, "last_metrics", {}) or {}
         return {short: f"{last[k]:.3g}" for k, short in self.KEYS.items() if k in last}
+
+
+def rl_progress_bar() -> ProgressBar:
+    """The RL loop's progress: the Rich bar in a terminal, a few plain lines in a pipe or log."""
+    from mapo.console import interactive
+    from mapo.console.progress import PlainRLProgressBar
+
+    return RLProgressBar() if interactive() else PlainRLProgressBar()

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from mapo.analysis.metrics import EvalMetrics
+from mapo.console.progress import Progress
 from mapo.types import Prompt, RolloutEngine, SamplingConfig
 
 log = logging.getLogger(__name__)
@@ -65,52 +66,32 @@ def evaluate(
     world_size: int = 1,
     progress: bool = True,
     keep_predictions: bool = False,
+    desc: str = "evaluation",
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Generate one answer per prompt, score it, and return (metrics.json block, predictions)."""
+    """Generate one answer per prompt, score it, and return (metrics.json block, predictions).
+    Rank 0 shows the progress (`mapo.console.progress.Progress`, labelled `desc`)."""
     metric = EvalMetrics(sets.in_domain, sets.out_of_domain)
     preds: list[dict[str, Any]] = []
     total = sum(len(p[rank::world_size]) for p in sets.prompts.values())
-    bar = _progress(total, "evaluating", enabled=progress and rank == 0)
     one = SamplingConfig(
         n=1, temperature=sampling.temperature, top_p=sampling.top_p,
         max_new_tokens=sampling.max_new_tokens, seed=sampling.seed,
     )  # fmt: skip
-    for name, prompts in sets.prompts.items():
-        shard = prompts[rank::world_size]
-        for start in range(0, len(shard), batch_size):
-            chunk = shard[start : start + batch_size]
-            comps = engine.generate(chunk, one)
-            scores = scorer(chunk, comps)
-            correct = torch.as_tensor(scores["accuracy"]).float() == 1.0
-            metric.update(correct, name)
-            if keep_predictions:
-                for i, p in enumerate(chunk):
-                    preds.append({
-                        "dataset": name, "id": p.uid, "answer": p.answer, "prediction": comps.text[i],
-                        "overall": float(scores["overall"][i]), "format": float(scores["format"][i]),
-                        "accuracy": float(scores["accuracy"][i]),
-                    })  # fmt: skip
-            bar.advance(len(chunk))
-    bar.close()
+    with Progress(desc, total, unit="prompts", enabled=progress and rank == 0) as bar:
+        for name, prompts in sets.prompts.items():
+            shard = prompts[rank::world_size]
+            for start in range(0, len(shard), batch_size):
+                chunk = shard[start : start + batch_size]
+                comps = engine.generate(chunk, one)
+                scores = scorer(chunk, comps)
+                correct = torch.as_tensor(scores["accuracy"]).float() == 1.0
+                metric.update(correct, name)
+                if keep_predictions:
+                    for i, p in enumerate(chunk):
+                        preds.append({
+                            "dataset": name, "id": p.uid, "answer": p.answer, "prediction": comps.text[i],
+                            "overall": float(scores["overall"][i]), "format": float(scores["format"][i]),
+                            "accuracy": float(scores["accuracy"][i]),
+                        })  # fmt: skip
+                bar.advance(len(chunk))
     return metric.to_block(), preds
-
-
-class _progress:
-    """A Rich progress bar that degrades to nothing (tests, non-zero ranks)."""
-
-    def __init__(self, total: int, desc: str, enabled: bool):
-        self._p = None
-        if enabled and total:
-            from rich.progress import Progress
-
-            self._p = Progress(transient=True)
-            self._task = self._p.add_task(desc, total=total)
-            self._p.start()
-
-    def advance(self, n: int) -> None:
-        if self._p is not None:
-            self._p.advance(self._task, n)
-
-    def close(self) -> None:
-        if self._p is not None:
-            self._p.stop()

@@ -49,7 +49,7 @@ class MAPOModule(pl.LightningModule):
         sampling: SamplingConfig,  # the rollouts' sampling: log-probs use its temperature
         total_steps: int = 1,
         suppress_ids: list[int] | None = None,
-        records: Any = None,  # mapo.trainer.records.RecordWriter or None
+        records: Any = None,  # mapo.analysis.records.RecordWriter or None
         log_entropy: bool = True,
         share_prompt: bool = True,  # one backbone pass per distinct prompt (models/logprobs.py)
     ):
@@ -286,7 +286,7 @@ class MAPOModule(pl.LightningModule):
         hists["advantage/values"] = adv.advantages.float()
         self._log_histograms(hists, step)
         if self.records is not None:
-            from mapo.trainer.records import records_table
+            from mapo.analysis.records import records_table
 
             table = records_table(
                 step=step, group_ids=rb.group_ids, rewards=rewards, result=adv,

@@ -77,7 +77,7 @@ def _to_arrow(table: Mapping[str, object], with_text: bool) -> pa.Table:
     if missing or extra:
         raise ValueError(
             f"rollout record table does not match the schema: missing columns {missing}, "
-            f"unknown columns {extra}. Build it with mapo.trainer.records.records_table(...)."
+            f"unknown columns {extra}. Build it with mapo.analysis.records.records_table(...)."
         )
     lists = {c: _to_list(v) for c, v in table.items() if v is not None}
     lengths = {c: len(v) for c, v in lists.items()}
