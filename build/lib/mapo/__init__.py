@@ -1,0 +1,1 @@
+"""MAPO: Mixed Advantage Policy Optimization for vision-language models."""

@@ -1,0 +1,211 @@
+"""Callbacks: rollouts every step, evaluation before/during/after RL, the progress bar."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, RichProgressBar
+
+from mapo.config import AlgorithmConfig
+from mapo.evaluation import EvalSets, evaluate
+from mapo.module import MAPOModule, RolloutBatch
+from mapo.rollout.base import Prompt, RolloutEngine, SamplingConfig
+
+# Group ids are draw_index * stride + 0: one id per drawn prompt, unique across the run.
+
+
+class RolloutCallback(Callback):
+    """Every step: sync weights into the engine if they changed, draw prompts, generate G
+    completions each, (DAPO) filter groups and resample, hand the module a RolloutBatch."""
+
+    def __init__(
+        self,
+        engine_factory: Callable[[], RolloutEngine],
+        to_prompt: Callable[[dict], Prompt],
+        algo: AlgorithmConfig,
+        sampling: SamplingConfig,
+        scorer: Callable[[Sequence[Prompt], Any], dict[str, Any]],
+    ):
+        self.engine_factory, self.to_prompt, self.algo, self.scorer = (
+            engine_factory,
+            to_prompt,
+            algo,
+            scorer,
+        )
+        self.sampling = sampling
+        self.engine: RolloutEngine | None = None
+        self._synced_version: int | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Built here, not earlier: a colocated vLLM engine must see the trainer's process group.
+        if self.engine is None:
+            self.engine = self.engine_factory()
+
+    def _sync(self, module: MAPOModule) -> float:
+        if self._synced_version == module.weights_version:
+            return 0.0
+        clock = time.perf_counter()
+        self.engine.sync_weights(module.policy)
+        self._synced_version = module.weights_version
+        return time.perf_counter() - clock
+
+    def _generate(self, module: MAPOModule, n_prompts: int):
+        rows, draw_ids = module.stream.next(n_prompts)
+        prompts = [self.to_prompt(r) for r in rows]
+        was_training = module.policy.training
+        module.policy.eval()
+        comps = self.engine.generate(prompts, self.sampling)
+        module.policy.train(was_training)
+        gids = torch.tensor(draw_ids, dtype=torch.long)[torch.tensor(comps.prompt_index)]
+        return prompts, comps, gids  # comps.prompt_index is local to this call
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, module: MAPOModule, batch: Any, batch_idx: int
+    ) -> None:
+        clock = time.perf_counter()
+        metrics = {"time/weight_sync": self._sync(module)}
+        world = trainer.world_size
+        prompts, comps, gids = self._generate(module, self.algo.rollout_batch_size)
+        rewards = None
+        if self.algo.filter_groups:
+            prompts, comps, gids, rewards, dapo = self._dynamic_sampling(
+                module, prompts, comps, gids, world
+            )
+            metrics.update(dapo)
+        metrics["time/rollout"] = time.perf_counter() - clock
+        module.rollout = RolloutBatch(module.rl_step, prompts, comps, gids, rewards, metrics)
+
+    # ------------------------------------------------------------------ DAPO dynamic sampling
+    def _dynamic_sampling(self, module, prompts, comps, gids, world):
+        """Keep groups whose mean overall reward lies in (filter_low, filter_high); draw more
+        prompts until this rank has its share of groups or filter_max_tries generations ran.
+        If still short, pad with the rejected groups of highest spread (they carry ~zero
+        advantage) so that every rank runs the same number of forward passes (ZeRO-3 gathers
+        parameters collectively in each forward)."""
+        from mapo.rollout.merge import concat_rollouts, select_groups
+
+        want = self.algo.rollout_batch_size // world
+        pool = (prompts, comps, gids, self.scorer(prompts, comps))
+        tries = 1
+        while True:
+            keep, spread = _group_filter(
+                pool[2], pool[3]["overall"], self.algo.filter_low, self.algo.filter_high
+            )
+            if len(keep) >= want or tries >= self.algo.filter_max_tries:
+                break
+            more = self._generate(module, self.algo.rollout_batch_size)
+            pool = concat_rollouts(pool, (*more, self.scorer(more[0], more[1])))
+            tries += 1
+        kept = keep[:want]
+        padded = 0
+        if len(kept) < want:
+            rejected = [
+                g for g in sorted(spread, key=spread.get, reverse=True) if g not in set(kept)
+            ]
+            padded = want - len(kept)
+            kept = kept + rejected[:padded]
+        out = select_groups(pool, kept)
+        stats = {"dapo/tries": float(tries), "dapo/kept_groups": float(min(len(keep), want)),
+                 "dapo/padded_groups": float(padded), "dapo/candidate_groups": float(len(spread))}  # fmt: skip
+        return (*out, stats)
+
+
+def _group_filter(gids: torch.Tensor, overall: torch.Tensor, low: float, high: float):
+    """Group ids (in first-seen order) whose mean overall reward is in (low, high), and every
+    group's reward spread (max - min) for padding decisions."""
+    keep, spread, order = [], {}, []
+    for g in gids.tolist():
+        if g not in spread:
+            order.append(g)
+            spread[g] = 0.0
+    overall = overall.double()
+    for g in order:
+        r = overall[gids == g]
+        spread[g] = float(r.max() - r.min())
+        if low < float(r.mean()) < high:
+            keep.append(g)
+    return keep, spread
+
+
+class Evaluation(Callback):
+    """A^S / A^T / average before RL, every `every_n_steps` steps, and after RL.
+
+    Results go to the logger (`val/A_S`, ...) and to <run dir>/metrics.json (`before`,
+    `after`, `history`), written atomically by rank 0."""
+
+    def __init__(self, rollout: RolloutCallback, sets: EvalSets, scorer, sampling: SamplingConfig, run_dir: str | Path,
+                 *, before: bool = True, after: bool = True, every_n_steps: int = 0, batch_size: int = 256,
+                 extra: dict | None = None):  # fmt: skip
+        self.rollout, self.sets, self.scorer, self.sampling = rollout, sets, scorer, sampling
+        self.run_dir = Path(run_dir)
+        self.before, self.after, self.every = before, after, every_n_steps
+        self.batch_size = batch_size
+        self.extra = extra or {}
+
+    def _run(self, trainer: pl.Trainer, module: MAPOModule, tag: str) -> dict[str, Any]:
+        self.rollout._sync(module)  # the engine the rollouts use, on the current weights
+        was = module.policy.training
+        module.policy.eval()
+        block, _ = evaluate(self.rollout.engine, self.sets, self.scorer, self.sampling, batch_size=self.batch_size,
+                            rank=trainer.global_rank, world_size=trainer.world_size)  # fmt: skip
+        module.policy.train(was)
+        block["step"] = module.rl_step
+        # None marks a dataset with no samples (nothing to log)
+        scalars = {
+            f"val/{k}": float(v)
+            for k, v in block.items()
+            if k in ("A_S", "A_T", "A_avg") and v is not None
+        }
+        scalars.update(
+            {f"val/acc/{k}": float(v) for k, v in block["datasets"].items() if v is not None}
+        )
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=module.rl_step)
+        self._write(trainer, tag, block)
+        return block
+
+    def _write(self, trainer: pl.Trainer, tag: str, block: dict[str, Any]) -> None:
+        if trainer.global_rank != 0:
+            return
+        path = self.run_dir / "metrics.json"
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data.update(self.extra)
+        if tag == "history":
+            data.setdefault("history", []).append(block)
+        else:
+            data[tag] = block
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, path)
+
+    def on_train_start(self, trainer: pl.Trainer, module: MAPOModule) -> None:
+        if self.before and module.rl_step == 0:
+            self._run(trainer, module, "before")
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self.every and module.rl_step % self.every == 0:
+            self._run(trainer, module, "history")
+
+    def on_train_end(self, trainer: pl.Trainer, module: MAPOModule) -> None:
+        if self.after:
+            self._run(trainer, module, "after")
+
+
+class RLProgressBar(RichProgressBar):
+    """Rich bar showing the step's reward, accuracy and time instead of every logged key."""
+
+    KEYS = {"reward/overall": "reward", "reward/accuracy": "acc", "reward/format": "fmt",
+            "actor/kl_ref": "kl", "time/step": "s/step"}  # fmt: skip
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return "RL steps"  # one epoch of step ticks: "Epoch 0/-2" would mean nothing here
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        last = getattr(pl_module, "last_metrics", {}) or {}
+        return {short: f"{last[k]:.3g}" for k, short in self.KEYS.items() if k in last}

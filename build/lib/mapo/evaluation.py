@@ -1,0 +1,116 @@
+"""Accuracy evaluation on in-domain and out-of-domain sets: A^S, A^T and their average.
+
+Shared by in-training validation (callbacks.PeriodicEvaluation), the before/after blocks of
+metrics.json, and eval.py. Each rank evaluates a strided shard; the torchmetrics states are
+summed across ranks, so the numbers are those of the whole set.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from mapo.metrics import EvalMetrics
+from mapo.rollout.base import Prompt, RolloutEngine, SamplingConfig
+
+log = logging.getLogger(__name__)
+Scorer = Callable[[Sequence[Prompt], Any], dict[str, Any]]
+
+
+@dataclass
+class EvalSets:
+    in_domain: str
+    prompts: dict[str, list[Prompt]]  # dataset name -> prompts (in-domain first)
+
+    @property
+    def out_of_domain(self) -> list[str]:
+        return [n for n in self.prompts if n != self.in_domain]
+
+    @classmethod
+    def build(
+        cls, in_domain: str, rows: dict[str, list[dict]], to_prompt, processor, max_tokens: int
+    ) -> tuple[EvalSets, dict[str, int]]:
+        """Prompts of every evaluation set, without those longer than ``max_tokens`` (dropped,
+        never truncated: a cut prompt would be scored on a question the model never saw).
+        Returns the sets and the number dropped per set, which metrics.json records."""
+        from mapo.data.prompts import filter_prompts_by_tokens
+
+        prompts, dropped = {}, {}
+        for name, set_rows in rows.items():
+            prompts[name], dropped[name] = filter_prompts_by_tokens(
+                [to_prompt(r) for r in set_rows], processor, max_tokens
+            )
+            if dropped[name]:
+                log.warning("eval set %s: dropped %d prompts longer than %d tokens",
+                            name, dropped[name], max_tokens)  # fmt: skip
+            if set_rows and not prompts[name]:
+                raise ValueError(
+                    f"eval set {name}: every prompt is longer than data.max_prompt_tokens="
+                    f"{max_tokens}; raise the limit or lower data.max_pixels"
+                )
+        return cls(in_domain, prompts), dropped
+
+
+def evaluate(
+    engine: RolloutEngine,
+    sets: EvalSets,
+    scorer: Scorer,
+    sampling: SamplingConfig,
+    *,
+    batch_size: int = 256,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+    keep_predictions: bool = False,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Generate one answer per prompt, score it, and return (metrics.json block, predictions)."""
+    metric = EvalMetrics(sets.in_domain, sets.out_of_domain)
+    preds: list[dict[str, Any]] = []
+    total = sum(len(p[rank::world_size]) for p in sets.prompts.values())
+    bar = _progress(total, "evaluating", enabled=progress and rank == 0)
+    one = SamplingConfig(
+        n=1, temperature=sampling.temperature, top_p=sampling.top_p,
+        max_new_tokens=sampling.max_new_tokens, seed=sampling.seed,
+    )  # fmt: skip
+    for name, prompts in sets.prompts.items():
+        shard = prompts[rank::world_size]
+        for start in range(0, len(shard), batch_size):
+            chunk = shard[start : start + batch_size]
+            comps = engine.generate(chunk, one)
+            scores = scorer(chunk, comps)
+            correct = torch.as_tensor(scores["accuracy"]).float() == 1.0
+            metric.update(correct, name)
+            if keep_predictions:
+                for i, p in enumerate(chunk):
+                    preds.append({
+                        "dataset": name, "id": p.uid, "answer": p.answer, "prediction": comps.text[i],
+                        "overall": float(scores["overall"][i]), "format": float(scores["format"][i]),
+                        "accuracy": float(scores["accuracy"][i]),
+                    })  # fmt: skip
+            bar.advance(len(chunk))
+    bar.close()
+    return metric.to_block(), preds
+
+
+class _progress:
+    """A Rich progress bar that degrades to nothing (tests, non-zero ranks)."""
+
+    def __init__(self, total: int, desc: str, enabled: bool):
+        self._p = None
+        if enabled and total:
+            from rich.progress import Progress
+
+            self._p = Progress(transient=True)
+            self._task = self._p.add_task(desc, total=total)
+            self._p.start()
+
+    def advance(self, n: int) -> None:
+        if self._p is not None:
+            self._p.advance(self._task, n)
+
+    def close(self) -> None:
+        if self._p is not None:
+            self._p.stop()

