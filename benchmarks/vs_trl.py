@@ -2,9 +2,13 @@
 rollouts per second and peak RSS, in alternating fresh processes (ours, TRL, ours, TRL, ...)
 so that load from other users of the machine hits both sides alike.
 
-    python -m benchmarks.vs_trl                                  # tiny VLM, HF generate
+    python -m benchmarks.vs_trl                          # tiny VLM, HF generate on both sides
     python -m benchmarks.vs_trl --size 10m --engine vllm \\
-        --ours-python .venv-vllm/bin/python                      # 10 M VLM, our vLLM engine
+        --python .venv-bench-vllm/bin/python             # 10 M VLM, vLLM on both sides
+    python -m benchmarks.vs_trl --engine vllm --trl-engine hf ...   # our stack vs TRL's default
+
+The engines are matched unless --trl-engine says otherwise; TRL runs without gradient
+checkpointing unless --trl-gradient-checkpointing (GRPOConfig's default) is given.
 
 The last line printed is `ratio <ours rollouts/s / TRL rollouts/s>` (medians over every timed
 step of every round). docs/benchmarks.md explains the settings and the numbers.
@@ -38,18 +42,25 @@ WORKERS = {
 }
 
 
-def run_worker(side: str, s: Settings, python: str, timeout: float) -> dict:
-    if side == "ours-full":  # ours without the shared prompt pass (every row runs its prompt)
-        s = replace(s, share_prompt=False)
+def worker_env(side: str, s: Settings) -> dict[str, str]:
+    """The environment of one worker: `s.threads` threads for torch, BLAS and vLLM alike."""
     env = dict(os.environ, OMP_NUM_THREADS=str(s.threads), MKL_NUM_THREADS=str(s.threads),
                TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                PYTHONWARNINGS="ignore")  # fmt: skip
-    if s.engine == "vllm" and side != "trl":  # vLLM's CPU worker binds its own OMP threads
+    engine = s.trl_engine if side == "trl" else s.engine
+    if engine == "vllm":  # vLLM's CPU worker binds its own OMP threads
         env["VLLM_CPU_OMP_THREADS_BIND"] = "0" if s.threads == 1 else f"0-{s.threads - 1}"
+    return env
+
+
+def run_worker(side: str, s: Settings, python: str, timeout: float) -> dict:
+    if side == "ours-full":  # ours without the shared prompt pass (every row runs its prompt)
+        s = replace(s, share_prompt=False)
     load = load_average()
     clock = time.perf_counter()
-    proc = subprocess.run([python, "-m", WORKERS[side], s.to_json()], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    proc = subprocess.run([python, "-m", WORKERS[side], s.to_json()], cwd=ROOT,
+                          env=worker_env(side, s), capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
     if proc.returncode != 0:
         raise RuntimeError(
             f"{side} worker failed (exit {proc.returncode}); last output:\n"
@@ -102,7 +113,9 @@ def report(res: dict) -> None:
     print(f"{s['size']} VLM, {s['prompts']} prompts x G={s['group']}, max_new_tokens "
           f"{s['max_new_tokens']}, beta {s['beta']}, {s['updates']} update(s)/rollout batch, "
           f"{s['threads']} thread(s), {s['warmup']} warm-up + {s['timed']} timed steps; "
-          f"our engine: {s['engine']}, TRL: HF generate; cold-started: {s['coldstart']}")  # fmt: skip
+          f"our engine: {s['engine']}, TRL's: {s['trl_engine']} (gradient checkpointing "
+          f"{'on' if s['trl_gradient_checkpointing'] else 'off'}); "
+          f"cold-started: {s['coldstart']}")  # fmt: skip
     print(f"  {'side':8s} {'s/step':>8s} {'rollouts/s':>11s} {'peak RSS MB':>12s} "
           f"{'tok/compl':>10s}  round medians (s/step)")  # fmt: skip
     for side, a in res["sides"].items():
@@ -121,19 +134,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="also alternate 'ours-full': ours with model.share_prompt=false "
                     "(each rollout runs its whole prompt, as before the shared pass)")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=3, help="alternating ours/TRL pairs")
-    ap.add_argument("--ours-python", default=sys.executable)
-    ap.add_argument("--trl-python", default=sys.executable)
+    ap.add_argument(
+        "--trl-engine",
+        choices=["hf", "vllm"],
+        help="TRL's generation (default: the same as --engine)",
+    )
+    ap.add_argument(
+        "--trl-gradient-checkpointing",
+        action="store_true",
+        help="TRL as GRPOConfig defaults it: gradient checkpointing on",
+    )
+    ap.add_argument("--python", default=sys.executable, help="both sides' interpreter")
+    ap.add_argument("--ours-python", help="our side's interpreter (default: --python)")
+    ap.add_argument("--trl-python", help="TRL's interpreter (default: --python)")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds per worker")
     ap.add_argument("--json", type=Path, help="also write the full results here")
     return ap.parse_args(argv)
 
 
+def settings(a: argparse.Namespace) -> Settings:
+    """The Settings of a comparison: TRL's engine is ours unless --trl-engine says otherwise."""
+    return settings_from_args(a, trl_engine=a.trl_engine or a.engine,
+                              trl_gradient_checkpointing=a.trl_gradient_checkpointing)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> dict:
     a = parse_args(argv)
-    s = settings_from_args(a)
+    s = settings(a)
     print(f"vs_trl: load average before: {load_average()}", flush=True)
     sides = ("ours", "ours-full", "trl") if a.with_full_pass else ("ours", "trl")
-    pythons = {"ours": a.ours_python, "ours-full": a.ours_python, "trl": a.trl_python}
+    ours, trl = a.ours_python or a.python, a.trl_python or a.python
+    pythons = {"ours": ours, "ours-full": ours, "trl": trl}
     res = compare(s, a.rounds, pythons, a.timeout, sides)
     report(res)
     if a.json:

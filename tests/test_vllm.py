@@ -224,3 +224,22 @@ def test_seeds_distinct_per_prompt_and_call_reproducible_per_call(engine, make_t
     assert engine.generate(twins, sampling).token_ids != first.token_ids  # next call: new noise
     engine._calls = call
     assert engine.generate(twins, sampling).token_ids == first.token_ids
+
+
+def test_stop_and_suppress_params_cover_every_suppressed_id(tiny_model_dir):
+    """Other vLLM users (the TRL benchmark) get the engine's stop and suppression rules: each
+    suppressed id is a bad word that encodes to exactly that id, or biased by -100; eos stops."""
+    from transformers import AutoTokenizer
+
+    from mapo.models.processor import suppressed_token_ids
+    from mapo.rollout.vllm import stop_and_suppress_params
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    params = stop_and_suppress_params(tiny_model_dir)
+    assert tok.eos_token_id in params["stop_token_ids"]
+    words = [tok.encode(w, add_special_tokens=False) for w in params["bad_words"] or []]
+    assert all(len(ids) == 1 for ids in words)
+    covered = {ids[0] for ids in words} | set(params["logit_bias"] or {})
+    assert set((params["logit_bias"] or {}).values()) <= {-100.0}
+    want = suppressed_token_ids(tok, eos_token_ids=params["stop_token_ids"], vocab_size=None)
+    assert set(want) <= covered and not covered & set(params["stop_token_ids"])

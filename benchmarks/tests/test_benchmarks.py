@@ -127,3 +127,36 @@ def test_arch7b_small_builds_and_times_through_the_trainer(tmp_path):
     assert res["generation_tokens_per_s"] == pytest.approx(
         last["response_length/mean"] * 4 / last["time/rollout"]
     )
+
+
+def test_vs_trl_matches_the_engines_unless_told_otherwise():
+    from benchmarks import vs_trl
+
+    s = vs_trl.settings(vs_trl.parse_args(["--size", "10m", "--engine", "vllm"]))
+    assert (s.engine, s.trl_engine, s.trl_gradient_checkpointing) == ("vllm", "vllm", False)
+    s = vs_trl.settings(vs_trl.parse_args(["--engine", "vllm", "--trl-engine", "hf",
+                                           "--trl-gradient-checkpointing"]))  # fmt: skip
+    assert (s.engine, s.trl_engine, s.trl_gradient_checkpointing) == ("vllm", "hf", True)
+    assert vs_trl.settings(vs_trl.parse_args([])).trl_engine == "hf"
+    a = vs_trl.parse_args(["--python", "/p", "--trl-python", "/t"])
+    assert (a.ours_python or a.python, a.trl_python or a.python) == ("/p", "/t")
+
+
+def test_vllm_threads_are_bound_for_every_side_that_runs_vllm():
+    from benchmarks.vs_trl import worker_env
+
+    s = Settings(engine="vllm", trl_engine="hf", threads=1)
+    assert worker_env("ours", s)["VLLM_CPU_OMP_THREADS_BIND"] == "0"
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in worker_env("trl", s)
+    s = Settings(engine="vllm", trl_engine="vllm", threads=2)
+    assert worker_env("trl", s)["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
+    assert worker_env("trl", s)["OMP_NUM_THREADS"] == "2"
+
+
+def test_trl_generation_config_for_each_engine():
+    from benchmarks.run_trl import engine_args
+
+    hf = engine_args(Settings(trl_engine="hf"), "unused", [5, 7])
+    assert hf == {"use_vllm": False, "generation_kwargs": {"suppress_tokens": [5, 7]}}
+    with pytest.raises(ValueError, match="trl_engine must be hf or vllm"):
+        engine_args(Settings(trl_engine="sglang"), "unused", [])

@@ -186,6 +186,17 @@ def _suppression(tokenizer, ids: Sequence[int]) -> tuple[list[str], dict[int, fl
     return words, bias
 
 
+def stop_and_suppress_params(model_path: str | os.PathLike) -> dict[str, Any]:
+    """The ``vllm.SamplingParams`` fields this engine sets for ``model_path`` to stop at EOS and
+    never sample a suppressed token, for other vLLM users that must sample the same way (the
+    TRL benchmark passes them as its ``generation_kwargs``)."""
+    from transformers import AutoTokenizer
+
+    eos, suppress = _eos_and_suppressed_ids(str(model_path))
+    words, bias = _suppression(AutoTokenizer.from_pretrained(str(model_path)), suppress)
+    return {"stop_token_ids": eos, "bad_words": words or None, "logit_bias": bias or None}
+
+
 def _derived_seed(*keys: int) -> int:
     # Distinct, reproducible noise per (run seed, generate call[, prompt]): one seed for every
     # request would give identical prompts identical samples, and every step the same noise.
