@@ -84,7 +84,8 @@ class RolloutCallback(Callback):
     # ------------------------------------------------------------------ DAPO dynamic sampling
     def _dynamic_sampling(self, module, prompts, comps, gids, world):
         """Keep groups whose mean overall reward lies in (filter_low, filter_high); draw more
-        prompts until this rank has its share of groups or filter_max_tries generations ran.
+        prompts until every rank has its share of groups or filter_max_tries draws ran (all
+        ranks draw together, so the prompt stream and the group ids agree across ranks).
         If still short, pad with the rejected groups of highest spread (they carry ~zero
         advantage) so that every rank runs the same number of forward passes (ZeRO-3 gathers
         parameters collectively in each forward)."""
@@ -92,15 +93,22 @@ class RolloutCallback(Callback):
 
         want = self.algo.rollout_batch_size // world
         pool = (prompts, comps, gids, self.scorer(prompts, comps))
-        tries = 1
+        tries = generations = 1
         while True:
             keep, spread = _group_filter(
                 pool[2], pool[3]["overall"], self.algo.filter_low, self.algo.filter_high
             )
-            if len(keep) >= want or tries >= self.algo.filter_max_tries:
+            # Every rank draws as long as ANY rank is short: the prompt stream (and with it
+            # the group ids) stays the same on all ranks; a rank that is full only skips ahead.
+            short = len(keep) < want
+            if tries >= self.algo.filter_max_tries or not _any_rank(short, module.device):
                 break
-            more = self._generate(module, self.algo.rollout_batch_size)
-            pool = concat_rollouts(pool, (*more, self.scorer(more[0], more[1])))
+            if short:
+                more = self._generate(module, self.algo.rollout_batch_size)
+                pool = concat_rollouts(pool, (*more, self.scorer(more[0], more[1])))
+                generations += 1
+            else:
+                module.stream.next(self.algo.rollout_batch_size)
             tries += 1
         kept = keep[:want]
         padded = 0
@@ -111,9 +119,19 @@ class RolloutCallback(Callback):
             padded = want - len(kept)
             kept = kept + rejected[:padded]
         out = select_groups(pool, kept)
-        stats = {"dapo/tries": float(tries), "dapo/kept_groups": float(min(len(keep), want)),
+        stats = {"dapo/tries": float(tries), "dapo/generations": float(generations),
+                 "dapo/kept_groups": float(min(len(keep), want)),
                  "dapo/padded_groups": float(padded), "dapo/candidate_groups": float(len(spread))}  # fmt: skip
         return (*out, stats)
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """True if ``flag`` holds on some rank (one tiny all-reduce; the flag itself alone)."""
+    if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def _group_filter(gids: torch.Tensor, overall: torch.Tensor, low: float, high: float):

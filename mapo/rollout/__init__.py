@@ -59,4 +59,5 @@ def _vllm(policy, processor, model_path, cfg):
         enforce_eager=cfg.get("enforce_eager", False),
         limit_mm_per_prompt=dict(cfg.get("limit_mm_per_prompt") or {"image": 1}),
         seed=cfg.get("seed", 0),
+        sync_bucket_mb=cfg.get("sync_bucket_mb"),
     )
