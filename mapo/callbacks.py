@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 
@@ -46,6 +48,8 @@ class RolloutCallback(Callback):
         # Built here, not earlier: a colocated vLLM engine must see the trainer's process group.
         if self.engine is None:
             self.engine = self.engine_factory()
+        if trainer.global_rank > 0:
+            _seed_for_rank(trainer.global_rank)
 
     def _sync(self, module: MAPOModule) -> float:
         if self._synced_version == module.weights_version:
@@ -123,6 +127,17 @@ class RolloutCallback(Callback):
                  "dapo/kept_groups": float(min(len(keep), want)),
                  "dapo/padded_groups": float(padded), "dapo/candidate_groups": float(len(spread))}  # fmt: skip
         return (*out, stats)
+
+
+def _seed_for_rank(rank: int) -> None:
+    """Give this rank a random stream of its own. Every rank was seeded alike, and rollouts
+    drawn with the same noise are correlated across ranks (two ranks of the tiny model sampled
+    identical completions for different prompts). Rank 0 keeps its stream, so one-process runs
+    are unchanged; a resumed run restores each rank's saved state over this one."""
+    seed = int(np.random.SeedSequence([torch.initial_seed(), rank]).generate_state(1)[0])
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _any_rank(flag: bool, device: torch.device) -> bool:
