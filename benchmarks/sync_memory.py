@@ -5,15 +5,17 @@
 
 Two CPU ranks (gloo) train nothing: Lightning's DeepSpeed ZeRO-3 strategy shards the tiny VLM
 ("10m" by default) over both, each rank builds its colocated vLLM engine, syncs once to warm
-up, then syncs ``--repeats`` times. Before each sync the kernel's peak-RSS counter (VmHWM) is
-reset (``echo 5 > /proc/self/clear_refs``); after it, peak minus the RSS before the sync is
-the extra memory the sync took. Each setting runs in fresh processes (freed heap memory would
-otherwise be reused by the next setting). Prints one JSON line per rank.
+up, then syncs ``--repeats`` times. Before each sync freed heap pages go back to the system
+(``malloc_trim``) and the kernel's peak-RSS counter (VmHWM) is reset
+(``echo 5 > /proc/self/clear_refs``); after it, peak minus the RSS before the sync is the extra
+memory the sync took. Each setting runs in fresh processes (freed heap memory would otherwise
+be reused by the next setting). Prints one JSON line per rank.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import re
@@ -30,7 +32,10 @@ def _status_kb(key: str) -> int:
 
 
 def _reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS (Linux >= 4.0)
+    # Hand freed heap pages back first (glibc keeps them, so the RSS before a sync would
+    # already hold the previous sync's buffers), then VmHWM := VmRSS (Linux >= 4.0).
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def _module_class():
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     model_dir = str(tiny_model_path(Path(args.cache), seed=0, size=args.size))
     trainer = pl.Trainer(
         accelerator="cpu", devices=2, strategy=CPUDeepSpeedStrategy(stage=3, process_group_backend="gloo"),
-        max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False,
     )  # fmt: skip
     bucket = args.bucket_mb if args.bucket_mb > 0 else None

@@ -215,6 +215,8 @@ def runs(tmp_path_factory):
 
 
 def test_group_ids_unique_across_ranks_and_advantages_global(runs):
+    import pandas as pd
+
     from mapo.advantages import compute_advantages
 
     run_dir = runs["root"] / "straight"
@@ -222,20 +224,27 @@ def test_group_ids_unique_across_ranks_and_advantages_global(runs):
         frames = [_rank_records(run_dir, step, r) for r in range(WORLD)]
         ids = [set(f.group_id) for f in frames]
         assert ids[0].isdisjoint(ids[1]), f"step {step}: ranks share group ids"
-        for f in frames:  # each rank: its share of the groups, G rollouts each
-            assert len(ids[frames.index(f)]) == PROMPTS // WORLD
+        for f, own in zip(frames, ids):  # each rank: its share of the groups, G rollouts each
+            assert len(own) == PROMPTS // WORLD
             assert (f.groupby("group_id").size() == G).all()
-        union = __import__("pandas").concat(frames, ignore_index=True)
+        # each rank samples with noise of its own (same noise gave both ranks the same texts)
+        assert frames[0].text.tolist() != frames[1].text.tolist()
+        union = pd.concat(frames, ignore_index=True)
         overall = torch.tensor(union.reward_overall.to_numpy())
-        want = compute_advantages("grpo", overall, torch.tensor(union.group_id.to_numpy()))
+        gids = torch.tensor(union.group_id.to_numpy())
+        # DAPO's settings (conf/algorithm/dapo.yaml <- mapo.yaml): GRPO, unbiased std, eps 1e-6
+        want = compute_advantages("grpo", overall, gids, std="unbiased", eps=1e-6)
         got = torch.tensor(union.advantage.to_numpy())
         assert torch.allclose(got, want, atol=1e-6), f"step {step}"
     steps = [s for r in range(WORLD) for s in runs["straight"][r]["steps"]]
     assert len(steps) == WORLD * STEPS
-    # DAPO resampled at least once; tries are global, generations this rank's own.
+    # DAPO resampled, kept groups unevenly (a full rank skips ahead while the other draws),
+    # and padded a short rank; draws (tries) are the same on both ranks at every step.
+    pairs = list(zip(runs["straight"][0]["steps"], runs["straight"][1]["steps"]))
     assert max(s["dapo/tries"] for s in steps) > 1
-    for r0, r1 in zip(runs["straight"][0]["steps"], runs["straight"][1]["steps"]):
-        assert r0["dapo/tries"] == r1["dapo/tries"]
+    assert all(a["dapo/tries"] == b["dapo/tries"] for a, b in pairs)
+    assert any(a["dapo/generations"] != b["dapo/generations"] for a, b in pairs)
+    assert any(s["dapo/padded_groups"] > 0 for s in steps)
 
 
 def test_every_sync_puts_the_policy_into_both_engines(runs):

@@ -205,7 +205,7 @@ class VLLMEngine:
         vllm = import_vllm()
         from vllm.platforms import current_platform
 
-        if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0" and not launcher:
+        if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0":
             raise ValueError(
                 "VLLM_ENABLE_V1_MULTIPROCESSING must be 0 (unset it): weight sync hands the "
                 "policy's tensors to an engine in this process by reference."
