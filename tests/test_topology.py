@@ -1,14 +1,15 @@
 """The paper's topology in miniature: 2 ranks (gloo), ZeRO-3, one colocated vLLM engine per rank.
 
 The tiny VLM trains DAPO (dynamic sampling: groups filtered, prompts resampled, short ranks
-padded) for 4 steps with bucketed weight sync, evaluates, checkpoints every step; a second run
-resumes from the step-3 checkpoint. Checked:
+padded) for 3 steps with bucketed weight sync, evaluates, checkpoints every step; a second run
+resumes from the checkpoint after step 2 and redoes step 3. Checked:
 - group ids are unique across ranks, and the advantages equal one computation over the union
   of both ranks' rollouts;
 - after every sync, each engine holds exactly the policy's weights (per-block checksums read
   back from vLLM against the gathered ZeRO-3 policy) and its greedy output equals the HF policy's;
 - metrics.json is written once, by rank 0, and holds the whole evaluation set;
-- the resumed run reproduces step 3 of the uninterrupted run on both ranks.
+- the resumed run reproduces step 3 of the uninterrupted run on both ranks (DeepSpeed saves
+  each rank's client state, RNG included, in its own file).
 
 This file is also the worker: ``python tests/test_topology.py <hydra overrides>`` trains with a
 ``TopologyProbe`` callback (below) that records what each rank saw to ``$TOPO_OUT/rank{r}.json``;
@@ -29,7 +30,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS, WORLD, PROMPTS, G, EVAL = 4, 2, 4, 4, 8
+STEPS, WORLD, PROMPTS, G, EVAL = 3, 2, 4, 4, 8
 BUCKET_MB = 0.05  # ~50 KB: the 0.8 M-parameter model goes over in ~40 buckets
 ARGS = [
     "experiment=synth_emo_dapo", "rollout=vllm", "rollout.max_model_len=512",
