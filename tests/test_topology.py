@@ -108,6 +108,7 @@ def _make_probe_class():
             hf = HFEngine(reference, pl_module.processor, share_prefill=False)
             prompts = _probe_prompts(pl_module.processor)
             self.record["bucket_bytes"] = engine.sync_bucket_bytes
+            self.record["vllm_cores"] = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
             sync, write = engine.sync_weights, evaluation._write
 
             def checked_sync(model):
@@ -249,6 +250,8 @@ def test_group_ids_unique_across_ranks_and_advantages_global(runs):
 
 
 def test_every_sync_puts_the_policy_into_both_engines(runs):
+    cores = [set(runs["straight"][r]["vllm_cores"].split(",")) for r in range(WORLD)]
+    assert cores[0].isdisjoint(cores[1]), cores  # each rank's engine binds its own cores
     for r in range(WORLD):
         probe = runs["straight"][r]
         assert 0 < probe["bucket_bytes"] < 100_000
