@@ -108,3 +108,14 @@ def test_arch7b_small_builds_and_times_through_the_trainer(tmp_path):
     assert res["rollout_tokens_per_s"] == pytest.approx(
         res["mean_completion_tokens"] * 4 / res["s_per_step"]
     )
+
+
+def test_sync_memory_peak_counter_resets():
+    from benchmarks.sync_memory import _reset_peak, _status_kb
+
+    block = bytearray(64 * 2**20)
+    block[::4096] = b"x" * len(block[::4096])  # touch every page: 64 MB resident
+    del block
+    assert _status_kb("VmHWM") - _status_kb("VmRSS") > 32 * 1024
+    _reset_peak()  # the peak is now the current RSS
+    assert _status_kb("VmHWM") - _status_kb("VmRSS") < 8 * 1024
