@@ -100,37 +100,6 @@ def test_missing_vllm_gives_install_instructions(monkeypatch):
         import_vllm()
 
 
-def test_gathered_state_dict_gathers_zero3_shards(monkeypatch):
-    """Under ZeRO-3 (parameters carry ``ds_id``) the state dict is read while DeepSpeed has
-    gathered every parameter; plain models are read directly."""
-    deepspeed = pytest.importorskip("deepspeed")
-    from mapo.rollout.vllm import gathered_state_dict
-
-    model = torch.nn.Linear(3, 2)
-    events = []
-
-    class FakeGathered:  # records what DeepSpeed would gather, and when
-        def __init__(self, params, modifier_rank=None):
-            events.append(("gather", len(list(params)), modifier_rank))
-
-        def __enter__(self):
-            events.append("enter")
-
-        def __exit__(self, *exc):
-            events.append("exit")
-
-    monkeypatch.setattr(deepspeed.zero, "GatheredParameters", FakeGathered)
-    with gathered_state_dict(model) as state:
-        assert sorted(state) == ["bias", "weight"]
-    assert events == []  # not sharded: nothing to gather
-    for p in model.parameters():
-        p.ds_id = 0
-    with gathered_state_dict(model) as state:
-        assert events == [("gather", 2, None), "enter"]
-        assert torch.equal(state["weight"], model.weight)
-    assert events[-1] == "exit"
-
-
 @vllm_test
 def test_construction_restores_process_state(built):
     _, state = built
@@ -243,3 +212,39 @@ def test_stop_and_suppress_params_cover_every_suppressed_id(tiny_model_dir):
     assert set((params["logit_bias"] or {}).values()) <= {-100.0}
     want = suppressed_token_ids(tok, eos_token_ids=params["stop_token_ids"], vocab_size=None)
     assert set(want) <= covered and not covered & set(params["stop_token_ids"])
+
+
+@vllm_test
+def test_bucketed_sync_equals_one_shot(built, policy, prompts):
+    """Small buckets (dozens per sync) give the engine exactly the weights one bucket gives:
+    the same per-block checksums, read back from vLLM, and the same greedy output."""
+    from mapo.rollout.weight_sync import block_checksums
+
+    engine = built[0]
+    _perturb(policy)
+    want = block_checksums(policy.state_dict().items())
+    results = []
+    try:
+        for bucket_bytes in (None, 50_000):
+            engine.sync_bucket_bytes = bucket_bytes
+            engine.sync_weights(load_policy(engine.model_path))  # start from other weights
+            engine.sync_weights(policy)
+            results.append((engine.weight_checksums(), engine.generate(prompts, GREEDY)))
+    finally:
+        engine.sync_bucket_bytes = None
+    (one_shot, out_one), (bucketed, out_bucketed) = results
+    assert one_shot.keys() == bucketed.keys() == want.keys()
+    for key, (total, squares) in want.items():
+        assert one_shot[key] == pytest.approx((total, squares), rel=1e-9)
+        assert bucketed[key] == pytest.approx((total, squares), rel=1e-9)
+    assert out_one.token_ids == out_bucketed.token_ids
+    assert out_one.logprobs == out_bucketed.logprobs
+
+
+@vllm_test
+def test_multiprocessing_engine_is_refused(monkeypatch, tiny_model_dir):
+    from mapo.rollout.vllm import VLLMEngine
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    with pytest.raises(ValueError, match="VLLM_ENABLE_V1_MULTIPROCESSING must be 0"):
+        VLLMEngine(tiny_model_dir)

@@ -160,3 +160,14 @@ def test_trl_generation_config_for_each_engine():
     assert hf == {"use_vllm": False, "generation_kwargs": {"suppress_tokens": [5, 7]}}
     with pytest.raises(ValueError, match="trl_engine must be hf or vllm"):
         engine_args(Settings(trl_engine="sglang"), "unused", [])
+
+
+def test_sync_memory_peak_counter_resets():
+    from benchmarks.sync_memory import _reset_peak, _status_kb
+
+    block = bytearray(64 * 2**20)
+    block[::4096] = b"x" * len(block[::4096])  # touch every page: 64 MB resident
+    del block
+    assert _status_kb("VmHWM") - _status_kb("VmRSS") > 32 * 1024
+    _reset_peak()  # the peak is now the current RSS
+    assert _status_kb("VmHWM") - _status_kb("VmRSS") < 8 * 1024

@@ -103,6 +103,7 @@ _VALUE_RULES = (
      "fp16"), "auto, float32, bfloat16 or float16"),
     ("model.share_prompt", lambda v: v is None or isinstance(v, bool), "true or false"),
     ("rollout.share_prefill", lambda v: v is None or isinstance(v, bool), "true or false"),
+    ("rollout.sync_bucket_mb", lambda v: v is None or v > 0, "> 0 MB, or null (all at once)"),
     ("eval.every_n_steps", lambda v: v >= 0, ">= 0 (0 disables)"),
     ("callbacks.model_checkpoint.every_n_train_steps", lambda v: v is None or v >= 0, ">= 0"),
     ("seed", lambda v: 0 <= v < 2**32, "in [0, 2**32): seeds numpy too"),

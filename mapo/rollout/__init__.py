@@ -53,4 +53,5 @@ def _vllm(policy, processor, model_path, cfg):
         enforce_eager=cfg.enforce_eager,
         limit_mm_per_prompt=dict(cfg.limit_mm_per_prompt),
         seed=cfg.seed,
+        sync_bucket_mb=cfg.sync_bucket_mb,
     )

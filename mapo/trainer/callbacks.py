@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
 
@@ -47,6 +49,8 @@ class RolloutCallback(Callback):
         # Built here, not earlier: a colocated vLLM engine must see the trainer's process group.
         if self.engine is None:
             self.engine = self.engine_factory()
+        if trainer.global_rank > 0:
+            _seed_for_rank(trainer.global_rank)
 
     def _sync(self, module: MAPOModule) -> float:
         if self._synced_version == module.weights_version:
@@ -89,7 +93,8 @@ class RolloutCallback(Callback):
     # ------------------------------------------------------------------ DAPO dynamic sampling
     def _dynamic_sampling(self, module, prompts, comps, gids, world):
         """Keep groups whose mean overall reward lies in (filter_low, filter_high); draw more
-        prompts until this rank has its share of groups or filter_max_tries generations ran.
+        prompts until every rank has its share of groups or filter_max_tries draws ran (all
+        ranks draw together, so the prompt stream and the group ids agree across ranks).
         If still short, pad with the rejected groups of highest spread (they carry ~zero
         advantage) so that every rank runs the same number of forward passes (ZeRO-3 gathers
         parameters collectively in each forward)."""
@@ -97,15 +102,22 @@ class RolloutCallback(Callback):
 
         want = self.algo.rollout_batch_size // world
         pool = (prompts, comps, gids, self.scorer(prompts, comps))
-        tries = 1
+        tries = generations = 1
         while True:
             keep, spread = _group_filter(
                 pool[2], pool[3]["overall"], self.algo.filter_low, self.algo.filter_high
             )
-            if len(keep) >= want or tries >= self.algo.filter_max_tries:
+            # Every rank draws as long as ANY rank is short: the prompt stream (and with it
+            # the group ids) stays the same on all ranks; a rank that is full only skips ahead.
+            short = len(keep) < want
+            if tries >= self.algo.filter_max_tries or not _any_rank(short, module.device):
                 break
-            more = self._generate(module, self.algo.rollout_batch_size)
-            pool = concat_rollouts(pool, (*more, self.scorer(more[0], more[1])))
+            if short:
+                more = self._generate(module, self.algo.rollout_batch_size)
+                pool = concat_rollouts(pool, (*more, self.scorer(more[0], more[1])))
+                generations += 1
+            else:
+                module.stream.next(self.algo.rollout_batch_size)
             tries += 1
         kept = keep[:want]
         padded = 0
@@ -116,9 +128,30 @@ class RolloutCallback(Callback):
             padded = want - len(kept)
             kept = kept + rejected[:padded]
         out = select_groups(pool, kept)
-        stats = {"dapo/tries": float(tries), "dapo/kept_groups": float(min(len(keep), want)),
+        stats = {"dapo/tries": float(tries), "dapo/generations": float(generations),
+                 "dapo/kept_groups": float(min(len(keep), want)),
                  "dapo/padded_groups": float(padded), "dapo/candidate_groups": float(len(spread))}  # fmt: skip
         return (*out, stats)
+
+
+def _seed_for_rank(rank: int) -> None:
+    """Give this rank a random stream of its own. Every rank was seeded alike, and rollouts
+    drawn with the same noise are correlated across ranks (two ranks of the tiny model sampled
+    identical completions for different prompts). Rank 0 keeps its stream, so one-process runs
+    are unchanged; a resumed run restores each rank's saved state over this one."""
+    seed = int(np.random.SeedSequence([torch.initial_seed(), rank]).generate_state(1)[0])
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """True if ``flag`` holds on some rank (one tiny all-reduce; the flag itself alone)."""
+    if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def _group_filter(gids: torch.Tensor, overall: torch.Tensor, low: float, high: float):
