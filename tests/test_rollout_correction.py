@@ -40,6 +40,7 @@ def test_token_mask_by_hand():
 def test_sequence_modes_use_the_geometric_mean_by_hand():
     # g_1 = (3 * 1 * 0.25)^(1/3) = 0.75^(1/3) = 0.908560;  g_2 = (1.5 * 1.2)^(1/2) = 1.341641
     g1, g2 = 0.75 ** (1 / 3), 1.8**0.5
+    assert g1 < 1.3 < g2  # only the second sequence is truncated at C = 1.3
     w, hit = correction(TRAINER, SAMPLER, MASK, RolloutCorrection("seq_tis", cap=1.3))
     torch.testing.assert_close(w, torch.tensor([[g1, g1, g1], [1.3, 1.3, 0.0]]))
     assert hit.tolist() == [[False] * 3, [True, True, False]]
