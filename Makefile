@@ -11,7 +11,7 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv test test-fast test-vllm test-deepspeed demo lint bench curves clean
+.PHONY: venv test test-fast test-vllm test-deepspeed demo lint bench curves curves-losses clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -72,3 +72,6 @@ bench: $(BENCH_STAMP)  ## ours vs TRL GRPOTrainer on CPU, 1 thread (~18 min fres
 
 curves: $(STAMP)  ## learning curves, 5 methods x 3 seeds (about an hour on 2 cores)
 	$(PY) -m benchmarks.curves
+
+curves-losses: $(STAMP)  ## MAPO under each policy loss, 5 losses x 3 seeds (docs/benchmarks.md)
+	$(PY) -m benchmarks.curves --suite losses
