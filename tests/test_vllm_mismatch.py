@@ -33,7 +33,13 @@ pytestmark = [
 def bf16_engine(tiny_model_dir):
     from mapo.rollout.vllm import VLLMEngine
 
-    return VLLMEngine(tiny_model_dir, dtype="bfloat16", max_model_len=1024, enforce_eager=True)
+    return VLLMEngine(
+        tiny_model_dir,
+        dtype="bfloat16",
+        max_model_len=1024,
+        limit_mm_per_prompt={"image": 2},
+        enforce_eager=True,
+    )
 
 
 @pytest.mark.parametrize("sharpened", [False, True])
