@@ -17,10 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mapo.policy_losses import ALL_AGGREGATIONS as LOSS_AGGREGATIONS
 from mapo.policy_losses import MAX_LOG_RATIO as _MAX_LOG_RATIO
 from mapo.policy_losses import POLICY_LOSSES, LossParams, check_policy_loss
-
-LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
 
 
 def kl_k1(logp: Tensor, ref_logp: Tensor) -> Tensor:
