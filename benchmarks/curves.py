@@ -34,10 +34,16 @@ SUITES = {"methods": (METHODS, ""), "losses": (LOSSES, "_losses")}  # runs, file
 LABELS = {**METHODS, **LOSSES}
 
 
+def finished(method: str, seed: int, a: argparse.Namespace) -> bool:
+    """A finished run counts only for the same sweep (steps and evaluation interval)."""
+    done = a.out / method / f"seed{seed}" / "DONE"
+    return done.exists() and done.read_text().startswith(f"steps={a.steps} every={a.every}")
+
+
 def run_one(method: str, seed: int, a: argparse.Namespace) -> Path:
     out = a.out / method / f"seed{seed}"
-    tag = f"steps={a.steps} every={a.every}"  # a finished run counts only for the same sweep
-    if (out / "DONE").exists() and (out / "DONE").read_text().startswith(tag):
+    tag = f"steps={a.steps} every={a.every}"
+    if finished(method, seed, a):
         return out
     cmd = [sys.executable, "train.py", f"experiment=synth_emo_{method}", f"seed={seed}",
            f"steps={a.steps}", f"eval.every_n_steps={a.every}", "eval.before=true",
@@ -176,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, help="default: outputs/curves[_losses]")
     ap.add_argument("--docs", type=Path, default=ROOT / "docs")
+    ap.add_argument("--finished-only", action="store_true",
+                    help="train nothing: summarise the runs of this sweep that finished")  # fmt: skip
     a = ap.parse_args(argv)
     runs_of, a.suffix = SUITES[a.suite]
     a.methods = a.methods or list(runs_of)
@@ -183,6 +191,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"curves: {len(a.methods)} methods x {len(a.seeds)} seeds x {a.steps} steps, "
           f"{a.jobs} at a time; load average {load_average()}", flush=True)  # fmt: skip
     jobs = [(m, s) for s in a.seeds for m in a.methods]  # seed-major: early seeds finish first
+    if a.finished_only:
+        jobs = [(m, s) for m, s in jobs if finished(m, s, a)]
+        print(f"finished runs: {jobs}", flush=True)
     with ThreadPoolExecutor(a.jobs) as pool:
         dirs = list(pool.map(lambda job: run_one(*job, a), jobs))
     runs: dict[str, list[dict]] = {}
