@@ -11,7 +11,7 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv test test-fast test-vllm test-deepspeed demo notebook lint bench bench-10m curves clean gpu-wheels gpu-check
+.PHONY: venv test test-fast test-vllm test-deepspeed demo notebook lint bench bench-10m curves curves-losses clean gpu-wheels gpu-check
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -95,3 +95,6 @@ bench-10m: $(BENCH_STAMP)  ## 10 M VLM: HF vs HF, then vLLM vs vLLM (TRL colocat
 
 curves: $(STAMP)  ## learning curves, 5 methods x 3 seeds (about an hour on 2 cores)
 	$(PY) -m benchmarks.curves
+
+curves-losses: $(STAMP)  ## MAPO under each policy loss, 5 losses x 3 seeds (docs/benchmarks.md)
+	$(PY) -m benchmarks.curves --suite losses

@@ -130,9 +130,13 @@ def test_code_defaults_equal_the_yaml():
 
     for cls, path in [(AlgorithmConfig, "algorithm/mapo.yaml"), (OptimConfig, "optim/adamw.yaml")]:
         yaml = OmegaConf.to_container(OmegaConf.load(CONF / path), resolve=True)
-        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        defaults = {
+            f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+            for f in dataclasses.fields(cls)
+        }
         assert set(yaml) == set(defaults), f"{path} and {cls.__name__} name different keys"
         for key, value in yaml.items():
             code = defaults[key]
             code = list(code) if isinstance(code, tuple) else code
+            code = dataclasses.asdict(code) if dataclasses.is_dataclass(code) else code
             assert code == value, f"{cls.__name__}.{key}={code!r} but {path} says {value!r}"

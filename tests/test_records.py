@@ -156,3 +156,28 @@ def test_read_errors_name_the_file(tmp_path):
     df.to_parquet(bad)
     with pytest.raises(ValueError, match="column 'step' has type double"):
         read_records(tmp_path)
+
+
+def test_logprob_sums_roundtrip_and_default_to_null(tmp_path):
+    table, r, _, _ = make_table()
+    n = len(r)
+    assert table["sampler_logprob_sum"] == [None] * n  # no log-probs given: null, not 0
+    RecordWriter(tmp_path).write(0, table)
+    assert read_records(tmp_path).sampler_logprob_sum.isna().all()
+    table = make_table(step=1)[0]
+    table["sampler_logprob_sum"] = [-1.5 - i for i in range(n)]
+    table["trainer_logprob_sum"] = [-1.25 - i for i in range(n)]
+    RecordWriter(tmp_path).write(1, table)
+    df = read_records(tmp_path)
+    one = df[df.step == 1]
+    assert sorted(one.sampler_logprob_sum) == sorted(-1.5 - i for i in range(n))
+    assert ((one.trainer_logprob_sum - one.sampler_logprob_sum) == 0.25).all()
+
+
+def test_files_written_before_the_logprob_columns_still_read(tmp_path):
+    RecordWriter(tmp_path).write(0, make_table()[0])
+    path = record_path(tmp_path, 0)
+    old = pq.read_table(path).drop_columns(["sampler_logprob_sum", "trainer_logprob_sum"])
+    pq.write_table(old, path)
+    df = read_records(tmp_path)
+    assert len(df) == 8 and df.trainer_logprob_sum.isna().all()

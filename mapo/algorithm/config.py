@@ -7,11 +7,12 @@ so a typo'd key or an impossible batch split fails in the first second of a run.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from mapo.algorithm.advantages import ADVANTAGE_ESTIMATORS
 from mapo.algorithm.losses import LossConfig
+from mapo.algorithm.rollout_correction import RolloutCorrection
 
 
 class ConfigError(ValueError):
@@ -40,6 +41,11 @@ class AlgorithmConfig:
     kl_coef: float = 1e-2  # beta; 0 skips the reference model (DAPO)
     kl_estimator: str = "k3"  # k1 | k2 | k3 (low-variance, the paper's)
     loss_agg: str = "token-mean"  # token-mean | seq-mean-token-sum | seq-mean-token-mean
+    policy_loss: str = "ppo_clip"  # ppo_clip | gspo | gspo_token | cispo | sapo (policy_losses.py)
+    sapo_tau_pos: float = 1.0  # SAPO gate temperatures by the advantage's sign
+    sapo_tau_neg: float = 1.05
+    # sampler/trainer mismatch correction (mapo/algorithm/rollout_correction.py); a mapping in YAML
+    rollout_correction: RolloutCorrection = field(default_factory=RolloutCorrection)
     # DAPO dynamic sampling: keep groups whose mean overall reward lies in (filter_low, filter_high)
     # and sample more prompts until the batch is full, at most `filter_max_tries` generations.
     filter_groups: bool = False
@@ -81,6 +87,12 @@ class AlgorithmConfig:
             )
         if self.filter_max_tries < 1:
             raise ConfigError("algorithm.filter_max_tries must be >= 1")
+        if not isinstance(self.rollout_correction, RolloutCorrection):
+            try:
+                rc = RolloutCorrection.from_dict(self.rollout_correction)
+            except (TypeError, ValueError) as err:
+                raise ConfigError(str(err)) from None
+            object.__setattr__(self, "rollout_correction", rc)
         try:
             self.loss_config()
         except ValueError as err:
@@ -102,6 +114,9 @@ class AlgorithmConfig:
             kl_coef=self.kl_coef,
             kl_estimator=self.kl_estimator,
             aggregation=self.loss_agg,
+            policy_loss=self.policy_loss,
+            sapo_tau_pos=self.sapo_tau_pos,
+            sapo_tau_neg=self.sapo_tau_neg,
         )
 
     @property

@@ -1,4 +1,4 @@
-"""The clipped-surrogate policy loss, KL estimators and loss aggregation.
+"""The policy loss (registry in mapo/algorithm/policy_losses.py), KL estimators and loss aggregation.
 
 Shapes: N rollouts in the micro-batch, L completion tokens (right-padded, `mask` marks real
 tokens). Aggregation normalisers are those of the whole *mini-batch* (one optimizer step), so
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
-# exp() of a log-ratio beyond this overflows fp32 or is meaningless; clamp before exp.
-_MAX_LOG_RATIO = 20.0
+from mapo.algorithm.policy_losses import ALL_AGGREGATIONS as LOSS_AGGREGATIONS
+from mapo.algorithm.policy_losses import MAX_LOG_RATIO as _MAX_LOG_RATIO
+from mapo.algorithm.policy_losses import POLICY_LOSSES, LossParams, check_policy_loss
 
 
 def kl_k1(logp: Tensor, ref_logp: Tensor) -> Tensor:
@@ -55,6 +55,13 @@ class LossConfig:
     kl_coef: float = 0.0  # beta; 0 skips the reference model entirely
     kl_estimator: str = "k3"
     aggregation: str = "token-mean"
+    policy_loss: str = "ppo_clip"  # ppo_clip | gspo | gspo_token | cispo | sapo
+    sapo_tau_pos: float = 1.0  # SAPO gate temperature, A > 0
+    sapo_tau_neg: float = 1.05  # SAPO gate temperature, A <= 0
+
+    def params(self) -> LossParams:
+        return LossParams(self.clip_low, self.clip_high, self.dual_clip,
+                          self.sapo_tau_pos, self.sapo_tau_neg)  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.clip_low <= 0 or self.clip_high <= 0:
@@ -76,6 +83,12 @@ class LossConfig:
             raise ValueError(
                 f"unknown loss aggregation {self.aggregation!r}; known: {list(LOSS_AGGREGATIONS)}"
             )
+        if self.sapo_tau_pos <= 0 or self.sapo_tau_neg <= 0:
+            raise ValueError(
+                f"sapo_tau_pos={self.sapo_tau_pos} and sapo_tau_neg={self.sapo_tau_neg} must be "
+                "> 0 (the SAPO paper uses 1.0 and 1.05)"
+            )
+        check_policy_loss(self.policy_loss, self.aggregation, self.dual_clip)
 
 
 @dataclass(frozen=True)
@@ -117,40 +130,33 @@ def policy_loss(
     *,
     ref_logp: Tensor | None = None,
     norm: Normalizer | None = None,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """GRPO's clipped surrogate (MAPO eq. 1) plus beta * KL(pi || pi_ref), aggregated.
+    """The policy loss `cfg.policy_loss` (mapo/algorithm/policy_losses.py; ppo_clip is GRPO's clipped
+    surrogate, MAPO eq. 1) plus beta * KL(pi || pi_ref), aggregated.
 
     logp, old_logp, ref_logp, mask: [N, L]; advantages: [N] (one per sequence).
+    weights: optional detached [N, L] rollout-correction weights (mapo/algorithm/rollout_correction.py)
+    multiplying the policy-gradient term only; the KL term and the normaliser are unchanged.
     Returns the loss to minimise (already divided by the mini-batch normaliser) and metrics.
     """
     norm = norm or Normalizer.of(mask)
     adv = advantages.to(logp.dtype).unsqueeze(-1)  # [N, 1], broadcast over tokens
-    log_ratio = (logp - old_logp).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
-    ratio = log_ratio.exp()  # [N, L]
-    # PPO: maximise min(r A, clip(r) A)  <=>  minimise max(-r A, -clip(r) A).
-    loss1 = -adv * ratio
-    loss2 = -adv * ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
-    pg = torch.maximum(loss1, loss2)
-    if cfg.dual_clip is not None:
-        # Dual clip (Ye et al. 2020): for A < 0 a huge ratio would give an unbounded loss;
-        # cap it at -A * c.
-        pg = torch.where(adv < 0, torch.minimum(pg, -adv * cfg.dual_clip), pg)
+    pg, flags = POLICY_LOSSES[cfg.policy_loss].fn(logp, old_logp, adv, mask, cfg.params())
+    if weights is not None:
+        pg = pg * weights.detach().to(pg.dtype)
     loss = aggregate(pg, mask, cfg.aggregation, norm)
 
     with torch.no_grad():
-        metrics = {
-            "clip_frac_high": _masked_mean(((ratio > 1 + cfg.clip_high) & (adv > 0)).float(), mask),
-            "clip_frac_low": _masked_mean(((ratio < 1 - cfg.clip_low) & (adv < 0)).float(), mask),
+        ratio = (logp - old_logp).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO).exp()  # [N, L]
+        metrics = {k: _masked_mean(v.float(), mask) for k, v in flags.items()}
+        metrics.update({
             "approx_kl_old": _masked_mean(kl_k3(logp, old_logp), mask),
             "ratio_mean": _masked_mean(ratio, mask),
             "ratio_max": float(ratio.masked_fill(~mask.bool(), 0).max()) if mask.any() else 1.0,
             "ratio_min": float(ratio.masked_fill(~mask.bool(), 1e9).min()) if mask.any() else 1.0,
             "pg_loss": float(loss.detach()),
-        }
-        if cfg.dual_clip is not None:
-            metrics["clip_frac_dual"] = _masked_mean(
-                ((ratio > cfg.dual_clip) & (adv < 0)).float(), mask
-            )
+        })  # fmt: skip
 
     if cfg.kl_coef > 0:
         if ref_logp is None:

@@ -53,9 +53,17 @@ SCHEMA = pa.schema(
         ("truncated", pa.bool_()),
         ("estimator", pa.string()),
         ("text", pa.string()),  # completion text, null unless the writer has with_text=True
+        # sum_t log-prob of the completion under the sampler (engine) and under the trainer at
+        # the start of the step (pi_old); null when the engine reports no log-probs. Their
+        # difference is the sequence log-ratio of docs/rollout_correction.md.
+        ("sampler_logprob_sum", pa.float64()),
+        ("trainer_logprob_sum", pa.float64()),
     ]
 )
 COLUMNS = tuple(SCHEMA.names)
+# Columns that may be absent: text (off by default) and the log-prob sums (records written
+# before they existed read back as null).
+OPTIONAL = ("text", "sampler_logprob_sum", "trainer_logprob_sum")
 
 
 def record_path(run_dir: str | os.PathLike, step: int, rank: int = 0) -> Path:
@@ -72,7 +80,7 @@ def _to_list(value) -> list:
 
 def _to_arrow(table: Mapping[str, object], with_text: bool) -> pa.Table:
     """Validate `table` against SCHEMA and convert; errors name the offending column."""
-    missing = [c for c in COLUMNS if c not in table and c != "text"]
+    missing = [c for c in COLUMNS if c not in table and c not in OPTIONAL]
     extra = sorted(set(table) - set(COLUMNS))
     if missing or extra:
         raise ValueError(
@@ -88,6 +96,8 @@ def _to_arrow(table: Mapping[str, object], with_text: bool) -> pa.Table:
     for name in COLUMNS:
         if name == "text" and (not with_text or "text" not in lists):
             values = [None] * n  # text is off by default (it dominates the file size)
+        elif name not in lists:  # an optional column left out
+            values = [None] * n
         else:
             values = lists[name]
         try:
@@ -143,7 +153,7 @@ def read_records(run_dir: str | os.PathLike) -> pd.DataFrame:
             table = pq.read_table(path)
         except (pa.ArrowInvalid, OSError) as err:
             raise ValueError(f"rollout record file {path} is unreadable: {err}") from err
-        _check_file(path, table)
+        table = _check_file(path, table)
         frames.append(table.cast(SCHEMA).to_pandas())
     df = pd.concat(frames, ignore_index=True)
     return df.sort_values(["step", "group_id", "rollout_index"], kind="stable").reset_index(
@@ -151,7 +161,13 @@ def read_records(run_dir: str | os.PathLike) -> pd.DataFrame:
     )
 
 
-def _check_file(path: Path, table: pa.Table) -> None:
+def _check_file(path: Path, table: pa.Table) -> pa.Table:
+    """The table with the schema's columns (optional ones filled with nulls when absent)."""
+    for name in OPTIONAL:
+        if name not in table.column_names:
+            table = table.append_column(
+                SCHEMA.field(name), pa.nulls(table.num_rows, SCHEMA.field(name).type)
+            )
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise ValueError(f"rollout record file {path} lacks columns {missing}")
@@ -166,6 +182,7 @@ def _check_file(path: Path, table: pa.Table) -> None:
     steps = set(table.column("step").to_pylist())
     if steps - {step}:
         raise ValueError(f"rollout record file {path} holds rows of steps {sorted(steps)}")
+    return table
 
 
 def _rollout_index(group_ids: Tensor) -> Tensor:
@@ -194,6 +211,7 @@ def records_table(
     std: StdMode = "population",
     eps: float = 1e-6,
     texts: Sequence[str] | None = None,
+    logprob_sums: Mapping[str, Tensor] | None = None,
 ) -> dict[str, list]:
     """Build the per-rollout record table of one step from the trainer's tensors.
 
@@ -205,6 +223,8 @@ def records_table(
     std, eps: the run's settings; `advantage_grpo` is the plain GRPO z-score recomputed with
         them, so runs of every estimator can be compared with GRPO on their own rollouts.
     rollout_index is the position within the group in the order given.
+    logprob_sums: {"sampler_logprob_sum", "trainer_logprob_sum"} -> [N]
+        (mapo.algorithm.rollout_correction.StepMismatch.seq_logprobs), or None (null columns).
     """
     overall = rewards["overall"].detach().cpu().to(torch.float64)
     gids = group_ids.detach().cpu().to(torch.int64)
@@ -238,4 +258,8 @@ def records_table(
         "truncated": _to_list(truncated.to(torch.bool)),
         "estimator": [estimator] * n,
         "text": list(texts) if texts is not None else [None] * n,
+        **{
+            k: _to_list(logprob_sums[k].to(torch.float64)) if logprob_sums else [None] * n
+            for k in ("sampler_logprob_sum", "trainer_logprob_sum")
+        },
     }

@@ -31,6 +31,7 @@ from mapo.algorithm.advantages import (
 )
 from mapo.algorithm.config import AlgorithmConfig
 from mapo.algorithm.losses import Normalizer, policy_loss
+from mapo.algorithm.rollout_correction import correction, sampler_logprobs, step_mismatch
 from mapo.models.batching import PolicyInputs, build_policy_inputs
 from mapo.models.logprobs import token_logprobs
 from mapo.trainer.strategies import optimizer_update
@@ -136,16 +137,30 @@ class MAPOModule(pl.LightningModule):
         inputs = inputs.to(self.device)
         old_logp, ref_logp = self._frozen_logprobs(inputs)
         t["time/logprobs"] = time.perf_counter() - clock
+        sampler = sampler_logprobs(rb.completions.logprobs, inputs.completion_mask)
+        if sampler is None and self.algo.rollout_correction.enabled:
+            raise ValueError(
+                "algorithm.rollout_correction needs the sampler's log-probs, and this rollout "
+                "engine gave none; use rollout=hf or rollout=vllm, or set "
+                "algorithm.rollout_correction.mode=none"
+            )
 
         clock = time.perf_counter()
-        upd = self._update(inputs, adv.advantages.float().to(self.device), old_logp, ref_logp)
+        adv_t = adv.advantages.float().to(self.device)
+        upd, start_logp = self._update(inputs, adv_t, old_logp, ref_logp, sampler)
         t["time/update"] = time.perf_counter() - clock
         t["time/step"] = sum(t.values())
         t["perf/rollouts_per_s"] = len(rb.completions) / max(t["time/step"], 1e-9)
         # tokens (prompt + completion, padding excluded) per pass over the batch: FLOP counts
         t["perf/train_tokens"] = float(inputs.attention_mask.sum())
 
-        self._log_step(rb, rewards, adv, upd, t)
+        mismatch = None
+        if sampler is not None:  # trainer (pi_old, start of step) vs sampler log-probs
+            mismatch = step_mismatch(
+                start_logp, sampler, inputs.completion_mask, self.algo.rollout_correction
+            )
+            rb.metrics.update(mismatch.scalars)
+        self._log_step(rb, rewards, adv, upd, t, mismatch)
 
     @property
     def rl_step(self) -> int:
@@ -178,9 +193,17 @@ class MAPOModule(pl.LightningModule):
         )  # fmt: skip
         return out if isinstance(out, tuple) else (out, None)
 
-    def _update(self, inputs: PolicyInputs, adv: Tensor, old_logp, ref_logp) -> dict[str, float]:
-        """Mini-batch / micro-batch clipped-surrogate updates over the rollout batch."""
+    def _update(
+        self, inputs: PolicyInputs, adv: Tensor, old_logp, ref_logp, sampler_logp=None
+    ) -> tuple[dict[str, float], Tensor]:
+        """Mini-batch / micro-batch policy-loss updates over the rollout batch. Also returns
+        pi_old's log-probs [N, L] (the trainer's at the start of the step): `old_logp`, or,
+        with a single update, the detached log-probs of that update's forward."""
         n = adv.numel()
+        start_logp = old_logp
+        if start_logp is None:
+            start_logp = torch.zeros(inputs.completion_mask.shape, device=adv.device)
+        rc = self.algo.rollout_correction
         n_mini = self.algo.rollout_batch_size // self.algo.mini_batch_size
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
@@ -198,7 +221,12 @@ class MAPOModule(pl.LightningModule):
                     sub = inputs.select(idx)
                     logp, ent = self._logprobs(self.policy, sub, entropy=self.log_entropy)
                     old = old_logp[idx] if old_logp is not None else logp.detach()
+                    if old_logp is None:  # a single update: this forward is pi_old
+                        start_logp[idx] = old
                     ref = ref_logp[idx] if ref_logp is not None else None
+                    weights = None
+                    if rc.enabled:
+                        weights, _ = correction(old, sampler_logp[idx], sub.completion_mask, rc)
                     loss, m = policy_loss(
                         logp,
                         old,
@@ -207,6 +235,7 @@ class MAPOModule(pl.LightningModule):
                         self.loss_cfg,
                         ref_logp=ref,
                         norm=norm,
+                        weights=weights,
                     )
                     if not torch.isfinite(loss):
                         raise FloatingPointError(
@@ -236,7 +265,7 @@ class MAPOModule(pl.LightningModule):
                     sums[k] += float(v)
                     counts[k] += 1
         del opt
-        return {k: sums[k] / counts[k] for k in sums}
+        return {k: sums[k] / counts[k] for k in sums}, start_logp
 
     def _normalizer(self, mask: Tensor) -> Normalizer:
         """Mini-batch totals over all ranks, divided by the world size: gradients are averaged
@@ -252,7 +281,13 @@ class MAPOModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ logging
     def _log_step(
-        self, rb: RolloutBatch, rewards: dict, adv: AdvantageResult, upd: dict, t: dict
+        self,
+        rb: RolloutBatch,
+        rewards: dict,
+        adv: AdvantageResult,
+        upd: dict,
+        t: dict,
+        mismatch: Any = None,  # mapo.algorithm.rollout_correction.StepMismatch, when the engine gave log-probs
     ) -> None:
         from mapo.analysis.metrics import advantage_metrics, response_metrics, reward_metrics
 
@@ -284,6 +319,8 @@ class MAPOModule(pl.LightningModule):
         hists["certainty/lambda"] = adv.stats.lam.float()
         hists["certainty/p"] = adv.stats.p.float()
         hists["advantage/values"] = adv.advantages.float()
+        if mismatch is not None:
+            hists["mismatch/log_ratio"] = mismatch.log_ratio
         self._log_histograms(hists, step)
         if self.records is not None:
             from mapo.analysis.records import records_table
@@ -295,6 +332,7 @@ class MAPOModule(pl.LightningModule):
                 estimator=self.algo.estimator, response_lengths=lengths, truncated=truncated,
                 std=self.algo.std, eps=self.algo.eps,
                 texts=rb.completions.text if self.records.with_text else None,
+                logprob_sums=mismatch.seq_logprobs() if mismatch is not None else None,
             )  # fmt: skip
             self.records.write(step, table)
 

@@ -1,0 +1,46 @@
+"""The sampler log-probs through real RL steps (HF engine, fp32 on both sides): mismatch/*
+and rollout_correction/* metrics, the TensorBoard histogram, the record columns."""
+
+import pytest
+from mapo.trainer.records import read_records
+
+from mapo.pipeline.quickrun import run
+
+pytestmark = pytest.mark.slow
+
+SMALL = [
+    "experiment=synth_emo_mapo", "debug=fast", "callbacks.progress_bar=null",
+    "model.coldstart.enabled=false", "algorithm.rollout_batch_size=4",
+    "algorithm.micro_batch_size=4", "algorithm.group_size=4", "data.eval_limit=8", "steps=2",
+    "eval.before=false", "eval.after=false", "export_hf=false",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "mini, mode, loss",
+    [(4, "token_mask", "ppo_clip"), (2, "seq_tis", "sapo")],  # 1 update (capture) / 2 (pi_old pass)
+)
+def test_matched_precision_gives_unit_weights_and_logs_them(tmp_path, mini, mode, loss):
+    agg = "token-mean" if loss == "ppo_clip" else "seq-mean-token-mean"
+    metrics, objs = run(
+        [*SMALL, f"algorithm.mini_batch_size={mini}", f"algorithm.rollout_correction.mode={mode}",
+         f"algorithm.policy_loss={loss}", f"algorithm.loss_agg={agg}", "logger=tensorboard"],
+        run_dir=tmp_path,
+    )  # fmt: skip
+    m = metrics["train"]
+    # same weights, same fp32 kernels up to the KV cache: the sampler is the trainer
+    assert m["mismatch/abs_log_ratio_max"] < 1e-4
+    assert abs(m["mismatch/k3"]) < 1e-8 and m["mismatch/ratio_outside_2x"] == 0
+    assert m["rollout_correction/weight_mean"] == pytest.approx(1.0, abs=1e-4)
+    assert m["rollout_correction/affected_token_frac"] == 0
+    df = read_records(tmp_path)
+    gap = (df.sampler_logprob_sum - df.trainer_logprob_sum).abs()
+    assert df.sampler_logprob_sum.notna().all() and gap.max() < 1e-3
+    assert (df.sampler_logprob_sum < 0).all()
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"histograms": 0})
+    events.Reload()
+    assert "mismatch/log_ratio" in events.Tags()["histograms"]
+    assert {"mismatch/k1", "rollout_correction/weight_mean"} <= set(events.Tags()["scalars"])
