@@ -49,12 +49,13 @@ KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 
 @dataclass(frozen=True)
 class LossConfig:
-    clip_low: float = 0.2  # eps_low: ratio floor 1 - eps_low for negative advantages
-    clip_high: float = 0.2  # eps_high: ratio ceiling 1 + eps_high (DAPO clip-higher: 0.28)
-    dual_clip: float | None = None  # c > 1 caps -A * ratio for A < 0 at -A * c (verl: 3.0)
-    kl_coef: float = 0.0  # beta; 0 skips the reference model entirely
-    kl_estimator: str = "k3"
-    aggregation: str = "token-mean"
+    # No defaults: built by AlgorithmConfig.loss_config() from conf/algorithm/ (the one home).
+    clip_low: float  # eps_low: ratio floor 1 - eps_low for negative advantages
+    clip_high: float  # eps_high: ratio ceiling 1 + eps_high (DAPO clip-higher: 0.28)
+    dual_clip: float | None  # c > 1 caps -A * ratio for A < 0 at -A * c (verl: 3.0)
+    kl_coef: float  # beta; 0 skips the reference model entirely
+    kl_estimator: str
+    aggregation: str
 
     def __post_init__(self) -> None:
         if self.clip_low <= 0 or self.clip_high <= 0:

@@ -51,7 +51,7 @@ class MAPOModule(pl.LightningModule):
         suppress_ids: list[int] | None = None,
         records: Any = None,  # mapo.analysis.records.RecordWriter or None
         log_entropy: bool = True,
-        share_prompt: bool = True,  # one backbone pass per distinct prompt (models/logprobs.py)
+        share_prompt: bool,  # model.share_prompt: one backbone pass per distinct prompt
     ):
         super().__init__()
         self.automatic_optimization = False  # RL steps are not (x, y) batches
@@ -162,7 +162,7 @@ class MAPOModule(pl.LightningModule):
         n = inputs.completion_ids.shape[0]
         need_old = self.algo.updates_per_rollout > 1
         old = [] if need_old else None
-        ref = [] if self.reference is not None and self.loss_cfg.kl_coef > 0 else None
+        ref = [] if self.reference is not None and self.algo.needs_reference else None
         for idx in self._micro_slices(n):
             sub = inputs.select(idx)
             if old is not None:
