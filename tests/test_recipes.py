@@ -145,7 +145,9 @@ def test_recipe_add_a_rollout_engine(tmp_path, plugin):
         engine = build_engine("recipe_echo", None, None, "", {})
         assert isinstance(engine, RolloutEngine)
         p = Prompt(uid="0", text="q", images=(), answer="awe", task="emotion")
-        out = engine.generate([p, p], SamplingConfig(n=3, temperature=1.0, top_p=1.0, max_new_tokens=64))
+        out = engine.generate(
+            [p, p], SamplingConfig(n=3, temperature=1.0, top_p=1.0, max_new_tokens=64)
+        )
         assert out.prompt_index == [0, 0, 0, 1, 1, 1] and out.text == ["awe"] * 6
     finally:
         ENGINES.remove("recipe_echo")

@@ -29,7 +29,9 @@ def _boost(model, token_ids, amount: float):
 def test_generates_b_times_g_with_group_ids(model, tiny_processor, tiny_prompts):
     engine = HFEngine(model, tiny_processor)
     assert isinstance(engine, RolloutEngine)
-    out = engine.generate(tiny_prompts, SamplingConfig(n=4, temperature=1.0, top_p=1.0, max_new_tokens=10, seed=0))
+    out = engine.generate(
+        tiny_prompts, SamplingConfig(n=4, temperature=1.0, top_p=1.0, max_new_tokens=10, seed=0)
+    )
     assert len(out) == 12 and out.prompt_index == [0] * 4 + [1] * 4 + [2] * 4
     assert len(out.text) == len(out.truncated) == len(out.logprobs) == 12
     assert all(1 <= len(t) <= 10 for t in out.token_ids)
@@ -59,11 +61,15 @@ def test_truncation_flags(model, tiny_processor, tiny_prompts):
     engine = HFEngine(model, tiny_processor)
     eos = engine.eos_token_ids
     hook = _boost(model, eos, -50.0)  # eos (almost) impossible: every completion hits the cap
-    out = engine.generate(tiny_prompts, SamplingConfig(n=2, temperature=1.0, top_p=1.0, max_new_tokens=6, seed=2))
+    out = engine.generate(
+        tiny_prompts, SamplingConfig(n=2, temperature=1.0, top_p=1.0, max_new_tokens=6, seed=2)
+    )
     assert all(out.truncated) and all(len(t) == 6 for t in out.token_ids)
     hook.remove()
     _boost(model, eos[:1], 50.0)  # <|im_end|> (almost) certain: one-token completions
-    out = engine.generate(tiny_prompts, SamplingConfig(n=2, temperature=1.0, top_p=1.0, max_new_tokens=6, seed=2))
+    out = engine.generate(
+        tiny_prompts, SamplingConfig(n=2, temperature=1.0, top_p=1.0, max_new_tokens=6, seed=2)
+    )
     assert not any(out.truncated)
     assert all(ids == [eos[0]] for ids in out.token_ids)
     assert out.text == [""] * 6  # eos is a special token, skipped in the text

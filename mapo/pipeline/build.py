@@ -52,7 +52,7 @@ def prepare_data(cfg: DictConfig) -> dict[str, Any]:
             syn.name, cfg.data.root, seed=syn.seed, n_train=syn.n_train, n_test=syn.n_test
         )
     load = partial(load_split, on_bad_row=cfg.data.on_bad_row,
-                   max_image_pixels=cfg.data.get("max_image_pixels"))  # fmt: skip
+                   max_image_pixels=cfg.data.max_image_pixels)  # fmt: skip
     train = load(cfg.data.train)
     require_rows(train, "data.train", cfg.data.train)
     evals = {
