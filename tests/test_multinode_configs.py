@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from mapo.algorithm.config import ConfigError
-from mapo.pipeline.validate import validate
 from mapo.pipeline.quickrun import compose_config
+from mapo.pipeline.validate import validate
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "deepspeed.md"
 

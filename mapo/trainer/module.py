@@ -14,13 +14,11 @@ Who is who:
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections import defaultdict
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -33,6 +31,7 @@ from mapo.algorithm.config import AlgorithmConfig
 from mapo.algorithm.losses import Normalizer, policy_loss
 from mapo.models.batching import PolicyInputs, build_policy_inputs
 from mapo.models.logprobs import token_logprobs
+from mapo.rng import rng_state, set_rng_state
 from mapo.trainer.strategies import optimizer_update
 from mapo.types import OptimConfig, RolloutBatch, SamplingConfig
 
@@ -316,13 +315,7 @@ class MAPOModule(pl.LightningModule):
         checkpoint["mapo"] = {
             "stream": self.stream.state_dict() if self.stream is not None else None,
             "weights_version": self.weights_version,
-            "rng": {
-                # plain lists/tensors only, so `torch.load(weights_only=True)` reads them back
-                "python": _to_lists(random.getstate()),
-                "numpy": _to_lists(np.random.get_state()),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            },
+            "rng": rng_state(),  # plain lists/tensors: `torch.load(weights_only=True)` reads it
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -337,12 +330,7 @@ class MAPOModule(pl.LightningModule):
         if self.stream is not None and st.get("stream"):
             self.stream.load_state_dict(st["stream"])
         self.weights_version = int(st.get("weights_version", 0)) + 1  # force an engine sync
-        rng = st["rng"]
-        random.setstate(_to_tuples(rng["python"]))
-        np.random.set_state(_numpy_state(rng["numpy"]))
-        torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        set_rng_state(st["rng"])
 
 
 def _offloads_optimizer(trainer: Any) -> bool:
@@ -364,20 +352,3 @@ def _split_hists(metrics: dict[str, Any]) -> tuple[dict[str, float], dict[str, T
         else:
             scalars[k] = float(v)
     return scalars, hists
-
-
-def _to_lists(x: Any) -> Any:
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, (tuple, list)):
-        return [_to_lists(v) for v in x]
-    return x
-
-
-def _to_tuples(x: Any) -> Any:
-    return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
-
-
-def _numpy_state(x: list) -> tuple:
-    name, keys, pos, has_gauss, cached = x
-    return (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
