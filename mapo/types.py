@@ -30,7 +30,7 @@ class Prompt:
     text: str  # chat-templated prompt text, vision placeholders included, ends with the assistant header
     images: tuple[Any, ...]  # PIL images referenced by the placeholders in `text`
     answer: str  # gold answer, for the reward
-    task: str  # reward kind: "math" or "emotion"
+    task: str  # the row's kind, "math" or "emotion" (the reward scored is the config's data.task)
     source: str = ""  # dataset name, for per-dataset metrics
 
 

@@ -19,10 +19,13 @@ log = logging.getLogger(__name__)
 
 
 def make_scorer(cfg: DictConfig):
+    """Score every completion with the run's reward kind, `data.task` (validated against the
+    reward registry, so a plugin's reward is used by naming it there); a row's `task` column
+    names the data's kind (math | emotion) and picks the default prompt template."""
     from mapo.rewards import score_batch
 
     def scorer(prompts, completions) -> dict[str, Any]:
-        kinds = [prompts[i].task for i in completions.prompt_index]
+        kinds = [cfg.data.task] * len(completions.prompt_index)
         answers = [prompts[i].answer for i in completions.prompt_index]
         rb = score_batch(kinds, completions.text, answers, format_weight=cfg.reward.format_weight,
                          grader=cfg.reward.grader, timeout_s=cfg.reward.timeout_s,
