@@ -31,7 +31,9 @@ def _batch(size: str, prompts: int, group: int, max_new_tokens: int):
     template = load_template("emotion_short")
     batch = [to_prompt(r, processor, template, min_pixels=3136, max_pixels=12544) for r in rows]
     engine = HFEngine(policy, processor)
-    sampling = SamplingConfig(n=group, max_new_tokens=max_new_tokens, seed=0)
+    sampling = SamplingConfig(
+        n=group, temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens, seed=0
+    )
     comps = engine.generate(batch[:prompts], sampling)
     pad = processor.tokenizer.pad_token_id
     inputs = build_policy_inputs(processor, batch[:prompts], comps, pad_token_id=pad)

@@ -1,4 +1,5 @@
-"""Crash-safe file writes: the one home of the temp-file-then-rename pattern.
+"""Crash-safe file writes: the one home of the temp-file-then-rename pattern (files, and
+folders with `build_dir`).
 
 The bytes go to a hidden temp file in the target's folder (so ``os.replace`` never crosses
 file systems), are fsynced, renamed over the target (atomic on POSIX) and the folder is
@@ -9,6 +10,8 @@ write removes its temp file.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -59,3 +62,19 @@ def atomic_write(
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def build_dir(final: Path, build: Callable[[Path], None], *, done: Callable[[], bool]) -> None:
+    """Call ``build(tmp)`` on a hidden sibling folder ``.NAME.tmp-<pid>-<random>`` and rename
+    it to `final`, so a reader never sees half a folder. An OSError while `done()` holds is a
+    race lost to another builder that renamed first, not an error. The temp folder is always
+    removed (a killed builder's is found by its pid: mapo.models.coldstart)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
+    try:
+        build(tmp)
+        os.rename(tmp, final)
+    except OSError:
+        if not done():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

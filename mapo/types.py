@@ -30,17 +30,21 @@ class Prompt:
     text: str  # chat-templated prompt text, vision placeholders included, ends with the assistant header
     images: tuple[Any, ...]  # PIL images referenced by the placeholders in `text`
     answer: str  # gold answer, for the reward
-    task: str  # reward kind: "math" or "emotion"
+    task: str  # the row's kind, "math" or "emotion" (the reward scored is the config's data.task)
     source: str = ""  # dataset name, for per-dataset metrics
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    n: int = 8  # G: completions per prompt
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 64
-    seed: int | None = None  # engines that support per-request seeds use it
+    """The one sampling object: engines sample with it and the log-probs use its temperature.
+    No defaults: mapo/pipeline/validate.py builds it from rollout.* (training, n =
+    algorithm.group_size) and rollout.eval.* (evaluation, n = 1)."""
+
+    n: int  # G: completions per prompt
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    seed: int | None = None  # per-request seeds where the engine supports them; None: global RNG
 
 
 @dataclass

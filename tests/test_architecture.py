@@ -2,8 +2,8 @@
 
 Layers, bottom to top (docs/architecture.md draws them):
 
-    types, registry, atomic, console shared types, the registry, crash-safe writes, logging and
-                                     progress; no mapo imports
+    types, registry, atomic, console, shared types, the registry, crash-safe writes, logging and
+    rng                              progress, the RNG state; no mapo imports
     algorithm                        advantages, losses, their config; torch and the bottom only
     data, rewards                    the bottom only
     models                           the bottom and data (templates for the cold start)
@@ -27,12 +27,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "mapo"
 
-BOTTOM = {"types", "registry", "atomic", "console"}
+BOTTOM = {"types", "registry", "atomic", "console", "rng"}
 ALLOWED: dict[str, set[str]] = {
     "types": set(),
     "registry": set(),
     "atomic": set(),
     "console": set(),
+    "rng": set(),
     "algorithm": BOTTOM,
     "data": BOTTOM,
     "rewards": BOTTOM,

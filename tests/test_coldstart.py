@@ -109,7 +109,7 @@ def test_warm_model_learns_format_not_answers(warm_dir, tiny_model_dir):
     processor = load_processor(warm_dir)
     rows = generate("synth_emo", "test", 32, seed=0)
     prompts = [to_prompt(r, processor, None) for r in rows]
-    greedy = SamplingConfig(n=1, temperature=0.0, max_new_tokens=24)
+    greedy = SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_new_tokens=24)
 
     def rates(model_dir):
         engine = HFEngine(load_policy(model_dir).eval(), processor)

@@ -140,3 +140,67 @@ def test_code_defaults_equal_the_yaml():
             code = list(code) if isinstance(code, tuple) else code
             code = dataclasses.asdict(code) if dataclasses.is_dataclass(code) else code
             assert code == value, f"{cls.__name__}.{key}={code!r} but {path} says {value!r}"
+
+
+def test_derived_configs_have_no_defaults_of_their_own(tmp_path):
+    """LossConfig and SamplingConfig are built from the composed config only
+    (AlgorithmConfig.loss_config(), mapo/pipeline/validate.py), so they carry no defaults that
+    could drift from conf/; the default config's loss and sampling equal its YAML."""
+    import dataclasses
+
+    from mapo.algorithm.losses import LossConfig
+    from mapo.types import SamplingConfig
+
+    for cls, optional in [(LossConfig, set()), (SamplingConfig, {"seed"})]:
+        defaulted = {
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        }
+        assert defaulted == optional, f"{cls.__name__} has code defaults {sorted(defaulted)}"
+    cfg = compose_cfg([], tmp_path)
+    plan = validate(cfg)
+    a = cfg.algorithm
+    assert plan.algo.loss_config() == LossConfig(
+        clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip, kl_coef=a.kl_coef,
+        kl_estimator=a.kl_estimator, aggregation=a.loss_agg, policy_loss=a.policy_loss,
+        sapo_tau_pos=a.sapo_tau_pos, sapo_tau_neg=a.sapo_tau_neg,
+    )  # fmt: skip
+    r = cfg.rollout
+    assert plan.sampling == SamplingConfig(
+        n=a.group_size, temperature=r.temperature, top_p=r.top_p,
+        max_new_tokens=r.max_new_tokens, seed=None,
+    )  # fmt: skip
+    assert plan.eval_sampling == SamplingConfig(
+        n=1, temperature=r.eval.temperature, top_p=r.eval.top_p,
+        max_new_tokens=r.eval.max_new_tokens, seed=cfg.seed,
+    )  # fmt: skip
+
+
+def test_signature_defaults_equal_the_yaml():
+    """Library functions that tests and benchmarks call directly keep a default for a YAML
+    key; it must be the YAML's value. The trainer's module takes model.share_prompt with no
+    default (the pipeline passes it)."""
+    import inspect
+
+    from mapo.models.logprobs import completion_hidden_states, token_logprobs
+    from mapo.rollout.hf import HFEngine
+    from mapo.trainer.callbacks import Evaluation
+    from mapo.trainer.evaluation import evaluate
+    from mapo.trainer.module import MAPOModule
+
+    def default(fn, name):
+        return inspect.signature(fn).parameters[name].default
+
+    def yaml(path, key):
+        return OmegaConf.select(OmegaConf.load(CONF / path), key)
+
+    for model in ("model/tiny.yaml", "model/qwen2_5_vl_7b.yaml"):
+        for fn in (token_logprobs, completion_hidden_states):
+            assert default(fn, "share_prompt") == yaml(model, "share_prompt"), (fn, model)
+    assert default(HFEngine, "share_prefill") == yaml("rollout/hf.yaml", "share_prefill")
+    for fn in (evaluate, Evaluation):
+        assert default(fn, "batch_size") == yaml("rollout/hf.yaml", "eval.batch_size"), fn
+    for key in ("before", "after", "every_n_steps"):
+        assert default(Evaluation, key) == yaml("config.yaml", f"eval.{key}"), key
+    assert default(MAPOModule, "share_prompt") is inspect.Parameter.empty

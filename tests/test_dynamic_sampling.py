@@ -46,7 +46,7 @@ def _callback(stream, good, world=2):
         "micro_batch_size": 8, "filter_groups": True, "filter_max_tries": 4,
     })  # fmt: skip
     cb = RolloutCallback(lambda: None, lambda row: Prompt(str(row), "", (), "", "emotion"),
-                         algo, SamplingConfig(n=G), _scorer(good))  # fmt: skip
+                         algo, SamplingConfig(n=G, temperature=1.0, top_p=1.0, max_new_tokens=64), _scorer(good))  # fmt: skip
     cb.engine = _Engine()
     module = SimpleNamespace(stream=stream, device=torch.device("cpu"),
                              policy=torch.nn.Linear(1, 1))  # fmt: skip

@@ -115,14 +115,16 @@ def test_hf_engine_generation(
 
     bf16 = sharpen(load_policy(tiny_model_dir, dtype="bfloat16")).to(device)
     engine = HFEngine(bf16, tiny_processor)
-    out = engine.generate(tiny_prompts, SamplingConfig(n=4, max_new_tokens=12, seed=0))
+    out = engine.generate(
+        tiny_prompts, SamplingConfig(n=4, temperature=1.0, top_p=1.0, max_new_tokens=12, seed=0)
+    )
     assert len(out) == 12 and out.prompt_index == [0] * 4 + [1] * 4 + [2] * 4
     assert all(1 <= len(t) <= 12 for t in out.token_ids)
     assert not {t for row in out.token_ids for t in row} & set(engine.suppress_ids)
     assert [len(lp) for lp in out.logprobs] == [len(t) for t in out.token_ids]
     assert all(lp <= 0 for row in out.logprobs for lp in row)
     # greedy fp32 on the device gives the CPU's tokens (sharpened: margins far above rounding)
-    greedy = SamplingConfig(n=1, temperature=0.0, max_new_tokens=12)
+    greedy = SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_new_tokens=12)
     here = HFEngine(sharp_fp32, tiny_processor).generate(tiny_prompts, greedy)
     cpu = sharpen(load_policy(tiny_model_dir)).eval()
     assert here.token_ids == HFEngine(cpu, tiny_processor).generate(tiny_prompts, greedy).token_ids
@@ -138,7 +140,9 @@ def test_bf16_logprobs_match_fp32(
     from mapo.types import SamplingConfig
 
     engine = HFEngine(sharp_fp32, tiny_processor)
-    comps = engine.generate(tiny_prompts, SamplingConfig(n=4, max_new_tokens=24, seed=0))
+    comps = engine.generate(
+        tiny_prompts, SamplingConfig(n=4, temperature=1.0, top_p=1.0, max_new_tokens=24, seed=0)
+    )
     pad = tiny_processor.tokenizer.pad_token_id
     inputs = build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=pad)
     inputs = inputs.to(device)

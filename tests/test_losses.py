@@ -4,10 +4,11 @@ import math
 
 import pytest
 import torch
+from loss_config import plain_loss
 
 from mapo.algorithm.advantages import compute_advantages, gradient_ratio
 from mapo.algorithm.config import AlgorithmConfig, ConfigError
-from mapo.algorithm.losses import KL_ESTIMATORS, LossConfig, Normalizer, aggregate, policy_loss
+from mapo.algorithm.losses import KL_ESTIMATORS, Normalizer, aggregate, policy_loss
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +33,7 @@ def batch(n=6, length=5, seed=0):
 def test_on_policy_loss_is_minus_mean_advantage_per_token():
     # ratio = 1 everywhere, no clipping: loss = -sum_{i,t} A_i m_it / T  (token-mean).
     logp, mask, adv = batch()
-    loss, m = policy_loss(logp, logp.clone(), adv, mask, LossConfig())
+    loss, m = policy_loss(logp, logp.clone(), adv, mask, plain_loss())
     expected = -(adv[:, None] * mask).sum() / mask.sum()
     assert float(loss) == pytest.approx(float(expected), abs=1e-12)
     assert (
@@ -44,13 +45,13 @@ def test_gradient_matches_policy_gradient_on_policy():
     # d loss / d logp_it = -A_i m_it / T when ratio = 1 (d ratio / d logp = ratio = 1).
     logp, mask, adv = batch()
     logp.requires_grad_(True)
-    loss, _ = policy_loss(logp, logp.detach(), adv, mask, LossConfig())
+    loss, _ = policy_loss(logp, logp.detach(), adv, mask, plain_loss())
     loss.backward()
     assert torch.allclose(logp.grad, -adv[:, None] * mask / mask.sum())
 
 
 def test_clipping_zeroes_the_gradient_only_on_the_clipped_side():
-    cfg = LossConfig(clip_low=0.2, clip_high=0.28)
+    cfg = plain_loss(clip_low=0.2, clip_high=0.28)
     old = torch.zeros(4, 1)
     # rows: A>0 ratio 1.5 (clipped high), A>0 ratio 0.5 (not clipped: min picks r*A),
     #       A<0 ratio 0.5 (clipped low),  A<0 ratio 1.5 (not clipped)
@@ -66,7 +67,7 @@ def test_clipping_zeroes_the_gradient_only_on_the_clipped_side():
 
 def test_dual_clip_caps_negative_advantage_loss():
     # A = -2, ratio = 5 > c = 3: the PPO term is -A r = 10, dual clip caps it at -A c = 6.
-    cfg = LossConfig(dual_clip=3.0)
+    cfg = plain_loss(dual_clip=3.0)
     logp = torch.log(torch.tensor([[5.0]])).requires_grad_(True)
     loss, m = policy_loss(
         logp, torch.zeros(1, 1), torch.tensor([-2.0]), torch.ones(1, 1, dtype=torch.bool), cfg
@@ -79,7 +80,7 @@ def test_dual_clip_caps_negative_advantage_loss():
         torch.zeros(1, 1),
         torch.tensor([-2.0]),
         torch.ones(1, 1, dtype=torch.bool),
-        LossConfig(),
+        plain_loss(),
     )
     assert float(loss_nc) == pytest.approx(10.0)
 
@@ -90,7 +91,7 @@ def test_numerical_gradient(agg, kl):
     logp, mask, adv = batch(seed=3)
     old = logp + 0.05 * torch.randn(logp.shape, generator=torch.Generator().manual_seed(4))
     ref = logp - 0.1
-    cfg = LossConfig(kl_coef=0.1, kl_estimator=kl, aggregation=agg, clip_high=10.0, clip_low=0.9)
+    cfg = plain_loss(kl_coef=0.1, kl_estimator=kl, aggregation=agg, clip_high=10.0, clip_low=0.9)
 
     def f(x):
         return policy_loss(x, old, adv, mask, cfg, ref_logp=ref)[0]
@@ -102,7 +103,7 @@ def test_numerical_gradient(agg, kl):
 def test_micro_batches_sum_to_the_mini_batch_loss(agg):
     logp, mask, adv = batch(n=12, length=7, seed=5)
     old, ref = logp + 0.1, logp - 0.2
-    cfg = LossConfig(kl_coef=0.05, aggregation=agg)
+    cfg = plain_loss(kl_coef=0.05, aggregation=agg)
     full, _ = policy_loss(logp, old, adv, mask, cfg, ref_logp=ref)
     norm = Normalizer.of(mask)  # totals of the whole mini-batch
     parts = [
@@ -147,8 +148,8 @@ def test_kl_estimators_expectations_are_exact_kl():
 def test_kl_needs_reference_and_beta_zero_skips_it():
     logp, mask, adv = batch()
     with pytest.raises(ValueError, match="ref_logp"):
-        policy_loss(logp, logp, adv, mask, LossConfig(kl_coef=0.1))
-    _, m = policy_loss(logp, logp, adv, mask, LossConfig(kl_coef=0.0))
+        policy_loss(logp, logp, adv, mask, plain_loss(kl_coef=0.1))
+    _, m = policy_loss(logp, logp, adv, mask, plain_loss(kl_coef=0.0))
     assert "kl_ref" not in m
 
 
@@ -160,7 +161,7 @@ def test_losses_finite_for_extreme_inputs():
         old,
         torch.tensor([1e3, -1e3]),
         torch.ones(2, 2, dtype=torch.bool),
-        LossConfig(kl_coef=1.0, dual_clip=3.0),
+        plain_loss(kl_coef=1.0, dual_clip=3.0),
         ref_logp=torch.zeros(2, 2),
     )
     assert math.isfinite(float(loss)) and all(math.isfinite(v) for v in m.values())
@@ -188,7 +189,7 @@ def test_eq7_gradient_ratio_through_the_loss(n_success):
         logp = torch.log_softmax(theta, 0)[tokens]  # [G, 4]
         adv = compute_advantages(name, rewards, gids, eps=0.0)
         loss, _ = policy_loss(
-            logp, logp.detach(), adv, torch.ones(G, 4, dtype=torch.bool), LossConfig()
+            logp, logp.detach(), adv, torch.ones(G, 4, dtype=torch.bool), plain_loss()
         )
         (g,) = torch.autograd.grad(loss, theta)
         return g

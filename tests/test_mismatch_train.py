@@ -2,8 +2,8 @@
 and rollout_correction/* metrics, the TensorBoard histogram, the record columns."""
 
 import pytest
-from mapo.trainer.records import read_records
 
+from mapo.analysis.records import read_records
 from mapo.pipeline.quickrun import run
 
 pytestmark = pytest.mark.slow

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from loss_config import plain_loss
 
 from mapo.advantages import ADVANTAGE_ESTIMATORS, compute_advantages
 from mapo.algorithm.config import AlgorithmConfig, ConfigError
@@ -20,7 +21,7 @@ LOSSES = sorted(AGG)
 
 
 def _cfg(name: str, **kw) -> LossConfig:
-    return LossConfig(policy_loss=name, aggregation=AGG[name], **kw)
+    return plain_loss(policy_loss=name, aggregation=AGG[name], **kw)
 
 
 def _batch(seed: int = 0, n: int = 5, length: int = 6, spread: float = 0.3):
@@ -177,7 +178,7 @@ def test_worked_example_cispo():
     # r = 1.5 > cap 1 + 0.28 = 1.28, A = 2, log pi = -0.5: loss = -1.28 * 2 * (-0.5) = 1.28,
     # gradient -1.28 * 2 = -2.56 (kept, unlike PPO's clip, which would zero it).
     logp, old, mask = _one([math.log(1.5)], logp0=-0.5 - math.log(1.5))
-    cfg = LossConfig(policy_loss="cispo", clip_high=0.28)
+    cfg = plain_loss(policy_loss="cispo", clip_high=0.28)
     loss, m = policy_loss(logp, old, torch.tensor([2.0], dtype=torch.float64), mask, cfg)
     assert float(loss) == pytest.approx(1.28) and m["clip_frac_high"] == 1.0
     assert float(torch.autograd.grad(loss, logp)[0]) == pytest.approx(-2.56)

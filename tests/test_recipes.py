@@ -66,7 +66,9 @@ def test_recipe_add_an_advantage_estimator(tmp_path, plugin):
 
 
 def test_recipe_add_a_reward(tmp_path, plugin):
+    from mapo.pipeline.build import make_scorer
     from mapo.rewards import REWARDS, score
+    from mapo.types import Completions, Prompt
 
     mod = plugin("""
         from mapo.rewards import register_reward
@@ -78,8 +80,16 @@ def test_recipe_add_a_reward(tmp_path, plugin):
             return fmt, acc
     """)
     try:
-        plan = _validate(tmp_path, f"plugins=[{mod}]", "data.task=recipe_yes")
-        assert plan.algo is not None
+        cfg = compose_config(["debug=fast", f"plugins=[{mod}]", "data.task=recipe_yes"],
+                             run_dir=tmp_path / "run")  # fmt: skip
+        assert validate(cfg).algo is not None
+        # the run's scorer uses it for every row, whatever kind the row's `task` column names
+        prompts = [Prompt(uid="r0", text="q", images=(), answer="yes", task="emotion")]
+        done = Completions(prompt_index=[0, 0], token_ids=[[1], [1]], text=["yes", "no"],
+                           truncated=[False, False])  # fmt: skip
+        scores = make_scorer(cfg)(prompts, done)
+        assert scores["accuracy"].tolist() == [1.0, 0.0]
+        assert scores["format"].tolist() == [1.0, 1.0]
         assert score("recipe_yes", "yes", "yes") == {"overall": 1.0, "format": 1.0, "accuracy": 1.0}
         assert score("recipe_yes", "no", "yes")["accuracy"] == 0.0
     finally:
@@ -145,7 +155,9 @@ def test_recipe_add_a_rollout_engine(tmp_path, plugin):
         engine = build_engine("recipe_echo", None, None, "", {})
         assert isinstance(engine, RolloutEngine)
         p = Prompt(uid="0", text="q", images=(), answer="awe", task="emotion")
-        out = engine.generate([p, p], SamplingConfig(n=3))
+        out = engine.generate(
+            [p, p], SamplingConfig(n=3, temperature=1.0, top_p=1.0, max_new_tokens=64)
+        )
         assert out.prompt_index == [0, 0, 0, 1, 1, 1] and out.text == ["awe"] * 6
     finally:
         ENGINES.remove("recipe_echo")

@@ -185,25 +185,22 @@ def test_a_checkpoint_with_a_pickled_object_is_refused(tmp_path):
 
 
 def test_module_checkpoint_state_loads_weights_only():
-    """What MAPOModule.on_save_checkpoint stores (RNG states as lists) survives weights_only."""
+    """What MAPOModule.on_save_checkpoint stores (mapo.rng.rng_state: RNG states as lists)
+    survives weights_only and restores the same streams."""
     import random
 
     import numpy as np
 
-    from mapo.trainer.module import _numpy_state, _to_lists, _to_tuples
+    from mapo.rng import rng_state, set_rng_state
 
-    state = {
-        "python": _to_lists(random.getstate()),
-        "numpy": _to_lists(np.random.get_state()),
-        "torch": torch.get_rng_state(),
-    }
+    state = rng_state()
     buf = BytesIO()
     torch.save({"mapo": {"rng": state, "stream": {"seed": 0, "epoch": 1}}}, buf)
     buf.seek(0)
     back = torch.load(buf, weights_only=True)["mapo"]["rng"]
-    random.setstate(_to_tuples(back["python"]))
-    np.random.set_state(_numpy_state(back["numpy"]))
-    assert random.getstate() == _to_tuples(state["python"])
+    expected = random.random(), float(np.random.rand()), float(torch.rand(()))
+    set_rng_state(back)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == expected
     assert torch.equal(back["torch"], state["torch"])
 
 

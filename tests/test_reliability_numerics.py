@@ -8,12 +8,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from loss_config import plain_loss
 
 from mapo.algorithm.advantages import ADVANTAGE_ESTIMATORS, compute_advantages
 from mapo.algorithm.losses import (
     KL_ESTIMATORS,
     LOSS_AGGREGATIONS,
-    LossConfig,
     Normalizer,
     policy_loss,
 )
@@ -88,7 +88,7 @@ def _loss_inputs(seed=0):
 def test_loss_and_gradient_finite_for_extreme_logprobs_and_empty_rows(agg, kl, dual_clip):
     logp, old, ref, mask, adv = _loss_inputs()
     logp.requires_grad_(True)
-    cfg = LossConfig(kl_coef=0.1, kl_estimator=kl, aggregation=agg, dual_clip=dual_clip)
+    cfg = plain_loss(kl_coef=0.1, kl_estimator=kl, aggregation=agg, dual_clip=dual_clip)
     loss, metrics = policy_loss(logp, old, adv, mask, cfg, ref_logp=ref)
     loss.backward()
     assert math.isfinite(float(loss)) and all(math.isfinite(v) for v in metrics.values())
@@ -100,7 +100,7 @@ def test_an_all_padding_mini_batch_gives_zero_loss():
     _, old, ref, _, adv = _loss_inputs()
     mask = torch.zeros(6, 5, dtype=torch.bool)
     logp = old.clone().requires_grad_(True)
-    loss, _ = policy_loss(logp, old, adv, mask, LossConfig(kl_coef=0.1), ref_logp=ref,
+    loss, _ = policy_loss(logp, old, adv, mask, plain_loss(kl_coef=0.1), ref_logp=ref,
                           norm=Normalizer.of(mask))  # fmt: skip
     loss.backward()
     assert float(loss) == 0.0 and bool((logp.grad == 0).all())
@@ -132,7 +132,7 @@ def test_padded_slots_with_a_suppressed_token_stay_finite(
     assert bool(torch.isfinite(logp).all()) and bool(torch.isfinite(ent).all())
     adv = torch.tensor([1.0, -1.0, 0.5])
     loss, _ = policy_loss(logp, logp.detach(), adv, inputs.completion_mask,
-                          LossConfig(kl_coef=0.1), ref_logp=logp.detach() - 1.0)  # fmt: skip
+                          plain_loss(kl_coef=0.1), ref_logp=logp.detach() - 1.0)  # fmt: skip
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(bool(torch.isfinite(g).all()) for g in grads)

@@ -5,9 +5,10 @@ import math
 
 import pytest
 import torch
+from loss_config import plain_loss
 
 from mapo.algorithm.config import AlgorithmConfig, ConfigError
-from mapo.algorithm.losses import LossConfig, policy_loss
+from mapo.algorithm.losses import policy_loss
 from mapo.algorithm.rollout_correction import (
     RolloutCorrection,
     correction,
@@ -56,7 +57,7 @@ def test_corrected_loss_is_the_weighted_surrogate_by_hand():
     adv = torch.tensor([1.0, -2.0])
     logp = torch.tensor([[-1.2, -0.4, -2.0], [-0.9, -1.1, 0.0]], requires_grad=True)
     w, _ = correction(logp.detach(), logp.detach() - DELTA, MASK, RolloutCorrection("token_tis"))
-    loss, _ = policy_loss(logp, logp.detach(), adv, MASK, LossConfig(), weights=w)
+    loss, _ = policy_loss(logp, logp.detach(), adv, MASK, plain_loss(), weights=w)
     want = -(1.0 * 3.25 + (-2.0) * 2.7) / 5
     assert float(loss.detach()) == pytest.approx(want, rel=1e-6)
     # the weight is a constant: the gradient is w_t times the uncorrected one
@@ -68,7 +69,7 @@ def test_corrected_loss_is_the_weighted_surrogate_by_hand():
 def test_correction_leaves_the_kl_term_alone():
     logp = torch.tensor([[-1.2, -0.4, -2.0], [-0.9, -1.1, 0.0]])
     ref = logp - 0.3
-    cfg = LossConfig(kl_coef=0.5)
+    cfg = plain_loss(kl_coef=0.5)
     adv = torch.zeros(2)  # no policy-gradient term: only the KL remains
     zero_w = torch.zeros(2, 3)
     plain, _ = policy_loss(logp, logp, adv, MASK, cfg, ref_logp=ref)

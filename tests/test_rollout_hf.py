@@ -29,7 +29,9 @@ def _boost(model, token_ids, amount: float):
 def test_generates_b_times_g_with_group_ids(model, tiny_processor, tiny_prompts):
     engine = HFEngine(model, tiny_processor)
     assert isinstance(engine, RolloutEngine)
-    out = engine.generate(tiny_prompts, SamplingConfig(n=4, max_new_tokens=10, seed=0))
+    out = engine.generate(
+        tiny_prompts, SamplingConfig(n=4, temperature=1.0, top_p=1.0, max_new_tokens=10, seed=0)
+    )
     assert len(out) == 12 and out.prompt_index == [0] * 4 + [1] * 4 + [2] * 4
     assert len(out.text) == len(out.truncated) == len(out.logprobs) == 12
     assert all(1 <= len(t) <= 10 for t in out.token_ids)
@@ -43,7 +45,7 @@ def test_suppressed_tokens_never_appear(model, tiny_processor, tiny_prompts):
     tok = tiny_processor.tokenizer
     boosted = tok.convert_tokens_to_ids(["<|image_pad|>", "<|vision_start|>", "<|im_start|>"])
     _boost(model, boosted, 50.0)  # without suppression these would be sampled almost always
-    sampling = SamplingConfig(n=4, max_new_tokens=8, seed=1)
+    sampling = SamplingConfig(n=4, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=1)
     raw = HFEngine(model, tiny_processor, suppress_special=False).generate(tiny_prompts, sampling)
     assert sum(t in boosted for ids in raw.token_ids for t in ids) > 40  # the control
     engine = HFEngine(model, tiny_processor)
@@ -59,11 +61,15 @@ def test_truncation_flags(model, tiny_processor, tiny_prompts):
     engine = HFEngine(model, tiny_processor)
     eos = engine.eos_token_ids
     hook = _boost(model, eos, -50.0)  # eos (almost) impossible: every completion hits the cap
-    out = engine.generate(tiny_prompts, SamplingConfig(n=2, max_new_tokens=6, seed=2))
+    out = engine.generate(
+        tiny_prompts, SamplingConfig(n=2, temperature=1.0, top_p=1.0, max_new_tokens=6, seed=2)
+    )
     assert all(out.truncated) and all(len(t) == 6 for t in out.token_ids)
     hook.remove()
     _boost(model, eos[:1], 50.0)  # <|im_end|> (almost) certain: one-token completions
-    out = engine.generate(tiny_prompts, SamplingConfig(n=2, max_new_tokens=6, seed=2))
+    out = engine.generate(
+        tiny_prompts, SamplingConfig(n=2, temperature=1.0, top_p=1.0, max_new_tokens=6, seed=2)
+    )
     assert not any(out.truncated)
     assert all(ids == [eos[0]] for ids in out.token_ids)
     assert out.text == [""] * 6  # eos is a special token, skipped in the text
@@ -76,7 +82,7 @@ def test_sampler_logprobs_match_token_logprobs(
     # the sampler log-probs are those of the tempered, suppressed distribution before top-p
     sharpen(model)  # so that any position mismatch between generate and training shows
     engine = HFEngine(model, tiny_processor)
-    sampling = SamplingConfig(n=3, max_new_tokens=12, temperature=temperature, top_p=top_p, seed=3)
+    sampling = SamplingConfig(n=3, temperature=temperature, top_p=top_p, max_new_tokens=12, seed=3)
     out = engine.generate(tiny_prompts, sampling)
     inputs = build_policy_inputs(
         tiny_processor, tiny_prompts, out, pad_token_id=engine.pad_token_id
@@ -93,7 +99,7 @@ def test_sampler_logprobs_match_token_logprobs(
 
 def test_seed_reproduces_and_leaves_global_rng_alone(model, tiny_processor, tiny_prompts):
     engine = HFEngine(model, tiny_processor)
-    sampling = SamplingConfig(n=2, max_new_tokens=8, seed=7)
+    sampling = SamplingConfig(n=2, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=7)
     torch.manual_seed(123)
     a = engine.generate(tiny_prompts, sampling)
     after = torch.rand(1)
@@ -104,7 +110,7 @@ def test_seed_reproduces_and_leaves_global_rng_alone(model, tiny_processor, tiny
 
 
 def test_greedy_and_sync_weights(tiny_model_dir, model, tiny_processor, tiny_prompts):
-    greedy = SamplingConfig(n=1, temperature=0.0, max_new_tokens=6)
+    greedy = SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_new_tokens=6)
     other = load_policy(tiny_model_dir)
     with torch.no_grad():
         for p in other.parameters():
@@ -132,7 +138,7 @@ def test_shared_prefill_gives_the_same_samples(
         lambda _m, args, kw: patches.append((args[0] if args else kw["hidden_states"]).shape[0]),
         with_kwargs=True,
     )
-    sampling = SamplingConfig(n=4, max_new_tokens=12, temperature=temperature, seed=11)
+    sampling = SamplingConfig(n=4, temperature=temperature, top_p=1.0, max_new_tokens=12, seed=11)
     try:
         full = HFEngine(model, tiny_processor, share_prefill=False).generate(tiny_prompts, sampling)
         shared = HFEngine(model, tiny_processor).generate(tiny_prompts, sampling)
@@ -159,7 +165,9 @@ def test_sampler_logprobs_vs_trainer_at_each_precision(
 
     model = sharpen(load_policy(tiny_model_dir)).to(dtype).eval()
     engine = HFEngine(model, tiny_processor)
-    out = engine.generate(tiny_prompts, SamplingConfig(n=4, max_new_tokens=16, seed=3))
+    out = engine.generate(
+        tiny_prompts, SamplingConfig(n=4, temperature=1.0, top_p=1.0, max_new_tokens=16, seed=3)
+    )
     inputs = build_policy_inputs(
         tiny_processor, tiny_prompts, out, pad_token_id=engine.pad_token_id
     )

@@ -122,7 +122,7 @@ def _make_probe_class():
                 with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
                     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 reference.load_state_dict(state)
-                greedy = SamplingConfig(n=1, temperature=0.0, max_new_tokens=8)
+                greedy = SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_new_tokens=8)
                 ours, theirs = engine.generate(prompts, greedy), hf.generate(prompts, greedy)
                 self.record["syncs"].append({
                     "global_step": trainer.global_step,
@@ -198,7 +198,8 @@ def _train(run_dir: Path, *extra: str) -> tuple[dict[int, dict], float]:
 
 def _rank_records(run_dir: Path, step: int, rank: int):
     import pandas as pd
-    from mapo.trainer.records import record_path
+
+    from mapo.analysis.records import record_path
 
     return pd.read_parquet(record_path(run_dir, step, rank))
 

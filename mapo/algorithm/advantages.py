@@ -11,8 +11,9 @@ Notation (MAPO paper, arXiv 2509.18849, section 3):
     lambda(p)   1 - 4 p (1 - p): trajectory certainty                  eq. (5)
     MAPO        (1 - lambda) * (r - mu) / sigma + lambda * (r - mu) / mu   eq. (6)
 
-To change a formula, edit its registered function below; `compute_advantages(name, ...)` is the
-only entry point the trainer uses.
+To change a formula, edit its registered function below. There is one code path:
+`compute_advantages_with_stats` (the trainer calls it, for the group stats it logs and records);
+`compute_advantages(name, ...)` is its thin wrapper that returns the advantages only.
 """
 
 from __future__ import annotations

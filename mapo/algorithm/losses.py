@@ -49,15 +49,16 @@ KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 
 @dataclass(frozen=True)
 class LossConfig:
-    clip_low: float = 0.2  # eps_low: ratio floor 1 - eps_low for negative advantages
-    clip_high: float = 0.2  # eps_high: ratio ceiling 1 + eps_high (DAPO clip-higher: 0.28)
-    dual_clip: float | None = None  # c > 1 caps -A * ratio for A < 0 at -A * c (verl: 3.0)
-    kl_coef: float = 0.0  # beta; 0 skips the reference model entirely
-    kl_estimator: str = "k3"
-    aggregation: str = "token-mean"
-    policy_loss: str = "ppo_clip"  # ppo_clip | gspo | gspo_token | cispo | sapo
-    sapo_tau_pos: float = 1.0  # SAPO gate temperature, A > 0
-    sapo_tau_neg: float = 1.05  # SAPO gate temperature, A <= 0
+    # No defaults: built by AlgorithmConfig.loss_config() from conf/algorithm/ (the one home).
+    clip_low: float  # eps_low: ratio floor 1 - eps_low for negative advantages
+    clip_high: float  # eps_high: ratio ceiling 1 + eps_high (DAPO clip-higher: 0.28)
+    dual_clip: float | None  # c > 1 caps -A * ratio for A < 0 at -A * c (verl: 3.0)
+    kl_coef: float  # beta; 0 skips the reference model entirely
+    kl_estimator: str
+    aggregation: str
+    policy_loss: str  # ppo_clip | gspo | gspo_token | cispo | sapo
+    sapo_tau_pos: float  # SAPO gate temperature, A > 0
+    sapo_tau_neg: float  # SAPO gate temperature, A <= 0
 
     def params(self) -> LossParams:
         return LossParams(self.clip_low, self.clip_high, self.dual_clip,

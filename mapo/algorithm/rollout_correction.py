@@ -170,7 +170,7 @@ class StepMismatch:
     sampler_seq_logp: Tensor  # [N] sum_t log mu(y_t)
 
     def seq_logprobs(self) -> dict[str, Tensor]:
-        """The rollout-record columns (mapo/trainer/records.py)."""
+        """The rollout-record columns (mapo/analysis/records.py)."""
         return {"trainer_logprob_sum": self.trainer_seq_logp,
                 "sampler_logprob_sum": self.sampler_seq_logp}  # fmt: skip
 

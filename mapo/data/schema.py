@@ -10,7 +10,7 @@ A split is a parquet file (or an HF ``save_to_disk`` folder) with the columns
                               several accepted answers are listed one per line)
     choices  list[str] | null optional; required for emotion rows (the allowed labels)
     source   str              dataset name, for per-dataset metrics
-    task     str              reward kind: "math" or "emotion"
+    task     str              the data's kind, "math" or "emotion" (the reward is data.task)
 
 ``write_rows`` writes that schema (with HF feature metadata, so ``datasets`` decodes the
 images); ``validate_rows`` checks rows and either raises ``BadRowError`` naming the file, row

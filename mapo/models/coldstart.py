@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from typing import Any
 
 import torch
 
+from mapo.atomic import build_dir
 from mapo.console.progress import Progress
 from mapo.data.prompts import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, load_template, to_prompt
 from mapo.types import Completions
@@ -185,8 +185,8 @@ def _save(model, processor, base: Path, out: Path, meta: dict[str, Any]) -> None
     """Write the warm model into ``out`` (which must not exist) via a sibling temp folder."""
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_temp_dirs(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         if base.is_dir():  # tokenizer / processor / chat template exactly as the base has them
             for item in base.iterdir():
                 if (
@@ -199,12 +199,8 @@ def _save(model, processor, base: Path, out: Path, meta: dict[str, Any]) -> None
             processor.save_pretrained(tmp)
         model.save_pretrained(tmp)
         (tmp / "coldstart.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        os.rename(tmp, out)
-    except OSError:
-        if not (out / "coldstart.json").is_file():  # not a lost race with another builder
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    build_dir(out, write, done=(out / "coldstart.json").is_file)
 
 
 def coldstart(

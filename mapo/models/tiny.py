@@ -17,13 +17,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from mapo.atomic import build_dir
 from mapo.models.processor import STOCK_PROCESSOR_CLASS
 from mapo.models.tiny_tokenizer import SPECIAL_TOKENS, default_corpus, train_tiny_tokenizer
 
@@ -196,13 +196,9 @@ def tiny_model_path(
     if final.is_dir():
         return final
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=cache))
-    try:
+
+    def build(tmp: Path) -> None:
         build_tiny_vlm(tmp, seed=seed, corpus=corpus, size=size, overwrite=True)
-        os.rename(tmp, final)
-    except OSError:
-        if not final.is_dir():  # not a lost race with another builder: a real failure
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    build_dir(final, build, done=final.is_dir)
     return final

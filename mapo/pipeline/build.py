@@ -19,10 +19,13 @@ log = logging.getLogger(__name__)
 
 
 def make_scorer(cfg: DictConfig):
+    """Score every completion with the run's reward kind, `data.task` (validated against the
+    reward registry, so a plugin's reward is used by naming it there); a row's `task` column
+    names the data's kind (math | emotion) and picks the default prompt template."""
     from mapo.rewards import score_batch
 
     def scorer(prompts, completions) -> dict[str, Any]:
-        kinds = [prompts[i].task for i in completions.prompt_index]
+        kinds = [cfg.data.task] * len(completions.prompt_index)
         answers = [prompts[i].answer for i in completions.prompt_index]
         rb = score_batch(kinds, completions.text, answers, format_weight=cfg.reward.format_weight,
                          grader=cfg.reward.grader, timeout_s=cfg.reward.timeout_s,
@@ -52,7 +55,7 @@ def prepare_data(cfg: DictConfig) -> dict[str, Any]:
             syn.name, cfg.data.root, seed=syn.seed, n_train=syn.n_train, n_test=syn.n_test
         )
     load = partial(load_split, on_bad_row=cfg.data.on_bad_row,
-                   max_image_pixels=cfg.data.get("max_image_pixels"))  # fmt: skip
+                   max_image_pixels=cfg.data.max_image_pixels)  # fmt: skip
     train = load(cfg.data.train)
     require_rows(train, "data.train", cfg.data.train)
     evals = {

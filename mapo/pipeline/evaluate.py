@@ -27,7 +27,7 @@ def _load_model(cfg: DictConfig, data: dict[str, Any]) -> tuple[Any, Any, str]:
     """(policy, processor, folder the engine builds from) for cfg.model_to_eval."""
     from mapo.models.loading import load_policy, load_processor
 
-    target = cfg.get("model_to_eval")
+    target = cfg.model_to_eval
     kw = dict(dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
               trust_remote_code=cfg.model.trust_remote_code)  # fmt: skip
     if target is not None and str(target).endswith(".ckpt"):
@@ -58,7 +58,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     data = prepare_data(cfg)
     policy, processor, folder = _load_model(cfg, data)
-    if cfg.rollout.engine == "vllm" and str(cfg.get("model_to_eval") or "").endswith(".ckpt"):
+    if cfg.rollout.engine == "vllm" and str(cfg.model_to_eval or "").endswith(".ckpt"):
         raise ValueError(
             "rollout=vllm needs a Hugging Face folder; export the checkpoint first or use rollout=hf"
         )
@@ -72,7 +72,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
                                 batch_size=cfg.eval_batch_size, keep_predictions=True)  # fmt: skip
     summary = {"eval": block, "after": block,
                "config": {"experiment_name": f"{cfg.experiment_name} [eval {Path(str(folder)).name}]", "estimator": f"eval:{Path(str(folder)).name}",
-                          "model": str(cfg.get("model_to_eval") or folder),
+                          "model": str(cfg.model_to_eval or folder),
                           "filtered_long_prompts": dropped,
                           "sampling": vars(plan.eval_sampling)}}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

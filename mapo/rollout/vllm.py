@@ -22,7 +22,6 @@ import contextlib
 import importlib.util
 import logging
 import os
-import random
 import sys
 import time
 import types
@@ -32,6 +31,7 @@ from typing import Any, TypedDict
 import numpy as np
 import torch
 
+from mapo.rng import rng_state, set_rng_state
 from mapo.rollout.vllm_env import distributed_env, env_defaults
 from mapo.rollout.weight_sync import iter_weights, vllm_model_checksums
 from mapo.types import Completions, Prompt, SamplingConfig
@@ -108,17 +108,12 @@ def _preserve_process_state() -> Iterator[None]:
     python / numpy / torch RNGs (the trainer's random stream must not depend on whether vLLM
     is used) and replaces ``torch.set_num_threads`` with a no-op (the trainer keeps control of
     its thread count; vLLM's bound OpenMP threads then follow it)."""
-    py, npy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    rng = rng_state()
     set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
     try:
         yield
     finally:
-        random.setstate(py)
-        np.random.set_state(npy)
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
+        set_rng_state(rng)
         torch.set_num_threads = set_num_threads
         torch.set_num_threads(threads)
 

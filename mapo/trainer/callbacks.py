@@ -98,10 +98,24 @@ class RolloutCallback(Callback):
         If still short, pad with the rejected groups of highest spread (they carry ~zero
         advantage) so that every rank runs the same number of forward passes (ZeRO-3 gathers
         parameters collectively in each forward)."""
-        from mapo.rollout.merge import concat_rollouts, select_groups
+        from mapo.rollout.merge import select_groups
 
         want = self.algo.rollout_batch_size // world
         pool = (prompts, comps, gids, self.scorer(prompts, comps))
+        pool, keep, spread, tries, generations = self._draw_until_full(module, pool, want)
+        kept, padded = _fill_with_rejected(keep[:want], spread, want)
+        out = select_groups(pool, kept)
+        stats = {"dapo/tries": float(tries), "dapo/generations": float(generations),
+                 "dapo/kept_groups": float(min(len(keep), want)),
+                 "dapo/padded_groups": float(padded), "dapo/candidate_groups": float(len(spread))}  # fmt: skip
+        return (*out, stats)
+
+    def _draw_until_full(self, module, pool, want: int):
+        """Filter the scored pool; while any rank has fewer than `want` kept groups and tries
+        remain, draw another rollout batch (a full rank only skips the stream ahead).
+        Returns (pool, kept group ids, every group's spread, tries, generations)."""
+        from mapo.rollout.merge import concat_rollouts
+
         tries = generations = 1
         while True:
             keep, spread = _group_filter(
@@ -111,7 +125,7 @@ class RolloutCallback(Callback):
             # the group ids) stays the same on all ranks; a rank that is full only skips ahead.
             short = len(keep) < want
             if tries >= self.algo.filter_max_tries or not _any_rank(short, module.device):
-                break
+                return pool, keep, spread, tries, generations
             if short:
                 more = self._generate(module, self.algo.rollout_batch_size)
                 pool = concat_rollouts(pool, (*more, self.scorer(more[0], more[1])))
@@ -119,19 +133,16 @@ class RolloutCallback(Callback):
             else:
                 module.stream.next(self.algo.rollout_batch_size)
             tries += 1
-        kept = keep[:want]
-        padded = 0
-        if len(kept) < want:
-            rejected = [
-                g for g in sorted(spread, key=spread.get, reverse=True) if g not in set(kept)
-            ]
-            padded = want - len(kept)
-            kept = kept + rejected[:padded]
-        out = select_groups(pool, kept)
-        stats = {"dapo/tries": float(tries), "dapo/generations": float(generations),
-                 "dapo/kept_groups": float(min(len(keep), want)),
-                 "dapo/padded_groups": float(padded), "dapo/candidate_groups": float(len(spread))}  # fmt: skip
-        return (*out, stats)
+
+
+def _fill_with_rejected(kept: list, spread: dict, want: int) -> tuple[list, int]:
+    """Pad `kept` to `want` groups with the rejected ones of highest reward spread; returns
+    (groups, how many were padded)."""
+    if len(kept) >= want:
+        return kept, 0
+    rejected = [g for g in sorted(spread, key=spread.get, reverse=True) if g not in set(kept)]
+    padded = want - len(kept)
+    return kept + rejected[:padded], padded
 
 
 def _seed_for_rank(rank: int) -> None:

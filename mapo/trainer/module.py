@@ -14,13 +14,11 @@ Who is who:
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections import defaultdict
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -34,6 +32,7 @@ from mapo.algorithm.losses import Normalizer, policy_loss
 from mapo.algorithm.rollout_correction import correction, sampler_logprobs, step_mismatch
 from mapo.models.batching import PolicyInputs, build_policy_inputs
 from mapo.models.logprobs import token_logprobs
+from mapo.rng import rng_state, set_rng_state
 from mapo.trainer.strategies import optimizer_update
 from mapo.types import OptimConfig, RolloutBatch, SamplingConfig
 
@@ -52,7 +51,7 @@ class MAPOModule(pl.LightningModule):
         suppress_ids: list[int] | None = None,
         records: Any = None,  # mapo.analysis.records.RecordWriter or None
         log_entropy: bool = True,
-        share_prompt: bool = True,  # one backbone pass per distinct prompt (models/logprobs.py)
+        share_prompt: bool,  # model.share_prompt: one backbone pass per distinct prompt
     ):
         super().__init__()
         self.automatic_optimization = False  # RL steps are not (x, y) batches
@@ -177,7 +176,7 @@ class MAPOModule(pl.LightningModule):
         n = inputs.completion_ids.shape[0]
         need_old = self.algo.updates_per_rollout > 1
         old = [] if need_old else None
-        ref = [] if self.reference is not None and self.loss_cfg.kl_coef > 0 else None
+        ref = [] if self.reference is not None and self.algo.needs_reference else None
         for idx in self._micro_slices(n):
             sub = inputs.select(idx)
             if old is not None:
@@ -354,13 +353,7 @@ class MAPOModule(pl.LightningModule):
         checkpoint["mapo"] = {
             "stream": self.stream.state_dict() if self.stream is not None else None,
             "weights_version": self.weights_version,
-            "rng": {
-                # plain lists/tensors only, so `torch.load(weights_only=True)` reads them back
-                "python": _to_lists(random.getstate()),
-                "numpy": _to_lists(np.random.get_state()),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            },
+            "rng": rng_state(),  # plain lists/tensors: `torch.load(weights_only=True)` reads it
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -375,12 +368,7 @@ class MAPOModule(pl.LightningModule):
         if self.stream is not None and st.get("stream"):
             self.stream.load_state_dict(st["stream"])
         self.weights_version = int(st.get("weights_version", 0)) + 1  # force an engine sync
-        rng = st["rng"]
-        random.setstate(_to_tuples(rng["python"]))
-        np.random.set_state(_numpy_state(rng["numpy"]))
-        torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        set_rng_state(st["rng"])
 
 
 def _offloads_optimizer(trainer: Any) -> bool:
@@ -402,20 +390,3 @@ def _split_hists(metrics: dict[str, Any]) -> tuple[dict[str, float], dict[str, T
         else:
             scalars[k] = float(v)
     return scalars, hists
-
-
-def _to_lists(x: Any) -> Any:
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, (tuple, list)):
-        return [_to_lists(v) for v in x]
-    return x
-
-
-def _to_tuples(x: Any) -> Any:
-    return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
-
-
-def _numpy_state(x: list) -> tuple:
-    name, keys, pos, has_gauss, cached = x
-    return (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
