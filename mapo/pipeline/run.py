@@ -91,6 +91,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         temperature=plan.sampling.temperature, total_steps=cfg.steps,
         suppress_ids=policy_suppressed_ids(policy, processor), records=records,
         share_prompt=cfg.model.get("share_prompt", True),
+        padding_free=cfg.model.get("padding_free", False),
     )  # fmt: skip
     module.stream = PromptStream(
         train_rows, seed=cfg.seed, rank=trainer.global_rank, world_size=trainer.world_size

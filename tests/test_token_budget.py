@@ -1,0 +1,265 @@
+"""Token-budget micro-batches (algorithm.max_tokens_per_micro_batch): the plan, and the RL
+module's update with it equal to one big micro-batch, plain and under DeepSpeed (ZeRO-2/3,
+one and two processes), for every loss aggregation; ranks run the same number of forwards.
+
+The module checks run in subprocesses (DeepSpeed's process group outlives a test); this file
+is also their worker: ``python tests/test_token_budget.py --devices N --out F --configs a,b``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mapo.models.micro_batching import computed_tokens, plan_micro_batches
+
+ROOT = Path(__file__).resolve().parents[1]
+GROUP, PROMPTS = 4, 3
+# completion lengths [rank][row]: long-tailed and different on each rank
+LENGTHS = (
+    [3, 40, 7, 12, 2, 25, 9, 5, 31, 4, 14, 8],
+    [6, 2, 9, 3, 48, 4, 11, 7, 3, 5, 2, 10],
+)
+BUDGET = 260  # tokens per micro-batch: several micro-batches, a different count on each rank
+LR = 1e-3
+MODES = ("big", "budget", "budget_packed", "budget_packed_shared")
+
+
+# ---------------------------------------------------------------- the plan (no model)
+
+
+def _lognormal(n, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    lengths = (torch.randn(n, generator=gen) * 0.8 + 5.3).exp().round().clamp(1, 1024)
+    return lengths.long()
+
+
+@pytest.mark.parametrize("packed,share", [(False, False), (True, False), (True, True)])
+def test_plan_covers_every_row_once_within_budget(packed, share):
+    n, budget = 96, 4096
+    completion = _lognormal(n)
+    prompt = torch.randint(100, 400, (n // 8,), generator=torch.Generator().manual_seed(1))
+    index = torch.arange(n) // 8
+    prompt = prompt[index]
+    plan = plan_micro_batches(prompt, completion, index, budget, packed=packed, share_prompt=share)
+    rows = torch.cat(plan).sort().values
+    assert rows.tolist() == list(range(n))
+    for b in plan:
+        assert 0 < computed_tokens(prompt[b], completion[b], index[b], packed=packed,
+                                   share_prompt=share) <= budget  # fmt: skip
+
+
+def test_sorted_budget_wastes_less_than_fixed_micro_batches():
+    n = 128
+    completion, index = _lognormal(n, seed=2), torch.arange(n) // 8
+    prompt = torch.full((n,), 200)
+    fixed = sum(
+        computed_tokens(prompt[b], completion[b], index[b], packed=False, share_prompt=False)
+        for b in torch.arange(n).split(8)
+    )
+    plan = plan_micro_batches(prompt, completion, index, 8 * 1224, packed=False)
+    budget = sum(
+        computed_tokens(prompt[b], completion[b], index[b], packed=False, share_prompt=False)
+        for b in plan
+    )
+    useful = int((prompt + completion).sum())
+    assert (budget - useful) / budget < 0.5 * (fixed - useful) / fixed
+
+
+def test_min_count_splits_then_pads_with_empty_micro_batches():
+    prompt, completion, index = torch.tensor([5, 5, 5]), torch.tensor([3, 4, 2]), torch.zeros(3)
+    index = index.long()
+    plan = plan_micro_batches(prompt, completion, index, 1000, min_count=2)
+    assert len(plan) == 2 and sorted(torch.cat(plan).tolist()) == [0, 1, 2]
+    plan = plan_micro_batches(prompt, completion, index, 1000, min_count=5)
+    assert len(plan) == 5 and sum(b.numel() == 0 for b in plan) == 2
+    assert sorted(torch.cat(plan).tolist()) == [0, 1, 2]
+
+
+def test_a_row_over_the_budget_is_a_clear_error():
+    with pytest.raises(ValueError, match="max_tokens_per_micro_batch=10 is below one rollout"):
+        plan_micro_batches(torch.tensor([8]), torch.tensor([5]), torch.tensor([0]), 10)
+
+
+# ---------------------------------------------------------------- the module (worker)
+
+
+def _prompts(processor):
+    import numpy as np
+    from PIL import Image
+
+    from mapo.types import Prompt
+
+    out = []
+    for k, (size, question) in enumerate(
+        [((56, 56), "Which emotion?"), ((84, 56), "How many dots are there?"), ((56, 28), "Go")]
+    ):
+        rng = np.random.default_rng(k)
+        image = Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype("uint8"))
+        content = [{"type": "image"}, {"type": "text", "text": question}]
+        text = processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
+        out.append(Prompt(uid=str(k), text=text, images=(image,), answer="1", task="emotion"))
+    return out
+
+
+def _module(mode: str, aggregation: str, model_dir: Path):
+    from mapo.algorithm.config import AlgorithmConfig
+    from mapo.models.batching import build_policy_inputs
+    from mapo.models.loading import load_policy, load_processor
+    from mapo.trainer.module import MAPOModule
+    from mapo.types import Completions, OptimConfig
+
+    processor = load_processor(model_dir)
+    torch.manual_seed(0)
+    policy = load_policy(model_dir)
+    n = GROUP * PROMPTS
+    algo = AlgorithmConfig(
+        group_size=GROUP, rollout_batch_size=PROMPTS, mini_batch_size=PROMPTS,
+        micro_batch_size=n, shuffle=False, kl_coef=0.0, loss_agg=aggregation,
+        max_tokens_per_micro_batch=None if mode == "big" else BUDGET,
+    )  # fmt: skip
+
+    class Probe(MAPOModule):
+        def training_step(self, batch, batch_idx):
+            rank = self.global_rank
+            gen = torch.Generator().manual_seed(rank)
+            ids = [torch.randint(20, 400, (k,), generator=gen).tolist() for k in LENGTHS[rank]]
+            comps = Completions(
+                prompt_index=[i // GROUP for i in range(n)], token_ids=ids, text=[""] * n,
+                truncated=[False] * n,
+            )  # fmt: skip
+            inputs = build_policy_inputs(self.processor, _prompts(self.processor), comps,
+                                         pad_token_id=self.pad_token_id)  # fmt: skip
+            adv = torch.randn(n, generator=gen)
+            counter = []
+            hook = self.policy.model.register_forward_pre_hook(lambda *_: counter.append(1))
+            self.result = self._update(inputs.to(self.device), adv, None, None)
+            hook.remove()
+            self.result["forwards"] = len(counter)
+
+    return Probe(
+        policy, processor, algo, OptimConfig(lr=LR, grad_clip=None), log_entropy=False,
+        share_prompt=mode.endswith("shared"), padding_free="packed" in mode,
+    )  # fmt: skip
+
+
+def _params(module):
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    strategy = module.trainer.strategy
+    params = list(module.policy.parameters())
+    if isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params):
+            return torch.cat([p.detach().flatten() for p in params]).tolist()
+    return torch.cat([p.detach().flatten() for p in params]).tolist()
+
+
+def run_worker(devices: int, configs: list[str], model_dir: Path) -> dict:
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader
+
+    from mapo.trainer.strategies import CPUDeepSpeedStrategy
+
+    torch.set_num_threads(1)
+    results = {}
+    for config in configs:  # strategy:aggregation:mode
+        strategy_name, aggregation, mode = config.split(":")
+        strategy = (
+            CPUDeepSpeedStrategy(stage=int(strategy_name[-1]), process_group_backend="gloo")
+            if strategy_name.startswith("zero")
+            else "auto"
+        )
+        trainer = pl.Trainer(
+            accelerator="cpu", devices=devices, strategy=strategy, max_steps=1, logger=False,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        )  # fmt: skip
+        module = _module(mode, aggregation, model_dir)
+        trainer.fit(module, train_dataloaders=DataLoader([0]))
+        results[config] = {**module.result, "params": _params(module)}
+    return results
+
+
+def _worker_main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--devices", type=int, required=True)
+    parser.add_argument("--configs", required=True)
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    results = run_worker(args.devices, args.configs.split(","), Path(args.model_dir))
+    rank = int(os.environ.get("LOCAL_RANK", "0"))
+    Path(f"{args.out}.rank{rank}").write_text(json.dumps(results))
+
+
+def _run(tmp_path, model_dir, devices, configs) -> list[dict]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+    out = tmp_path / "out.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--devices", str(devices),
+           "--configs", ",".join(configs), "--model-dir", str(model_dir), "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return [json.loads(Path(f"{out}.rank{r}").read_text()) for r in range(devices)]
+
+
+def _assert_same_update(got: dict, ref: dict) -> None:
+    """The pre-clip gradient norm checks the gradient's scale; the parameters after the AdamW
+    step its direction (Adam's first step is ~ lr * sign(grad), so a wrong or missing row moves
+    parameters by ~lr; float rounding of near-zero gradients moves them by < 2 % of lr)."""
+    assert abs(got["grad_norm"] - ref["grad_norm"]) <= 1e-5 * ref["grad_norm"]
+    diff = (torch.tensor(got["params"]) - torch.tensor(ref["params"])).abs().max()
+    assert float(diff) < 0.05 * LR, float(diff)
+
+
+AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
+
+
+@pytest.mark.slow
+def test_budget_update_equals_one_big_batch_plain(tmp_path, tiny_model_dir):
+    configs = [f"plain:{a}:{m}" for a in AGGREGATIONS for m in MODES]
+    (res,) = _run(tmp_path, tiny_model_dir, 1, configs)
+    for a in AGGREGATIONS:
+        ref = res[f"plain:{a}:big"]
+        assert ref["forwards"] == 1
+        for m in MODES[1:]:
+            got = res[f"plain:{a}:{m}"]
+            assert got["forwards"] > 1, m  # the budget really split the mini-batch
+            _assert_same_update(got, ref)
+
+
+@pytest.mark.slow
+@pytest.mark.deepspeed
+@pytest.mark.parametrize("stage", [2, 3])
+def test_budget_update_equals_one_big_batch_under_deepspeed_two_ranks(
+    tmp_path, tiny_model_dir, stage
+):
+    aggs = AGGREGATIONS if stage == 3 else ("token-mean",)
+    configs = [f"zero{stage}:{a}:{m}" for a in aggs for m in ("big", "budget", "budget_packed")]
+    ranks = _run(tmp_path, tiny_model_dir, 2, configs)
+    plan_counts = []
+    for r, LEN in enumerate(LENGTHS):
+        prompt = torch.full((len(LEN),), 1)  # the count differs by rank without agreement
+        plan_counts.append(len(plan_micro_batches(prompt, torch.tensor(LEN), torch.arange(12) // 4,
+                                                  BUDGET)))  # fmt: skip
+    for a in aggs:
+        for m in ("budget", "budget_packed"):
+            counts = [res[f"zero{stage}:{a}:{m}"]["forwards"] for res in ranks]
+            assert counts[0] == counts[1] > 1, (m, counts)
+            for res in ranks:
+                _assert_same_update(res[f"zero{stage}:{a}:{m}"], res[f"zero{stage}:{a}:big"])
+    assert plan_counts[0] != plan_counts[1]  # the lengths do need the agreement
+
+
+if __name__ == "__main__":
+    _worker_main()
