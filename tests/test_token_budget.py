@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mapo.models.micro_batching import computed_tokens, plan_micro_batches
+from mapo.models.micro_batching import computed_tokens, plan_micro_batches, row_lengths
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUP, PROMPTS = 4, 3
@@ -27,7 +27,9 @@ LENGTHS = (
     [3, 40, 7, 12, 2, 25, 9, 5, 31, 4, 14, 8],
     [6, 2, 9, 3, 48, 4, 11, 7, 3, 5, 2, 10],
 )
-BUDGET = 260  # tokens per micro-batch: several micro-batches, a different count on each rank
+# tokens per micro-batch: several micro-batches, a different count on each rank (shared
+# prompts count once, so that mode gets a smaller budget to still split)
+BUDGET = {"budget": 260, "budget_packed": 260, "budget_packed_shared": 110}
 LR = 1e-3
 MODES = ("big", "budget", "budget_packed", "budget_packed_shared")
 
@@ -125,7 +127,7 @@ def _module(mode: str, aggregation: str, model_dir: Path):
     algo = AlgorithmConfig(
         group_size=GROUP, rollout_batch_size=PROMPTS, mini_batch_size=PROMPTS,
         micro_batch_size=n, shuffle=False, kl_coef=0.0, loss_agg=aggregation,
-        max_tokens_per_micro_batch=None if mode == "big" else BUDGET,
+        max_tokens_per_micro_batch=BUDGET.get(mode),
     )  # fmt: skip
 
     class Probe(MAPOModule):
@@ -140,11 +142,18 @@ def _module(mode: str, aggregation: str, model_dir: Path):
             inputs = build_policy_inputs(self.processor, _prompts(self.processor), comps,
                                          pad_token_id=self.pad_token_id)  # fmt: skip
             adv = torch.randn(n, generator=gen)
+            if algo.max_tokens_per_micro_batch is not None:  # this rank's plan before agreeing
+                prompt, completion = row_lengths(inputs)
+                local = plan_micro_batches(prompt, completion, inputs.prompt_index,
+                                           algo.max_tokens_per_micro_batch, packed=self.padding_free,
+                                           share_prompt=self.share_prompt)  # fmt: skip
+                self.local_count = len(local)
             counter = []
             hook = self.policy.model.register_forward_pre_hook(lambda *_: counter.append(1))
             self.result = self._update(inputs.to(self.device), adv, None, None)
             hook.remove()
             self.result["forwards"] = len(counter)
+            self.result["local_count"] = getattr(self, "local_count", 1)
 
     return Probe(
         policy, processor, algo, OptimConfig(lr=LR, grad_clip=None), log_entropy=False,
@@ -247,18 +256,15 @@ def test_budget_update_equals_one_big_batch_under_deepspeed_two_ranks(
     aggs = AGGREGATIONS if stage == 3 else ("token-mean",)
     configs = [f"zero{stage}:{a}:{m}" for a in aggs for m in ("big", "budget", "budget_packed")]
     ranks = _run(tmp_path, tiny_model_dir, 2, configs)
-    plan_counts = []
-    for r, LEN in enumerate(LENGTHS):
-        prompt = torch.full((len(LEN),), 1)  # the count differs by rank without agreement
-        plan_counts.append(len(plan_micro_batches(prompt, torch.tensor(LEN), torch.arange(12) // 4,
-                                                  BUDGET)))  # fmt: skip
     for a in aggs:
         for m in ("budget", "budget_packed"):
-            counts = [res[f"zero{stage}:{a}:{m}"]["forwards"] for res in ranks]
+            key = f"zero{stage}:{a}:{m}"
+            counts = [res[key]["forwards"] for res in ranks]
             assert counts[0] == counts[1] > 1, (m, counts)
+            local = [res[key]["local_count"] for res in ranks]
+            assert local[0] != local[1] and max(local) == counts[0], local  # agreement needed
             for res in ranks:
-                _assert_same_update(res[f"zero{stage}:{a}:{m}"], res[f"zero{stage}:{a}:big"])
-    assert plan_counts[0] != plan_counts[1]  # the lengths do need the agreement
+                _assert_same_update(res[key], res[f"zero{stage}:{a}:big"])
 
 
 if __name__ == "__main__":
