@@ -267,5 +267,14 @@ def test_budget_update_equals_one_big_batch_under_deepspeed_two_ranks(
                 _assert_same_update(res[key], res[f"zero{stage}:{a}:big"])
 
 
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True, "8k"])
+def test_a_bad_budget_fails_at_config_time(bad):
+    from mapo.algorithm.config import AlgorithmConfig, ConfigError
+
+    with pytest.raises(ConfigError, match="max_tokens_per_micro_batch"):
+        AlgorithmConfig(max_tokens_per_micro_batch=bad)
+
+
 if __name__ == "__main__":
     _worker_main()

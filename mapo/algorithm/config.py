@@ -77,7 +77,9 @@ class AlgorithmConfig:
                 "micro-batch has the same size"
             )
         budget = self.max_tokens_per_micro_batch
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        if budget is not None and (
+            isinstance(budget, bool) or not isinstance(budget, int) or budget < 1
+        ):
             raise ConfigError(
                 f"algorithm.max_tokens_per_micro_batch={budget!r} must be a positive integer "
                 "(tokens per forward, at least the longest prompt + rollout.max_new_tokens) or null"
