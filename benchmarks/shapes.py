@@ -260,10 +260,49 @@ def hf_generation(w: dict) -> dict:
             "lengths_match": bool((got.clamp(max=int(target.max())) == target).float().mean() > 0.9)}  # fmt: skip
 
 
+def save_model(folder: Path, w: dict) -> Path:
+    """The DIMS model and the tiny processor as a checkpoint folder (for vLLM)."""
+    from mapo.models.tiny import save_processor
+
+    model, processor = build(w["pixels"])
+    model.save_pretrained(folder)
+    save_processor(processor.tokenizer, folder)
+    return folder
+
+
+def vllm_generation(folder: Path, w: dict) -> dict:
+    """Seconds for vLLM (CPU) to generate the drawn lengths: min_tokens = max_tokens, eos
+    ignored; the image resize range is passed as processor kwargs."""
+    from mapo.models.loading import load_processor
+    from mapo.rollout.vllm import import_vllm
+
+    vllm = import_vllm()
+    processor = load_processor(folder)
+    prompts, lengths = prompts_and_lengths(processor, w)
+    llm = vllm.LLM(
+        model=str(folder), dtype="float32", max_model_len=4096, seed=0,
+        limit_mm_per_prompt={"image": 1, "video": 0},
+        mm_processor_kwargs={"min_pixels": w["pixels"][0], "max_pixels": w["pixels"][1]},
+    )  # fmt: skip
+    requests, params = [], []
+    for i, k in enumerate(lengths):
+        prompt = prompts[i // w["group"]]
+        requests.append({"prompt": prompt.text, "multi_modal_data": {"image": prompt.images[0]}})
+        params.append(vllm.SamplingParams(min_tokens=k, max_tokens=k, ignore_eos=True, seed=i))
+    start = time.perf_counter()
+    outs = llm.generate(requests, params, use_tqdm=False)
+    seconds = time.perf_counter() - start
+    got = [len(o.outputs[0].token_ids) for o in outs]
+    return {"engine": "vllm", "s": seconds, "tokens": sum(lengths), "lengths_match": got == lengths}
+
+
 def _worker(args) -> None:
     w = workload(args.quick)
     if args.worker == "hf":
         emit(hf_generation(w))
+        return
+    if args.worker.startswith("vllm="):
+        emit(vllm_generation(Path(args.worker.removeprefix("vllm=")), w))
         return
     mode, ckpt = args.worker.split(":")
     emit(run_mode(mode, ckpt == "on", w, steps=args.steps))
@@ -287,12 +326,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--no-generation", action="store_true")
+    p.add_argument("--only-generation", action="store_true")
+    p.add_argument(
+        "--vllm-python",
+        default=str(ROOT.parent.parent / "main/.venv-vllm/bin/python"),
+        help="interpreter of the vLLM environment (skipped if absent)",
+    )
     args = p.parse_args(argv)
     if args.worker:
         torch.set_num_threads(args.threads)
         _worker(args)
         return
     load = load_average()
+    if args.only_generation:
+        _generation(args)
+        return
     runs: dict[str, list[dict]] = {}
     for _ in range(args.rounds):  # alternate the configurations: the machine's load drifts
         for mode in MODES:
@@ -307,9 +355,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['real']:>9}{r['padding']:>7.1%}{r['logprobs_s']:>8.2f}{r['update_s']:>9.2f}"
               f"{r['peak_rss_mb']:>8.0f}")  # fmt: skip
     if not args.no_generation:
-        gen = _spawn("hf", args)
-        print(f"generation hf: {gen['s']:.2f} s for {gen['tokens']} tokens "
-              f"(lengths forced: {gen['lengths_match']})")  # fmt: skip
+        _generation(args)
     on = [r for r in rows if r["ckpt"] == "on"]
     base = next(r for r in on if r["mode"] == "fixed8")
     best = min(on, key=lambda r: r["update_s"])
@@ -317,6 +363,27 @@ def main(argv: list[str] | None = None) -> None:
           f"faster than fixed8, peak RSS {best['peak_rss_mb']:.0f} vs {base['peak_rss_mb']:.0f} MB")  # fmt: skip
     print(RESULT_PREFIX + json.dumps({"rows": rows}))
     print(f"padding {best['padding']:.4f}")
+
+
+def _generation(args) -> None:
+    """HF and vLLM generation at the drawn lengths, each in its own process."""
+    import tempfile
+
+    gen = _spawn("hf", args)
+    print(f"generation hf: {gen['s']:.2f} s for {gen['tokens']} tokens "
+          f"(lengths forced: {gen['lengths_match']})")  # fmt: skip
+    if not Path(args.vllm_python).exists():
+        print(f"generation vllm: not run ({args.vllm_python} absent)")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_model(Path(tmp) / "model", workload(args.quick))
+        try:
+            gen = _spawn(f"vllm={folder}", args, python=args.vllm_python)
+        except RuntimeError as err:
+            print(f"generation vllm: failed: {str(err)[-600:]}")
+            return
+    print(f"generation vllm: {gen['s']:.2f} s for {gen['tokens']} tokens "
+          f"(lengths forced: {gen['lengths_match']})")  # fmt: skip
 
 
 def _row(name: str, results: list[dict]) -> dict:

@@ -22,7 +22,7 @@ def in_process(monkeypatch):
 
 
 def test_quick_run_reports_every_mode(in_process, capsys):
-    shapes.main(["--quick", "--rounds", "1", "--steps", "1"])
+    shapes.main(["--quick", "--rounds", "1", "--steps", "1", "--vllm-python", "/absent"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith("padding ")
     rows = json.loads(lines[-2].removeprefix("RESULT "))["rows"]
