@@ -134,7 +134,9 @@ def _module(mode: str, aggregation: str, model_dir: Path):
         def configure_optimizers(self):
             # eps 0.1 >> |grad|: the step is ~ lr * grad / eps, so the parameters after it
             # show the gradient's scale and direction (Adam's usual first step is ~ lr * sign)
-            return torch.optim.AdamW(self.policy.parameters(), lr=LR, eps=0.1, weight_decay=0.0)
+            opt = torch.optim.AdamW(self.policy.parameters(), lr=LR, eps=0.1, weight_decay=0.0)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
         def training_step(self, batch, batch_idx):
             rank = self.global_rank
