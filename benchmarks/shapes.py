@@ -255,9 +255,10 @@ def hf_generation(w: dict) -> dict:
         )  # fmt: skip
     seconds = time.perf_counter() - start
     new = out[:, enc["input_ids"].shape[1] :]
-    got = ((new != processor.tokenizer.pad_token_id) & (new != eos)).sum(-1) + 1
+    ended = (new == eos).any(-1)
+    first_eos = (new == eos).int().argmax(-1) + 1  # length of each row, eos included
     return {"engine": "hf", "s": seconds, "tokens": int(target.sum()),
-            "lengths_match": bool((got.clamp(max=int(target.max())) == target).float().mean() > 0.9)}  # fmt: skip
+            "lengths_match": bool(ended.all() and (first_eos == target).all())}  # fmt: skip
 
 
 def save_model(folder: Path, w: dict) -> Path:
