@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 GROUP, PROMPTS = 4, 3
 # completion lengths [rank][row]: long-tailed and different on each rank
 LENGTHS = (
-    [3, 40, 7, 12, 2, 25, 9, 5, 31, 4, 14, 8],
-    [6, 2, 9, 3, 48, 4, 11, 7, 3, 5, 2, 10],
+    [30, 40, 7, 32, 22, 25, 29, 5, 31, 24, 34, 28],
+    [6, 2, 3, 1, 18, 4, 2, 7, 3, 5, 2, 1],
 )
 # tokens per micro-batch: several micro-batches, a different count on each rank (shared
 # prompts count once, so that mode gets a smaller budget to still split)
@@ -88,6 +88,42 @@ def test_min_count_splits_then_pads_with_empty_micro_batches():
 def test_a_row_over_the_budget_is_a_clear_error():
     with pytest.raises(ValueError, match="max_tokens_per_micro_batch=10 is below one rollout"):
         plan_micro_batches(torch.tensor([8]), torch.tensor([5]), torch.tensor([0]), 10)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("packed", [False, True])
+def test_trimmed_micro_batches_scatter_back_to_the_full_logprobs(
+    tiny_model_dir, tiny_processor, tiny_prompts, sharpen, packed
+):
+    """The frozen log-prob phase: each budget micro-batch cut to its own longest row, the
+    [n_k, L_k] results scattered back into [N, L], equal the one-batch log-probs."""
+    from mapo.models.batching import build_policy_inputs
+    from mapo.models.loading import load_policy
+    from mapo.models.logprobs import token_logprobs
+    from mapo.models.micro_batching import scatter_rows
+    from mapo.trainer.micro_batches import split_rows
+    from mapo.types import Completions
+
+    model = sharpen(load_policy(tiny_model_dir).eval())
+    lengths = [9, 2, 14, 3, 5, 1, 11, 4]
+    gen = torch.Generator().manual_seed(0)
+    ids = [torch.randint(30, 300, (k,), generator=gen).tolist() for k in lengths]
+    comps = Completions(prompt_index=[0, 1, 2, 0, 1, 2, 0, 1], token_ids=ids,
+                        text=[""] * 8, truncated=[False] * 8)  # fmt: skip
+    pad = tiny_processor.tokenizer.pad_token_id
+    inputs = build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=pad)
+    full = token_logprobs(model, inputs, share_prompt=False)
+    plan = split_rows(inputs, torch.arange(8), micro_batch_size=8, max_tokens=150,
+                      packed=packed, share_prompt=True)  # fmt: skip
+    assert len(plan) > 1 and not any(mb.dummy for mb in plan)
+    parts = []
+    for mb in plan:
+        sub = mb.inputs(inputs, trimmed=True)
+        assert sub.completion_len == max(lengths[i] for i in mb.rows.tolist())
+        parts.append(token_logprobs(model, sub, share_prompt=True, pack=packed))
+    got = scatter_rows(parts, [mb.rows for mb in plan], full.shape)
+    torch.testing.assert_close(got, full, atol=1e-5, rtol=0)
+    assert float(full.abs().max()) > 1.0
 
 
 # ---------------------------------------------------------------- the module (worker)
@@ -266,13 +302,12 @@ def test_budget_update_equals_one_big_batch_under_deepspeed_two_ranks(
     for a in aggs:
         for m in ("budget", "budget_packed"):
             key = f"zero{stage}:{a}:{m}"
+            for res in ranks:
+                _assert_same_update(res[key], res[f"zero{stage}:{a}:big"])
             counts = [res[key]["forwards"] for res in ranks]
             assert counts[0] == counts[1] > 1, (m, counts)
             local = [res[key]["local_count"] for res in ranks]
             assert local[0] != local[1] and max(local) == counts[0], local  # agreement needed
-            for res in ranks:
-                _assert_same_update(res[key], res[f"zero{stage}:{a}:big"])
-
 
 
 @pytest.mark.parametrize("bad", [0, -5, 2.5, True, "8k"])
