@@ -21,6 +21,7 @@ def in_process(monkeypatch):
     monkeypatch.setattr(shapes, "_spawn", spawn)
 
 
+@pytest.mark.slow  # 8 model builds and runs: ~40 s idle, ~3 min on the loaded 2-core machine
 def test_quick_run_reports_every_mode(in_process, capsys):
     shapes.main(["--quick", "--rounds", "1", "--steps", "1", "--vllm-python", "/absent"])
     lines = capsys.readouterr().out.strip().splitlines()
