@@ -318,5 +318,28 @@ def test_a_bad_budget_fails_at_config_time(bad):
         AlgorithmConfig(max_tokens_per_micro_batch=bad)
 
 
+@pytest.mark.slow
+def test_train_py_runs_with_a_budget_and_packing(tmp_path):
+    """The config keys reach the module: a short real run (reference + pi_old + 2 updates)
+    with algorithm.max_tokens_per_micro_batch and model.padding_free."""
+    from mapo.pipeline.quickrun import compose_config
+    from mapo.pipeline.run import train
+
+    cfg = compose_config(
+        ["experiment=synth_emo_mapo", "debug=fast", "logger=none", "callbacks.progress_bar=null",
+         "algorithm.rollout_batch_size=4", "algorithm.mini_batch_size=2",
+         "algorithm.micro_batch_size=4", "algorithm.group_size=4", "model.coldstart.steps=20",
+         "data.eval_limit=8", "steps=2", "eval.before=false", "eval.after=false",
+         "export_hf=false", "algorithm.max_tokens_per_micro_batch=400",
+         "model.padding_free=true"],
+        run_dir=tmp_path / "run",
+    )  # fmt: skip
+    metrics, objs = train(cfg)
+    module = objs["module"]
+    assert module.padding_free and module.algo.max_tokens_per_micro_batch == 400
+    m = metrics["train"]
+    assert m["actor/grad_norm"] > 0 and "actor/kl_ref" in m
+
+
 if __name__ == "__main__":
     _worker_main()
