@@ -17,8 +17,10 @@ P + G*L token positions instead of G*(P+L) in the reference, old-policy and poli
 and in the backward (180 instead of 544 for SynthEmo's P=52, L=16, G=8; docs/benchmarks.md).
 Same numbers as the full pass up to float rounding (tests/test_logprobs.py). It needs a
 Qwen2/2.5-VL-style backbone (``get_rope_index`` + ``language_model``) and images; text-only
-batches, other architectures, gradient checkpointing in training (which disables the cache)
-and batches without repeated prompts take the full pass.
+batches, other architectures and batches without repeated prompts take the full pass. Under
+gradient checkpointing in training (which disables the cache) the shared pass runs instead as
+one packed sequence with a 4-D mask (``mapo.models.packing``) when the attention backend takes
+one (sdpa, eager); with flash_attention_2 it falls back to the full pass.
 """
 
 from __future__ import annotations
