@@ -177,7 +177,8 @@ def run_mode(mode: str, ckpt: bool, w: dict, steps: int) -> dict:
     inputs, adv = batch(processor, w)
     if ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    # today's code had no shared pass under checkpointing: fixed8 keeps that behaviour
+    # Before this change the shared pass was off whenever checkpointing was active, i.e. in
+    # the update (training mode); the no-grad log-prob phase (eval mode) still shared.
     share_now = share and not (ckpt and mode == "fixed8")
     plan = split_rows(inputs, torch.arange(inputs.num_rows), micro_batch_size=8,
                       max_tokens=w["budget"] if budget else None, packed=pack,
@@ -187,6 +188,7 @@ def run_mode(mode: str, ckpt: bool, w: dict, steps: int) -> dict:
     out: dict = {"mode": mode, "ckpt": ckpt, "micro_batches": len(plan)}
     for phase in ("logprobs", "update"):
         model.train(phase == "update")
+        share_now = share and not (ckpt and mode == "fixed8" and phase == "update")
         computed = real = 0
         for sub in subs:
             cache = share_now and not pack and can_share_prompt(model, sub)
@@ -299,6 +301,8 @@ def vllm_generation(folder: Path, w: dict) -> dict:
 
 def _worker(args) -> None:
     w = workload(args.quick)
+    if args.budget is not None:
+        w["budget"] = args.budget
     if args.worker == "hf":
         emit(hf_generation(w))
         return
@@ -312,6 +316,7 @@ def _worker(args) -> None:
 def _spawn(name: str, args, python: str = sys.executable) -> dict:
     cmd = [python, "-m", "benchmarks.shapes", "--worker", name, "--steps", str(args.steps)]
     cmd += ["--quick"] if args.quick else []
+    cmd += ["--budget", str(args.budget)] if args.budget is not None else []
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT))
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3000)
     if proc.returncode:
@@ -330,6 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only-generation", action="store_true")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of MODES")
     p.add_argument("--ckpt", default="off,on", help="checkpointing settings to run: off,on")
+    p.add_argument("--budget", type=int, default=None, help="tokens per micro-batch override")
     p.add_argument(
         "--vllm-python",
         default=str(ROOT.parent.parent / "main/.venv-vllm/bin/python"),
