@@ -172,6 +172,11 @@ def test_an_empty_evaluation_set_fails_before_training(tmp_path, no_model):
 
 
 def test_the_final_summary_prints_a_set_without_samples():
-    from train import _fmt
+    """The end-of-run table (train.py prints it through mapo.analysis.summary) shows a set
+    without samples as "-" rather than crashing on None."""
+    from mapo.analysis.report import Row, to_markdown
 
-    assert _fmt(None) == "n/a" and _fmt(0.5) == "0.500"
+    row = Row("run", "/r", "after", "mapo", "synth_emo", ["empty"],
+              {"synth_emo": 0.5, "empty": None}, None, 0.5)  # fmt: skip
+    last = to_markdown([row]).strip().splitlines()[-1]
+    assert last == "| run | 50.00 | - | - | 50.00 |"

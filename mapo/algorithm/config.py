@@ -33,6 +33,9 @@ class AlgorithmConfig:
     rollout_batch_size: int = 512  # prompts per RL step (paper: 512)
     mini_batch_size: int = 128  # prompts per optimizer step (paper: 128 -> 4 updates per rollout)
     micro_batch_size: int = 8  # rollouts per forward/backward (memory knob; no effect on math)
+    # token budget per forward/backward instead of a fixed row count (mapo/models/micro_batching.py);
+    # null keeps micro_batch_size
+    max_tokens_per_micro_batch: int | None = None
     ppo_epochs: int = 1  # passes over the rollout batch
     shuffle: bool = True  # shuffle rollouts across mini-batches (groups stay keyed by id)
     clip_low: float = 0.2  # eps_low
@@ -79,6 +82,14 @@ class AlgorithmConfig:
                 f"algorithm.micro_batch_size={self.micro_batch_size} must divide mini_batch_size x "
                 f"group_size = {self.mini_batch_size * self.group_size} rollouts so every "
                 "micro-batch has the same size"
+            )
+        budget = self.max_tokens_per_micro_batch
+        if budget is not None and (
+            isinstance(budget, bool) or not isinstance(budget, int) or budget < 1
+        ):
+            raise ConfigError(
+                f"algorithm.max_tokens_per_micro_batch={budget!r} must be a positive integer "
+                "(tokens per forward, at least the longest prompt + rollout.max_new_tokens) or null"
             )
         if not 0 <= self.filter_low < self.filter_high <= 1:
             raise ConfigError(

@@ -17,8 +17,10 @@ P + G*L token positions instead of G*(P+L) in the reference, old-policy and poli
 and in the backward (180 instead of 544 for SynthEmo's P=52, L=16, G=8; docs/benchmarks.md).
 Same numbers as the full pass up to float rounding (tests/test_logprobs.py). It needs a
 Qwen2/2.5-VL-style backbone (``get_rope_index`` + ``language_model``) and images; text-only
-batches, other architectures, gradient checkpointing in training (which disables the cache)
-and batches without repeated prompts take the full pass.
+batches, other architectures and batches without repeated prompts take the full pass. Under
+gradient checkpointing in training (which disables the cache) the shared pass runs instead as
+one packed sequence with a 4-D mask (``mapo.models.packing``) when the attention backend takes
+one (sdpa, eager); with flash_attention_2 it falls back to the full pass.
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mapo.models.batching import PolicyInputs
+from mapo.models.packing import (
+    MASK_BACKENDS,
+    VARLEN_BACKENDS,
+    pack_layout,
+    packed_image_order,
+    unpack_rows,
+)
 
 _CHUNK_ELEMENTS = 1 << 26  # logits per head chunk: 64 M fp32 = 256 MiB
 
@@ -93,11 +102,16 @@ def completion_hidden_states(
     *,
     share_vision: bool = True,
     share_prompt: bool = True,
+    pack: bool = False,
 ) -> torch.Tensor:
     """[N, L, H] final hidden states at the positions that predict the completion tokens.
 
     ``model`` is a transformers causal LM with the usual ``model.model`` backbone and
-    ``get_output_embeddings()`` head (Qwen2/2.5-VL, Qwen2, Llama, ...)."""
+    ``get_output_embeddings()`` head (Qwen2/2.5-VL, Qwen2, Llama, ...). ``pack`` runs the rows
+    padding-free as one sequence (``mapo.models.packing``); under gradient checkpointing the
+    shared prompt pass takes that route too, since checkpointing disables the cache."""
+    if pack or (share_prompt and _checkpointing(model) and packs_shared_prompt(model)):
+        return packed_hidden_states(model, inputs, share_prompt=share_prompt)
     if share_prompt and can_share_prompt(model, inputs):
         return _shared_prompt_hidden_states(model, inputs)
     hidden = model.model(**_backbone_kwargs(model, inputs, share_vision)).last_hidden_state
@@ -105,10 +119,54 @@ def completion_hidden_states(
     return hidden[:, p - 1 : p - 1 + length]  # [N, L, H]: column P-1+j predicts token j
 
 
+def _checkpointing(model: torch.nn.Module) -> bool:
+    return getattr(model, "is_gradient_checkpointing", False) and model.training
+
+
+def packs_shared_prompt(model: torch.nn.Module) -> bool:
+    """Whether the model's attention backend takes the 4-D mask of a packed shared prompt."""
+    return getattr(model.config, "_attn_implementation", None) in MASK_BACKENDS
+
+
+def packed_hidden_states(
+    model: torch.nn.Module, inputs: PolicyInputs, *, share_prompt: bool = True
+) -> torch.Tensor:
+    """[N, L, H] as ``completion_hidden_states``, from one padding-free packed sequence."""
+    base = model.model
+    backend = getattr(model.config, "_attn_implementation", "sdpa")
+    varlen = backend in VARLEN_BACKENDS
+    layout = pack_layout(inputs, share_prompt=share_prompt and not varlen)
+    rows, cols = layout.source_row, layout.source_col
+    kwargs: dict = dict(input_ids=inputs.input_ids[rows, cols][None], use_cache=False)
+    if inputs.pixel_values is not None and hasattr(base, "get_rope_index"):
+        positions = _rope_positions(base, inputs)[:, rows, cols][:, None]  # [3, 1, T]
+    else:
+        flat = inputs.attention_mask.long().cumsum(-1) - 1  # [N, P+L], skips left padding
+        positions = flat[rows, cols][None]  # [1, T]
+    if varlen:  # text positions first: transformers derives cu_seqlens from their resets
+        text = layout.text_positions()[None, None]
+        positions = positions if positions.ndim == 3 else positions[None].expand(3, -1, -1)
+        kwargs["position_ids"] = torch.cat([text.to(positions), positions])  # [4, 1, T]
+    else:
+        kwargs["position_ids"] = positions
+        kwargs["attention_mask"] = layout.attention_mask(model.dtype, backend).to(
+            inputs.input_ids.device
+        )
+    if inputs.pixel_values is not None:
+        order = packed_image_order(inputs, layout).tolist()
+        features = base.get_image_features(
+            inputs.pixel_values, inputs.image_grid_thw, return_dict=True
+        ).pooler_output  # tuple over distinct images
+        per_run = tuple(features[i] for i in order)
+        kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=per_run)}
+    hidden = base(**kwargs).last_hidden_state[0]  # [T, H]
+    return unpack_rows(hidden, layout)  # [N, L, H]
+
+
 def can_share_prompt(model: torch.nn.Module, inputs: PolicyInputs) -> bool:
-    """Whether the shared prompt pass applies (see the module docstring)."""
+    """Whether the cache-based shared prompt pass applies (see the module docstring)."""
     base = getattr(model, "model", None)
-    checkpointing = getattr(model, "is_gradient_checkpointing", False) and model.training
+    checkpointing = _checkpointing(model)
     return (
         inputs.pixel_values is not None
         and hasattr(base, "get_rope_index")
@@ -162,6 +220,7 @@ def token_logprobs(
     return_entropy: bool = False,
     share_vision: bool = True,
     share_prompt: bool = True,
+    pack: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """log p(completion token) [N, L] in fp32, 0 where ``completion_mask`` is False.
 
@@ -172,7 +231,7 @@ def token_logprobs(
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 for log-probs, got {temperature}")
     hidden = completion_hidden_states(
-        model, inputs, share_vision=share_vision, share_prompt=share_prompt
+        model, inputs, share_vision=share_vision, share_prompt=share_prompt, pack=pack
     )  # [N, L, H]
     head = model.get_output_embeddings()
     vocab = head.weight.shape[0]

@@ -142,6 +142,7 @@ def _module(cfg, plan, trainer, policy, processor, reference, train_rows):
         sampling=plan.sampling, total_steps=cfg.steps,
         suppress_ids=policy_suppressed_ids(policy, processor), records=records,
         share_prompt=cfg.model.share_prompt,
+        padding_free=cfg.model.padding_free,
     )  # fmt: skip
     module.stream = PromptStream(
         train_rows, seed=cfg.seed, rank=trainer.global_rank, world_size=trainer.world_size

@@ -102,6 +102,7 @@ _VALUE_RULES = (
     ("model.dtype", lambda v: v in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16",
      "fp16"), "auto, float32, bfloat16 or float16"),
     ("model.share_prompt", lambda v: v is None or isinstance(v, bool), "true or false"),
+    ("model.padding_free", lambda v: v is None or isinstance(v, bool), "true or false"),
     ("rollout.share_prefill", lambda v: v is None or isinstance(v, bool), "true or false"),
     ("rollout.sync_bucket_mb", lambda v: v is None or v > 0, "> 0 MB, or null (all at once)"),
     ("eval.every_n_steps", lambda v: v >= 0, ">= 0 (0 disables)"),

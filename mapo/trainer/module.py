@@ -32,7 +32,9 @@ from mapo.algorithm.losses import Normalizer, policy_loss
 from mapo.algorithm.rollout_correction import correction, sampler_logprobs, step_mismatch
 from mapo.models.batching import PolicyInputs, build_policy_inputs
 from mapo.models.logprobs import token_logprobs
+from mapo.models.micro_batching import scatter_rows
 from mapo.rng import rng_state, set_rng_state
+from mapo.trainer.micro_batches import MicroBatch, split_rows
 from mapo.trainer.strategies import optimizer_update
 from mapo.types import OptimConfig, RolloutBatch, SamplingConfig
 
@@ -52,6 +54,7 @@ class MAPOModule(pl.LightningModule):
         records: Any = None,  # mapo.analysis.records.RecordWriter or None
         log_entropy: bool = True,
         share_prompt: bool,  # model.share_prompt: one backbone pass per distinct prompt
+        padding_free: bool,  # model.padding_free: each micro-batch as one sequence (models/packing.py)
     ):
         super().__init__()
         self.automatic_optimization = False  # RL steps are not (x, y) batches
@@ -68,6 +71,7 @@ class MAPOModule(pl.LightningModule):
         self.records = records
         self.log_entropy = log_entropy
         self.share_prompt = share_prompt
+        self.padding_free = padding_free
         self.weights_version = 0  # bumped after each optimizer step; the engine syncs on change
         self.rollout: RolloutBatch | None = None
         self.stream = None  # PromptStream, attached by the pipeline
@@ -167,8 +171,12 @@ class MAPOModule(pl.LightningModule):
         optimization, i.e. updates_per_rollout per RL step."""
         return self.global_step // self.algo.updates_per_rollout
 
-    def _micro_slices(self, n: int) -> list[Tensor]:
-        return list(torch.arange(n).split(self.algo.micro_batch_size))
+    def _micro_batches(self, inputs: PolicyInputs, rows: Tensor) -> list[MicroBatch]:
+        return split_rows(
+            inputs, rows, micro_batch_size=self.algo.micro_batch_size,
+            max_tokens=self.algo.max_tokens_per_micro_batch, packed=self.padding_free,
+            share_prompt=self.share_prompt,
+        )  # fmt: skip
 
     @torch.no_grad()
     def _frozen_logprobs(self, inputs: PolicyInputs) -> tuple[Tensor | None, Tensor | None]:
@@ -177,18 +185,32 @@ class MAPOModule(pl.LightningModule):
         need_old = self.algo.updates_per_rollout > 1
         old = [] if need_old else None
         ref = [] if self.reference is not None and self.algo.needs_reference else None
-        for idx in self._micro_slices(n):
-            sub = inputs.select(idx)
+        plan = self._micro_batches(inputs, torch.arange(n))
+        for mb in plan:  # dummies run too: ZeRO-3 ranks must do the same number of forwards
+            sub = mb.inputs(inputs, trimmed=self._trims)
             if old is not None:
                 old.append(self._logprobs(self.policy, sub)[0])
             if ref is not None:
                 ref.append(self._logprobs(self.reference, sub)[0])
-        return (torch.cat(old) if old else None), (torch.cat(ref) if ref else None)
+        real = [i for i, mb in enumerate(plan) if not mb.dummy]
+
+        def gather(parts):
+            if not parts:
+                return None
+            return scatter_rows(
+                [parts[i] for i in real], [plan[i].rows for i in real], inputs.completion_mask.shape
+            )
+
+        return gather(old), gather(ref)
+
+    @property
+    def _trims(self) -> bool:  # token budgets cut each micro-batch to its own longest row
+        return self.algo.max_tokens_per_micro_batch is not None
 
     def _logprobs(self, model, inputs: PolicyInputs, entropy: bool = False):
         out = token_logprobs(
             model, inputs, temperature=self.sampling.temperature, suppress_ids=self.suppress_ids,
-            return_entropy=entropy, share_prompt=self.share_prompt,
+            return_entropy=entropy, share_prompt=self.share_prompt, pack=self.padding_free,
         )  # fmt: skip
         return out if isinstance(out, tuple) else (out, None)
 
@@ -216,16 +238,21 @@ class MAPOModule(pl.LightningModule):
                     inputs.completion_mask[mini.to(inputs.completion_mask.device)]
                 )
 
-                def loss_fn(idx: Tensor, norm: Normalizer = norm) -> Tensor:
-                    sub = inputs.select(idx)
+                def loss_fn(mb: MicroBatch, norm: Normalizer = norm) -> Tensor:
+                    idx, sub = mb.rows, mb.inputs(inputs, trimmed=self._trims)
                     logp, ent = self._logprobs(self.policy, sub, entropy=self.log_entropy)
-                    old = old_logp[idx] if old_logp is not None else logp.detach()
+                    if mb.dummy:  # keeps ZeRO-3 ranks in step; contributes no gradient
+                        return logp.sum() * 0.0
+                    cols = slice(0, sub.completion_len)  # trimmed to this micro-batch's longest
+                    old = old_logp[idx, cols] if old_logp is not None else logp.detach()
                     if old_logp is None:  # a single update: this forward is pi_old
-                        start_logp[idx] = old
-                    ref = ref_logp[idx] if ref_logp is not None else None
+                        start_logp[idx, cols] = old
+                    ref = ref_logp[idx, cols] if ref_logp is not None else None
                     weights = None
                     if rc.enabled:
-                        weights, _ = correction(old, sampler_logp[idx], sub.completion_mask, rc)
+                        weights, _ = correction(
+                            old, sampler_logp[idx, cols], sub.completion_mask, rc
+                        )
                     loss, m = policy_loss(
                         logp,
                         old,
@@ -254,7 +281,7 @@ class MAPOModule(pl.LightningModule):
 
                 out = optimizer_update(
                     self,
-                    mini.split(self.algo.micro_batch_size),
+                    self._micro_batches(inputs, mini),
                     loss_fn,
                     grad_clip=self.optim_cfg.grad_clip,
                 )

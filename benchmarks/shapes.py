@@ -1,0 +1,420 @@
+"""Training at the real workload's shape, on CPU: padding, step time and peak memory of each
+micro-batching mode, gradient checkpointing on and off, and generation at long lengths.
+
+    python -m benchmarks.shapes            # the recorded run (docs/benchmarks.md)
+    python -m benchmarks.shapes --quick    # seconds; what benchmarks/tests runs
+
+The workload (built offline, random weights; the SHAPE of the tokens is what is measured):
+  * the Qwen2.5-VL architecture at CPU width (``DIMS``: text 256 x 2 layers, 8 heads / 2 KV
+    heads, MLP 768, mrope [4, 6, 6]; vision 2 x 128), the tiny model's tokenizer;
+  * images of photo sizes through the stock Qwen2-VL image processor with the Geo3K/EmoSet
+    recipe's min_pixels = 512 x 512 (``MIN_PIXELS``), i.e. 324-500 vision tokens each;
+  * prompts of 100-400 text tokens (uniform) plus the image;
+  * completions synthesised (random non-special tokens), lengths lognormal with median 200,
+    sigma 0.8, capped at 1024 (``--quick``: smaller).
+Each mode runs the update phase (per micro-batch: log-probs, the clipped loss with the
+mini-batch normaliser, backward) and the frozen log-prob phase (no-grad forward) in its own
+process, so peak RSS is the mode's own; modes alternate over ``--rounds`` rounds and the
+median is reported (the machine is shared: compare within one run only).
+
+Modes (``MODES``): ``fixed8`` is today's default (8 rollouts per micro-batch in prompt order,
+padded to the batch's longest prompt and completion; the cache-based shared prompt pass when
+checkpointing is off, none when on, as before). ``sorted`` is the token budget over rows
+sorted by length, each micro-batch trimmed to its own longest row. ``packed`` packs each
+micro-batch into one sequence (mapo/models/packing.py); ``packed_shared`` also runs each
+prompt once for its group, which works with checkpointing on.
+
+Generation: HF ``generate`` with a logits processor that forbids eos before each row's drawn
+length and forces it there (rows finish at their own length; the batch runs to the longest),
+and vLLM (CPU, its own venv) with ``min_tokens = max_tokens = length, ignore_eos``.
+The last line is ``padding <padding fraction of computed training tokens, best mode, ckpt on>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import RESULT_PREFIX, emit, load_average, parse_result
+
+ROOT = Path(__file__).resolve().parents[1]
+DIMS = {
+    "text": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=2,
+                 num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=8192,
+                 max_window_layers=2,
+                 rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                                  "mrope_section": [4, 6, 6]}),
+    "vision": dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=4,
+                   out_hidden_size=256, patch_size=14, spatial_merge_size=2,
+                   temporal_patch_size=2, window_size=112, fullatt_block_indexes=[1]),
+}  # fmt: skip
+MIN_PIXELS, MAX_PIXELS = 512 * 512, 2048 * 2048  # conf/data/geo3k.yaml
+IMAGE_SIZES = [(640, 480), (512, 512), (600, 600), (800, 450), (480, 640)]
+MODES = {  # name: (token budget?, share_prompt, padding_free)
+    "fixed8": (False, True, False),
+    "sorted": (True, False, False),
+    "packed": (True, False, True),
+    "packed_shared": (True, True, True),
+}
+
+
+def workload(quick: bool) -> dict:
+    if quick:
+        return dict(prompts=2, group=4, median=12, cap=48, text=(20, 40), budget=300, size=0.2,
+                    pixels=(56 * 56, 112 * 112))  # fmt: skip
+    return dict(prompts=2, group=8, median=200, cap=1024, text=(100, 400), budget=8192, size=1.0,
+                pixels=(MIN_PIXELS, MAX_PIXELS))  # fmt: skip
+
+
+def build(pixels: tuple[int, int] = (MIN_PIXELS, MAX_PIXELS), seed: int = 0):
+    """(model, processor): the DIMS Qwen2.5-VL with random weights and the tiny tokenizer."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    from mapo.models.processor import ImageOnlyQwen2_5_VLProcessor
+    from mapo.models.tiny import SPECIAL_TOKENS
+    from mapo.models.tiny_tokenizer import default_corpus, train_tiny_tokenizer
+
+    tok = train_tiny_tokenizer(list(default_corpus()), vocab_size=1024)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    eot, im_end = ids["<|endoftext|>"], ids["<|im_end|>"]
+    config = Qwen2_5_VLConfig(
+        text_config=dict(DIMS["text"], vocab_size=len(tok), bos_token_id=eot,
+                         eos_token_id=im_end, pad_token_id=eot),  # fmt: skip
+        vision_config=DIMS["vision"], image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False,
+    )  # fmt: skip
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    images = Qwen2VLImageProcessorPil(min_pixels=pixels[0], max_pixels=pixels[1])
+    processor = ImageOnlyQwen2_5_VLProcessor(images, tok, chat_template=tok.chat_template)
+    return model, processor
+
+
+def prompts_and_lengths(processor, w: dict, seed: int = 0):
+    """B prompts (an image + 100-400 text tokens) and N = B x G completion lengths."""
+    import numpy as np
+    from PIL import Image
+
+    from mapo.types import Prompt
+
+    rng = np.random.default_rng(seed)
+    words = " ".join(processor.tokenizer.decode(list(range(40, 300))).split())
+    prompts = []
+    for b in range(w["prompts"]):
+        size = IMAGE_SIZES[b % len(IMAGE_SIZES)]
+        size = (int(size[0] * w["size"]), int(size[1] * w["size"]))
+        image = Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype("uint8"))
+        target = int(rng.integers(*w["text"]))
+        text_ids = processor.tokenizer(words * 20)["input_ids"][:target]
+        question = processor.tokenizer.decode(text_ids)
+        content = [{"type": "image"}, {"type": "text", "text": question}]
+        text = processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
+        prompts.append(Prompt(uid=str(b), text=text, images=(image,), answer="1", task="emotion"))
+    n = w["prompts"] * w["group"]
+    lengths = np.minimum(np.round(rng.lognormal(np.log(w["median"]), 0.8, n)), w["cap"])
+    return prompts, [max(1, int(x)) for x in lengths]
+
+
+def batch(processor, w: dict, seed: int = 0):
+    from mapo.models.batching import build_policy_inputs
+    from mapo.models.processor import suppressed_token_ids
+    from mapo.types import Completions
+
+    prompts, lengths = prompts_and_lengths(processor, w, seed)
+    tok = processor.tokenizer
+    banned = set(suppressed_token_ids(tok, eos_token_ids=[], vocab_size=len(tok)))
+    allowed = torch.tensor([i for i in range(len(tok)) if i not in banned])
+    gen = torch.Generator().manual_seed(seed)
+    ids = [allowed[torch.randint(len(allowed), (k,), generator=gen)].tolist() for k in lengths]
+    n = len(lengths)
+    comps = Completions(prompt_index=[i // w["group"] for i in range(n)], token_ids=ids,
+                        text=[""] * n, truncated=[False] * n)  # fmt: skip
+    inputs = build_policy_inputs(processor, prompts, comps, pad_token_id=tok.pad_token_id)
+    return inputs, torch.randn(n, generator=gen)
+
+
+def positions(sub, *, shared_cache: bool, packed: bool, share: bool) -> tuple[int, int]:
+    """(token positions the forward computes, of which real tokens) for one micro-batch."""
+    from mapo.models.micro_batching import computed_tokens, row_lengths
+
+    prompt, completion = row_lengths(sub)
+    index = sub.prompt_index.cpu()
+    if packed:
+        n = computed_tokens(prompt, completion, index, packed=True, share_prompt=share)
+        return n, n
+    width_p, width_l = sub.prompt_len, sub.completion_len
+    if shared_cache:  # prompt pass B x P, then N x (L - 1) completion columns
+        distinct = int(index.max()) + 1
+        firsts = {int(b): int(p) for b, p in zip(index.tolist(), prompt.tolist())}
+        real = sum(firsts.values()) + int((completion - 1).clamp_min(0).sum())
+        return distinct * width_p + sub.num_rows * (width_l - 1), real
+    return sub.num_rows * (width_p + width_l), int((prompt + completion).sum())
+
+
+def run_mode(mode: str, ckpt: bool, w: dict, steps: int) -> dict:
+    """One process: ``steps`` update + log-prob phases of ``mode``; the last one is timed."""
+    from mapo.algorithm.config import AlgorithmConfig
+    from mapo.algorithm.losses import Normalizer, policy_loss
+    from mapo.models.logprobs import can_share_prompt, token_logprobs
+    from mapo.trainer.micro_batches import split_rows
+
+    budget, share, pack = MODES[mode]
+    model, processor = build(w["pixels"])
+    inputs, adv = batch(processor, w)
+    if ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # Before this change the shared pass was off whenever checkpointing was active, i.e. in
+    # the update (training mode); the no-grad log-prob phase (eval mode) still shared.
+    share_now = share and not (ckpt and mode == "fixed8")
+    plan = split_rows(inputs, torch.arange(inputs.num_rows), micro_batch_size=8,
+                      max_tokens=w["budget"] if budget else None, packed=pack,
+                      share_prompt=share_now)  # fmt: skip
+    subs = [mb.inputs(inputs, trimmed=budget) for mb in plan]
+    # the default config's loss (conf/algorithm/mapo.yaml: AlgorithmConfig's defaults equal it)
+    cfg, norm = AlgorithmConfig().loss_config(), Normalizer.of(inputs.completion_mask)
+    out: dict = {"mode": mode, "ckpt": ckpt, "micro_batches": len(plan)}
+    for phase in ("logprobs", "update"):
+        model.train(phase == "update")
+        share_now = share and not (ckpt and mode == "fixed8" and phase == "update")
+        computed = real = 0
+        for sub in subs:
+            cache = share_now and not pack and can_share_prompt(model, sub)
+            c, r = positions(sub, shared_cache=cache, packed=pack or (share_now and ckpt
+                             and phase == "update"), share=share_now)  # fmt: skip
+            computed, real = computed + c, real + r
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            for mb, sub in zip(plan, subs):
+                kw = dict(share_prompt=share_now, pack=pack)
+                if phase == "logprobs":
+                    with torch.no_grad():
+                        token_logprobs(model, sub, **kw)
+                    continue
+                logp = token_logprobs(model, sub, **kw)
+                loss, _ = policy_loss(logp, logp.detach(), adv[mb.rows], sub.completion_mask,
+                                      cfg, norm=norm)  # fmt: skip
+                loss.backward()
+            model.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - start)
+        out[phase] = {"s": times[-1], "computed": computed, "real": real,
+                      "padding": 1 - real / computed}  # fmt: skip
+    out["useful_tokens"] = int(inputs.attention_mask.sum())
+    return out
+
+
+def hf_generation(w: dict) -> dict:
+    """Seconds for HF generate of one group per prompt at the drawn lengths."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    from mapo.models.batching import encode_prompts
+
+    model, processor = build(w["pixels"])
+    model.eval()
+    prompts, lengths = prompts_and_lengths(processor, w)
+    eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    enc = encode_prompts(processor, prompts)
+    g = w["group"]
+    rows = torch.arange(len(prompts)).repeat_interleave(g)
+    target = torch.tensor(lengths)
+
+    class ForceLength(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            step = input_ids.shape[1] - enc["input_ids"].shape[1]
+            scores[step < target - 1, eos] = float("-inf")  # not before the drawn length
+            at_end = step == target - 1
+            scores[at_end] = float("-inf")
+            scores[at_end, eos] = 0.0
+            return scores
+
+    per_row_pixels, grids = [], []
+    patches = enc["image_grid_thw"].prod(-1).tolist()
+    starts = [0] + torch.tensor(patches).cumsum(0).tolist()
+    for r in rows.tolist():
+        per_row_pixels.append(enc["pixel_values"][starts[r] : starts[r + 1]])
+        grids.append(enc["image_grid_thw"][r])
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=enc["input_ids"][rows], attention_mask=enc["attention_mask"][rows],
+            pixel_values=torch.cat(per_row_pixels), image_grid_thw=torch.stack(grids),
+            mm_token_type_ids=enc["mm_token_type_ids"][rows], do_sample=True,
+            max_new_tokens=int(target.max()), logits_processor=LogitsProcessorList([ForceLength()]),
+            eos_token_id=eos, pad_token_id=processor.tokenizer.pad_token_id,
+        )  # fmt: skip
+    seconds = time.perf_counter() - start
+    new = out[:, enc["input_ids"].shape[1] :]
+    ended = (new == eos).any(-1)
+    first_eos = (new == eos).int().argmax(-1) + 1  # length of each row, eos included
+    return {"engine": "hf", "s": seconds, "tokens": int(target.sum()),
+            "lengths_match": bool(ended.all() and (first_eos == target).all())}  # fmt: skip
+
+
+def save_model(folder: Path, w: dict) -> Path:
+    """The DIMS model and the tiny processor as a checkpoint folder (for vLLM)."""
+    from mapo.models.tiny import save_processor
+
+    model, processor = build(w["pixels"])
+    model.save_pretrained(folder)
+    save_processor(processor.tokenizer, folder)
+    return folder
+
+
+def vllm_generation(folder: Path, w: dict) -> dict:
+    """Seconds for vLLM (CPU) to generate the drawn lengths: min_tokens = max_tokens, eos
+    ignored; the image resize range is passed as processor kwargs."""
+    from mapo.models.loading import load_processor
+    from mapo.rollout.vllm import import_vllm
+
+    vllm = import_vllm()
+    processor = load_processor(folder)
+    prompts, lengths = prompts_and_lengths(processor, w)
+    llm = vllm.LLM(
+        model=str(folder), dtype="float32", max_model_len=4096, seed=0,
+        limit_mm_per_prompt={"image": 1, "video": 0},
+        mm_processor_kwargs={"min_pixels": w["pixels"][0], "max_pixels": w["pixels"][1]},
+    )  # fmt: skip
+    requests, params = [], []
+    for i, k in enumerate(lengths):
+        prompt = prompts[i // w["group"]]
+        requests.append({"prompt": prompt.text, "multi_modal_data": {"image": prompt.images[0]}})
+        params.append(vllm.SamplingParams(min_tokens=k, max_tokens=k, ignore_eos=True, seed=i))
+    start = time.perf_counter()
+    outs = llm.generate(requests, params, use_tqdm=False)
+    seconds = time.perf_counter() - start
+    got = [len(o.outputs[0].token_ids) for o in outs]
+    return {"engine": "vllm", "s": seconds, "tokens": sum(lengths), "lengths_match": got == lengths}
+
+
+def _worker(args) -> None:
+    w = workload(args.quick)
+    if args.budget is not None:
+        w["budget"] = args.budget
+    if args.worker == "hf":
+        emit(hf_generation(w))
+        return
+    if args.worker.startswith("vllm="):
+        emit(vllm_generation(Path(args.worker.removeprefix("vllm=")), w))
+        return
+    mode, ckpt = args.worker.split(":")
+    emit(run_mode(mode, ckpt == "on", w, steps=args.steps))
+
+
+def _spawn(name: str, args, python: str = sys.executable) -> dict:
+    cmd = [python, "-m", "benchmarks.shapes", "--worker", name, "--steps", str(args.steps)]
+    cmd += ["--quick"] if args.quick else []
+    cmd += ["--budget", str(args.budget)] if args.budget is not None else []
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT))
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3000)
+    if proc.returncode:
+        raise RuntimeError(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return parse_result(proc.stdout)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--steps", type=int, default=2, help="per process; the last is timed")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--no-generation", action="store_true")
+    p.add_argument("--only-generation", action="store_true")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of MODES")
+    p.add_argument("--ckpt", default="off,on", help="checkpointing settings to run: off,on")
+    p.add_argument("--budget", type=int, default=None, help="tokens per micro-batch override")
+    p.add_argument(
+        "--vllm-python",
+        default=str(ROOT.parent.parent / "main/.venv-vllm/bin/python"),
+        help="interpreter of the vLLM environment (skipped if absent)",
+    )
+    args = p.parse_args(argv)
+    if args.worker:
+        torch.set_num_threads(args.threads)
+        _worker(args)
+        return
+    load = load_average()
+    if args.only_generation:
+        _generation(args)
+        return
+    runs: dict[str, list[dict]] = {}
+    for _ in range(args.rounds):  # alternate the configurations: the machine's load drifts
+        for mode in args.modes.split(","):
+            for ckpt in args.ckpt.split(","):
+                runs.setdefault(f"{mode}:{ckpt}", []).append(_spawn(f"{mode}:{ckpt}", args))
+    rows = [_row(name, results) for name, results in runs.items()]
+    print(f"load average before / after: {load} / {load_average()}")
+    print(f"{'mode':<14}{'ckpt':<5}{'mbs':>4}{'computed':>10}{'real':>9}{'pad':>7}"
+          f"{'logp s':>8}{'update s':>9}{'rss MB':>8}")  # fmt: skip
+    for r in rows:
+        print(f"{r['mode']:<14}{r['ckpt']:<5}{r['micro_batches']:>4}{r['computed']:>10}"
+              f"{r['real']:>9}{r['padding']:>7.1%}{r['logprobs_s']:>8.2f}{r['update_s']:>9.2f}"
+              f"{r['peak_rss_mb']:>8.0f}")  # fmt: skip
+    if not args.no_generation:
+        _generation(args)
+    on = [r for r in rows if r["ckpt"] == "on"]
+    base = next((r for r in on if r["mode"] == "fixed8"), None)
+    if base is None:
+        raise SystemExit("the summary compares with fixed8, checkpointing on: include both")
+    best = min(on, key=lambda r: r["logprobs_s"] + r["update_s"])
+    total = base["logprobs_s"] + base["update_s"], best["logprobs_s"] + best["update_s"]
+    print(f"best with checkpointing on: {best['mode']}: log-probs + update {total[1]:.2f} s vs "
+          f"fixed8 {total[0]:.2f} s ({total[0] / total[1]:.2f}x; update alone "
+          f"{base['update_s'] / best['update_s']:.2f}x), padding {best['padding']:.1%} vs "
+          f"{base['padding']:.1%}, peak RSS {best['peak_rss_mb']:.0f} vs "
+          f"{base['peak_rss_mb']:.0f} MB")  # fmt: skip
+    print(RESULT_PREFIX + json.dumps({"rows": rows}))
+    print(f"padding {best['padding']:.4f}")
+
+
+def _generation(args) -> None:
+    """HF and vLLM generation at the drawn lengths, each in its own process."""
+    import tempfile
+
+    gen = _spawn("hf", args)
+    print(f"generation hf: {gen['s']:.2f} s for {gen['tokens']} tokens "
+          f"(lengths forced: {gen['lengths_match']})")  # fmt: skip
+    if not Path(args.vllm_python).exists():
+        print(f"generation vllm: not run ({args.vllm_python} absent)")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_model(Path(tmp) / "model", workload(args.quick))
+        try:
+            gen = _spawn(f"vllm={folder}", args, python=args.vllm_python)
+        except RuntimeError as err:
+            print(f"generation vllm: failed: {str(err)[-600:]}")
+            return
+    print(f"generation vllm: {gen['s']:.2f} s for {gen['tokens']} tokens "
+          f"(lengths forced: {gen['lengths_match']})")  # fmt: skip
+
+
+def _row(name: str, results: list[dict]) -> dict:
+    first = results[0]
+    med = statistics.median
+    return {
+        "mode": first["mode"], "ckpt": "on" if first["ckpt"] else "off",
+        "micro_batches": first["micro_batches"], "computed": first["update"]["computed"],
+        "real": first["update"]["real"], "padding": first["update"]["padding"],
+        "logprobs_s": med(r["logprobs"]["s"] for r in results),
+        "update_s": med(r["update"]["s"] for r in results),
+        "peak_rss_mb": med(r["peak_rss_mb"] for r in results),
+    }  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
