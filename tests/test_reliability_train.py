@@ -46,13 +46,13 @@ def _poison_step(monkeypatch, step: int, poison) -> dict:
     seen: dict = {}
     update = MAPOModule._update
 
-    def patched(self, inputs, adv, old_logp, ref_logp):
+    def patched(self, inputs, adv, old_logp, ref_logp, sampler_logp=None):
         if self.rl_step == step:
             seen["module"] = self
             seen["weights"] = {k: v.clone() for k, v in self.policy.state_dict().items()}
             seen["optim"] = copy.deepcopy(self.optimizers().optimizer.state_dict())
             adv = poison(self, adv.clone())
-        return update(self, inputs, adv, old_logp, ref_logp)
+        return update(self, inputs, adv, old_logp, ref_logp, sampler_logp)
 
     monkeypatch.setattr(MAPOModule, "_update", patched)
     return seen

@@ -154,7 +154,7 @@ def _module(mode: str, aggregation: str, model_dir: Path):
     from mapo.models.batching import build_policy_inputs
     from mapo.models.loading import load_policy, load_processor
     from mapo.trainer.module import MAPOModule
-    from mapo.types import Completions, OptimConfig
+    from mapo.types import Completions, OptimConfig, SamplingConfig
 
     processor = load_processor(model_dir)
     torch.manual_seed(0)
@@ -193,13 +193,14 @@ def _module(mode: str, aggregation: str, model_dir: Path):
                 self.local_count = len(local)
             counter = []
             hook = self.policy.model.register_forward_pre_hook(lambda *_: counter.append(1))
-            self.result = self._update(inputs.to(self.device), adv, None, None)
+            self.result, _ = self._update(inputs.to(self.device), adv, None, None)
             hook.remove()
             self.result["forwards"] = len(counter)
             self.result["local_count"] = getattr(self, "local_count", 1)
 
     return Probe(
         policy, processor, algo, OptimConfig(lr=LR, grad_clip=None), log_entropy=False,
+        sampling=SamplingConfig(n=algo.group_size, temperature=1.0, top_p=1.0, max_new_tokens=16),
         share_prompt=mode.endswith("shared"), padding_free="packed" in mode,
     )  # fmt: skip
 
