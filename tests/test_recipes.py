@@ -163,6 +163,36 @@ def test_recipe_add_a_rollout_engine(tmp_path, plugin):
         ENGINES.remove("recipe_echo")
 
 
+def test_recipe_add_a_policy_loss(tmp_path, plugin):
+    from loss_config import plain_loss
+
+    from mapo.algorithm.losses import policy_loss
+    from mapo.algorithm.policy_losses import POLICY_LOSSES
+
+    mod = plugin("""
+        from mapo.algorithm.policy_losses import register_policy_loss
+
+        @register_policy_loss("recipe_reinforce", aggregations=("token-mean",))
+        def reinforce(logp, old_logp, adv, mask, p):
+            return -adv * logp, {}
+    """)
+    try:
+        overrides = [f"plugins=[{mod}]", "algorithm.policy_loss=recipe_reinforce",
+                     "algorithm.loss_agg=token-mean", "algorithm.dual_clip=null"]  # fmt: skip
+        assert _validate(tmp_path, *overrides).algo.policy_loss == "recipe_reinforce"
+        with pytest.raises(Exception, match="loss_agg"):  # an aggregation it is not defined for
+            _validate(tmp_path, *overrides[:-2], "algorithm.loss_agg=seq-mean-token-sum",
+                      "algorithm.dual_clip=null")  # fmt: skip
+        logp = torch.tensor([[-1.0, -2.0], [-0.5, -4.0]])
+        mask = torch.tensor([[1, 1], [1, 0]])
+        loss, _ = policy_loss(logp, logp.detach(), torch.tensor([1.0, -2.0]), mask,
+                              plain_loss(policy_loss="recipe_reinforce"))  # fmt: skip
+        # by hand, token-mean over the 3 valid tokens: (-(1)(-1) - (1)(-2) - (-2)(-0.5)) / 3
+        assert float(loss) == pytest.approx((1.0 + 2.0 - 1.0) / 3)
+    finally:
+        POLICY_LOSSES.remove("recipe_reinforce")
+
+
 def test_unknown_plugin_module_is_named(tmp_path):
     with pytest.raises(ImportError, match="plugins: cannot import 'no_such_plugin_xyz'"):
         _validate(tmp_path, "plugins=[no_such_plugin_xyz]")
