@@ -139,3 +139,18 @@ def make_fake_run():
 def fake_run_dir(tmp_path_factory) -> Path:
     """`write_fake_run` once per session; never write into it."""
     return write_fake_run(tmp_path_factory.mktemp("fake-run"))
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if anything starts building or loading a model."""
+    import mapo.models.loading as loading
+    import mapo.pipeline.run as pipeline
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model was loaded although the config/data is bad")
+
+    for name in ("load_policy", "load_reference", "load_processor"):
+        monkeypatch.setattr(loading, name, forbidden)
+    monkeypatch.setattr(pipeline, "prepare_model", forbidden)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -22,21 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST = ["debug=fast", "logger=none", "callbacks.progress_bar=null"]
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    """Fail the test if anything starts building or loading a model."""
-    import mapo.models.loading as loading
-    import mapo.pipeline.run as pipeline
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("a model was loaded although the config/data is bad")
-
-    for name in ("load_policy", "load_reference", "load_processor"):
-        monkeypatch.setattr(loading, name, forbidden)
-    monkeypatch.setattr(pipeline, "prepare_model", forbidden)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 def _train(tmp_path, *overrides):
     return train(compose_config([*FAST, *overrides], run_dir=tmp_path / "run"))
 

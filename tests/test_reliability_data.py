@@ -21,19 +21,6 @@ from mapo.pipeline.run import train
 FAST = ["debug=fast", "logger=none", "callbacks.progress_bar=null"]
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    import mapo.models.loading as loading
-    import mapo.pipeline.run as pipeline
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("a model was loaded although the data is bad")
-
-    for name in ("load_policy", "load_reference", "load_processor"):
-        monkeypatch.setattr(loading, name, forbidden)
-    monkeypatch.setattr(pipeline, "prepare_model", forbidden)
-
-
 def _rows(n: int = 6) -> list[dict]:
     return generate("synth_emo", "train", n, seed=0)
 

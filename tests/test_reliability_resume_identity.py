@@ -22,18 +22,14 @@ FAST = ["debug=fast", "logger=none", "callbacks.progress_bar=null"]
 
 
 @pytest.fixture
-def no_model(monkeypatch):
-    """Fail the test if anything starts building or loading a model."""
-    import mapo.models.loading as loading
+def no_model(no_model, monkeypatch):
+    """conftest's no_model, and no data either: the identity check comes before the data."""
     import mapo.pipeline.run as pipeline
 
     def forbidden(*args, **kwargs):
-        raise AssertionError("a model was loaded")
+        raise AssertionError("the data was prepared before the identity check")
 
-    for name in ("load_policy", "load_reference", "load_processor"):
-        monkeypatch.setattr(loading, name, forbidden)
-    monkeypatch.setattr(pipeline, "prepare_model", forbidden)
-    monkeypatch.setattr(pipeline, "prepare_data", forbidden)  # the check comes before the data
+    monkeypatch.setattr(pipeline, "prepare_data", forbidden)
 
 
 def _fake_run(run_dir: Path, *overrides: str) -> Path:
