@@ -154,3 +154,18 @@ def no_model(monkeypatch):
         monkeypatch.setattr(loading, name, forbidden)
     monkeypatch.setattr(pipeline, "prepare_model", forbidden)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def special(tiny_processor):
+    """The tiny tokenizer's suppressed ids, pad and eos (test_logprobs.py has its own)."""
+    from mapo.models.processor import suppressed_token_ids
+
+    tok = tiny_processor.tokenizer
+    return {
+        "suppress": suppressed_token_ids(
+            tok, eos_token_ids=[tok.eos_token_id], vocab_size=len(tok)
+        ),
+        "pad": tok.pad_token_id,
+        "eos": tok.eos_token_id,
+    }

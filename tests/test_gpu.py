@@ -241,3 +241,55 @@ def test_zero3_checkpoint_and_resume_on_one_gpu(device, optim, tmp_path, zero2_r
         assert a[col].tolist() == b[col].tolist(), col
     # a fresh start instead of the resume would draw step 0's prompts again
     assert a.prompt_id.tolist() != resumed[resumed.step == 0].prompt_id.tolist()
+
+
+def _segments(lengths_q, lengths_k, device):
+    cu = lambda n: torch.tensor([0, *torch.tensor(n).cumsum(0).tolist()], dtype=torch.int32)  # noqa: E731
+    return cu(lengths_q).to(device), cu(lengths_k).to(device)
+
+
+def test_varlen_kernels_align_causal_to_the_bottom_right(device):
+    """The shared prompt pass on flash-attn (mapo/models/varlen_attention.py) needs a query
+    segment shorter than its keys (a completion after its prompt) to see the whole prompt:
+    causal aligned to the bottom right. The GPU kernels against tests/test_varlen_attention.py's
+    plain-torch reference on segments of (queries, keys) = (5, 5), (3, 9), (1, 7), (4, 12)."""
+    import inspect
+
+    from test_varlen_attention import reference_varlen
+
+    if device.type != "cuda":
+        pytest.skip("the varlen kernels run on CUDA only")
+    lq, lk = [5, 3, 1, 4], [5, 9, 7, 12]
+    cq, ck = _segments(lq, lk, device)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    q = torch.randn(sum(lq), 4, 64, generator=gen).to(device, torch.bfloat16)  # [T, h, d]
+    k = torch.randn(sum(lk), 2, 64, generator=gen).to(device, torch.bfloat16)
+    v = torch.randn(sum(lk), 2, 64, generator=gen).to(device, torch.bfloat16)
+    module = torch.nn.Module()
+    want, _ = reference_varlen(
+        module, q.float().transpose(0, 1)[None], k.float().transpose(0, 1)[None],
+        v.float().transpose(0, 1)[None], None, is_causal=True, cu_seq_lens_q=cq.cpu(),
+        cu_seq_lens_k=ck.cpu(), max_length_q=max(lq), max_length_k=max(lk),
+    )  # fmt: skip
+    want = want[0]  # [T, h, d]
+    kernels = {}
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = inspect.signature(varlen_attn).parameters
+    causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    rep = dict(enable_gqa=True) if "enable_gqa" in params else None
+    kk, vv = (k, v) if rep else (k.repeat_interleave(2, 1), v.repeat_interleave(2, 1))
+    kernels["torch varlen_attn"] = varlen_attn(
+        q, kk, vv, cq, ck, max(lq), max(lk), **causal, **(rep or {})
+    )
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError:
+        flash_attn_varlen_func = None
+    if flash_attn_varlen_func is not None:
+        kernels["flash_attn"] = flash_attn_varlen_func(
+            q, k, v, cq, ck, max(lq), max(lk), causal=True
+        )
+    for name, got in kernels.items():
+        err = float((got.float() - want.cpu().to(got.device)).abs().max())
+        assert err < 0.05, f"{name}: max |diff| {err:.3f} against the bottom-right reference"

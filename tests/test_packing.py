@@ -5,43 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from packing_inputs import INDEX, LENGTHS, _grads, _inputs
 
-from mapo.models.batching import build_policy_inputs
 from mapo.models.loading import load_policy
 from mapo.models.logprobs import token_logprobs
 from mapo.models.packing import pack_layout
-from mapo.models.processor import suppressed_token_ids
-from mapo.types import Completions
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
-
-# rows of three prompts, unequal lengths, out of prompt order; prompt 1 has two images
-INDEX = [2, 0, 2, 1, 0, 2, 0, 1]
-LENGTHS = [12, 1, 6, 9, 4, 1, 12, 3]
-
-
-@pytest.fixture(scope="module")
-def special(tiny_processor):
-    tok = tiny_processor.tokenizer
-    return {
-        "suppress": suppressed_token_ids(
-            tok, eos_token_ids=[tok.eos_token_id], vocab_size=len(tok)
-        ),
-        "pad": tok.pad_token_id,
-        "eos": tok.eos_token_id,
-    }
-
-
-def _inputs(processor, prompts, special, index=INDEX, lengths=LENGTHS, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    allowed = [i for i in range(special["eos"]) if i not in special["suppress"]]
-    ids = [
-        [allowed[int(j)] for j in torch.randint(len(allowed), (n,), generator=gen)] for n in lengths
-    ]
-    comps = Completions(
-        prompt_index=list(index), token_ids=ids, text=[""] * len(ids), truncated=[False] * len(ids)
-    )
-    return build_policy_inputs(processor, prompts, comps, pad_token_id=special["pad"])
 
 
 def test_layout_counts_real_tokens_and_resets_positions(tiny_processor, tiny_prompts, special):
@@ -94,15 +64,6 @@ def test_packed_logprobs_equal_the_padded_forward(
     torch.testing.assert_close(lp, lp_ref, atol=1e-5, rtol=0)
     torch.testing.assert_close(ent, ent_ref, atol=1e-5, rtol=0)
     assert float(lp_ref.abs().max()) > 1.0  # sharpened: a wrong position would cost nats
-
-
-def _grads(model, inputs, special, **kw):
-    weights = torch.randn(inputs.completion_mask.shape, generator=torch.Generator().manual_seed(0))
-    logp, ent = token_logprobs(
-        model, inputs, suppress_ids=special["suppress"], return_entropy=True, **kw
-    )
-    ((logp * weights).sum() + 0.1 * ent.sum()).backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])

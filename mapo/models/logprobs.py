@@ -19,8 +19,8 @@ Same numbers as the full pass up to float rounding (tests/test_logprobs.py). It 
 Qwen2/2.5-VL-style backbone (``get_rope_index`` + ``language_model``) and images; text-only
 batches, other architectures and batches without repeated prompts take the full pass. Under
 gradient checkpointing in training (which disables the cache) the shared pass runs instead as
-one packed sequence with a 4-D mask (``mapo.models.packing``) when the attention backend takes
-one (sdpa, eager); with flash_attention_2 it falls back to the full pass.
+one packed sequence without a cache (``mapo.models.packing``): with a 4-D mask on sdpa / eager,
+with varlen key segments on flash_attention_2 / 3 (``mapo.models.varlen_attention``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from mapo.models.packing import (
     packed_image_order,
     unpack_rows,
 )
+from mapo.models.varlen_attention import install as install_varlen
 
 _CHUNK_ELEMENTS = 1 << 26  # logits per head chunk: 64 M fp32 = 256 MiB
 
@@ -123,9 +124,17 @@ def _checkpointing(model: torch.nn.Module) -> bool:
     return getattr(model, "is_gradient_checkpointing", False) and model.training
 
 
+def attention_backend(model: torch.nn.Module) -> str:
+    """The text decoder's attention backend (its config's, which its attention layers read)."""
+    config = getattr(model.config, "text_config", None) or model.config
+    return getattr(config, "_attn_implementation", None) or "sdpa"
+
+
 def packs_shared_prompt(model: torch.nn.Module) -> bool:
-    """Whether the model's attention backend takes the 4-D mask of a packed shared prompt."""
-    return getattr(model.config, "_attn_implementation", None) in MASK_BACKENDS
+    """Whether the text backend can run a packed shared prompt: a 4-D mask (sdpa, eager) or
+    varlen key segments (flash-attn)."""
+    backend = attention_backend(model)
+    return backend in MASK_BACKENDS or backend in VARLEN_BACKENDS
 
 
 def packed_hidden_states(
@@ -133,9 +142,9 @@ def packed_hidden_states(
 ) -> torch.Tensor:
     """[N, L, H] as ``completion_hidden_states``, from one padding-free packed sequence."""
     base = model.model
-    backend = getattr(model.config, "_attn_implementation", "sdpa")
+    backend = attention_backend(model)
     varlen = backend in VARLEN_BACKENDS
-    layout = pack_layout(inputs, share_prompt=share_prompt and not varlen)
+    layout = pack_layout(inputs, share_prompt=share_prompt)
     rows, cols = layout.source_row, layout.source_col
     kwargs: dict = dict(input_ids=inputs.input_ids[rows, cols][None], use_cache=False)
     if inputs.pixel_values is not None and hasattr(base, "get_rope_index"):
@@ -143,10 +152,12 @@ def packed_hidden_states(
     else:
         flat = inputs.attention_mask.long().cumsum(-1) - 1  # [N, P+L], skips left padding
         positions = flat[rows, cols][None]  # [1, T]
-    if varlen:  # text positions first: transformers derives cu_seqlens from their resets
+    if varlen:  # no mask: explicit query / key segments for the varlen kernel
+        install_varlen(backend)
         text = layout.text_positions()[None, None]
         positions = positions if positions.ndim == 3 else positions[None].expand(3, -1, -1)
         kwargs["position_ids"] = torch.cat([text.to(positions), positions])  # [4, 1, T]
+        kwargs["varlen_segments"] = layout.varlen_segments()
     else:
         kwargs["position_ids"] = positions
         kwargs["attention_mask"] = layout.attention_mask(model.dtype, backend).to(

@@ -18,10 +18,12 @@ Attention backends (docs/benchmarks.md, "Realistic shapes"):
   * sdpa / eager: a 4-D mask (token q sees token k iff k <= q, same segment, and k is either
     the segment's shared prompt or q's own row). Padding leaves the projections and the MLP,
     not the attention product, which stays T x T (masked). Runs on CPU, forward and backward.
-  * flash_attention_2 (GPU, untested here): no mask; per-segment text positions go first in a
-    [4, 1, T] position tensor and transformers derives cu_seqlens from their resets (varlen
-    kernel). A shared prompt cannot be expressed as varlen segments, so that backend packs
-    unshared rows only.
+  * flash_attention_2 / 3 (GPU): no mask. ``varlen_segments`` cuts the packed sequence into
+    query segments (each prompt, each completion) with their key segments (a completion's keys
+    are its prompt's tokens, then its own), and ``mapo.models.varlen_attention`` gathers the
+    keys and values and runs the varlen kernel with separate query / key offsets and
+    bottom-right causal alignment. Shared and unshared layouts both take it; attention then
+    costs sum P_b^2 + sum L_i (P_b + L_i), as in the cache-based pass, not T^2.
 """
 
 from __future__ import annotations
@@ -35,6 +37,17 @@ from mapo.models.batching import PolicyInputs
 
 VARLEN_BACKENDS = ("flash_attention_2", "flash_attention_3")
 MASK_BACKENDS = ("sdpa", "eager")
+
+
+@dataclass(frozen=True)
+class VarlenSegments:
+    """Query / key segments of a packed sequence for a varlen attention kernel (S segments)."""
+
+    key_index: Tensor  # [K] long: packed position of each key/value, segment after segment
+    cu_seq_lens_q: Tensor  # [S+1] int32 query offsets into the packed sequence
+    cu_seq_lens_k: Tensor  # [S+1] int32 key offsets into key_index
+    max_length_q: int
+    max_length_k: int
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,42 @@ class PackedLayout:
                 ~allowed, torch.finfo(dtype).min
             )
         raise ValueError(f"no 4-D mask for attention backend {backend!r}; use {MASK_BACKENDS}")
+
+    def varlen_segments(self) -> VarlenSegments:
+        """Query and key segments for a varlen kernel (module docstring). Query segments are
+        the maximal runs of one (segment, row) in packed order: a prompt's tokens, or one
+        completion's. A prompt's keys are its own tokens; a completion's keys are its prompt's
+        tokens (the shared run of its segment, or its own row's prompt unshared) followed by
+        its own tokens, so causal alignment at the bottom right gives token j of the
+        completion the whole prompt and completion tokens 0..j."""
+        run = self.owner * (int(self.row.max()) + 2) + (self.row + 1)  # [T] one id per run
+        change = torch.ones_like(run, dtype=torch.bool)
+        change[1:] = run[1:] != run[:-1]
+        starts = torch.nonzero(change).flatten().tolist()
+        ends = starts[1:] + [self.num_tokens]
+        owner = self.owner.tolist()  # one device sync, not one per run
+        prompt_of: dict[int, tuple[int, int]] = {}  # segment -> its prompt run
+        keys, cu_q, cu_k = [], [0], [0]
+        for s, e in zip(starts, ends):
+            seg = owner[s]
+            own = torch.arange(s, e)
+            if seg not in prompt_of:  # a segment's first run is its prompt
+                prompt_of[seg] = (s, e)
+                keys.append(own)
+            else:
+                ps, pe = prompt_of[seg]
+                keys.append(torch.cat([torch.arange(ps, pe), own]))
+            cu_q.append(cu_q[-1] + e - s)
+            cu_k.append(cu_k[-1] + int(keys[-1].numel()))
+        lens_q = [b - a for a, b in zip(cu_q, cu_q[1:])]
+        lens_k = [b - a for a, b in zip(cu_k, cu_k[1:])]
+        device = self.owner.device
+        return VarlenSegments(
+            key_index=torch.cat(keys).to(device),
+            cu_seq_lens_q=torch.tensor(cu_q, dtype=torch.int32, device=device),
+            cu_seq_lens_k=torch.tensor(cu_k, dtype=torch.int32, device=device),
+            max_length_q=max(lens_q), max_length_k=max(lens_k),
+        )  # fmt: skip
 
     def text_positions(self) -> Tensor:
         """[T] position of each token inside its segment (0 at each segment start): what the
