@@ -7,6 +7,7 @@ import pytest
 import torch
 from packing_inputs import INDEX, LENGTHS, _grads, _inputs
 
+from mapo.models import varlen_attention
 from mapo.models.loading import load_policy
 from mapo.models.logprobs import token_logprobs
 from mapo.models.packing import pack_layout
@@ -51,16 +52,24 @@ def test_shared_mask_lets_each_completion_see_its_prompt_and_itself(
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])  # per-segment SDPA calls / one 4-D mask
 @pytest.mark.parametrize("share", [False, True])
 def test_packed_logprobs_equal_the_padded_forward(
-    tiny_model_dir, tiny_processor, tiny_prompts, special, sharpen, share
+    tiny_model_dir, tiny_processor, tiny_prompts, special, sharpen, share, backend, monkeypatch
 ):
-    model = sharpen(load_policy(tiny_model_dir).eval())
+    model = sharpen(load_policy(tiny_model_dir, attn_implementation=backend).eval())
     inputs = _inputs(tiny_processor, tiny_prompts, special, seed=3)
     kw = dict(suppress_ids=special["suppress"], return_entropy=True, share_prompt=False)
     lp_ref, ent_ref = token_logprobs(model, inputs, **kw)
     kw["share_prompt"] = share
+    segmented = []
+    kernel = varlen_attention.segmented_sdpa
+    monkeypatch.setattr(
+        varlen_attention, "segmented_sdpa", lambda *a: segmented.append(1) or kernel(*a)
+    )
     lp, ent = token_logprobs(model, inputs, pack=True, **kw)
+    layers = model.config.text_config.num_hidden_layers
+    assert len(segmented) == (layers if backend == "sdpa" else 0)
     torch.testing.assert_close(lp, lp_ref, atol=1e-5, rtol=0)
     torch.testing.assert_close(ent, ent_ref, atol=1e-5, rtol=0)
     assert float(lp_ref.abs().max()) > 1.0  # sharpened: a wrong position would cost nats

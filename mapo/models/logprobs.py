@@ -19,8 +19,8 @@ Same numbers as the full pass up to float rounding (tests/test_logprobs.py). It 
 Qwen2/2.5-VL-style backbone (``get_rope_index`` + ``language_model``) and images; text-only
 batches, other architectures and batches without repeated prompts take the full pass. Under
 gradient checkpointing in training (which disables the cache) the shared pass runs instead as
-one packed sequence without a cache (``mapo.models.packing``): with a 4-D mask on sdpa / eager,
-with varlen key segments on flash_attention_2 / 3 (``mapo.models.varlen_attention``).
+one packed sequence without a cache (``mapo.models.packing``): by varlen key segments on
+flash_attention_2 / 3 and sdpa (``mapo.models.varlen_attention``), by a 4-D mask on eager.
 """
 
 from __future__ import annotations
@@ -131,8 +131,8 @@ def attention_backend(model: torch.nn.Module) -> str:
 
 
 def packs_shared_prompt(model: torch.nn.Module) -> bool:
-    """Whether the text backend can run a packed shared prompt: a 4-D mask (sdpa, eager) or
-    varlen key segments (flash-attn)."""
+    """Whether the text backend can run a packed shared prompt: by varlen key segments
+    (flash-attn, sdpa) or a 4-D mask (eager)."""
     backend = attention_backend(model)
     return backend in MASK_BACKENDS or backend in VARLEN_BACKENDS
 

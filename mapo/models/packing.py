@@ -15,15 +15,16 @@ predicting completion token j of row i sits at ``gather[i, j]``: the prompt's la
 j = 0, the row's completion token j - 1 otherwise.
 
 Attention backends (docs/benchmarks.md, "Realistic shapes"):
-  * sdpa / eager: a 4-D mask (token q sees token k iff k <= q, same segment, and k is either
-    the segment's shared prompt or q's own row). Padding leaves the projections and the MLP,
-    not the attention product, which stays T x T (masked). Runs on CPU, forward and backward.
-  * flash_attention_2 / 3 (GPU): no mask. ``varlen_segments`` cuts the packed sequence into
-    query segments (each prompt, each completion) with their key segments (a completion's keys
-    are its prompt's tokens, then its own), and ``mapo.models.varlen_attention`` gathers the
-    keys and values and runs the varlen kernel with separate query / key offsets and
-    bottom-right causal alignment. Shared and unshared layouts both take it; attention then
-    costs sum P_b^2 + sum L_i (P_b + L_i), as in the cache-based pass, not T^2.
+  * flash_attention_2 / 3 (GPU) and sdpa (CPU and GPU): no mask. ``varlen_segments`` cuts the
+    packed sequence into query segments (each prompt, each completion) with their key segments
+    (a completion's keys are its prompt's tokens, then its own); ``mapo.models.varlen_attention``
+    gathers the keys and values and runs the flash-attn varlen kernel with separate query / key
+    offsets and bottom-right causal alignment, or for sdpa one SDPA call per segment. Shared
+    and unshared layouts both take it; attention costs sum P_b^2 + sum L_i (P_b + L_i), as in
+    the cache-based pass, not T^2.
+  * eager: a 4-D mask (token q sees token k iff k <= q, same segment, and k is either the
+    segment's shared prompt or q's own row). Padding leaves the projections and the MLP, not
+    the attention product, which stays T x T (masked).
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ from torch import Tensor
 
 from mapo.models.batching import PolicyInputs
 
-VARLEN_BACKENDS = ("flash_attention_2", "flash_attention_3")
-MASK_BACKENDS = ("sdpa", "eager")
+# How each attention backend runs a packed sequence (module docstring):
+VARLEN_BACKENDS = ("flash_attention_2", "flash_attention_3", "sdpa")  # by varlen segments
+MASK_BACKENDS = ("eager",)  # by one 4-D mask over the whole sequence
 
 
 @dataclass(frozen=True)

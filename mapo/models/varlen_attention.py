@@ -1,5 +1,5 @@
-"""Varlen attention over a packed sequence with explicit key segments: how the flash-attn
-backends run the packed pass, shared prompt included (``mapo.models.packing``).
+"""Varlen attention over a packed sequence with explicit key segments: how the flash-attn and
+sdpa backends run the packed pass, shared prompt included (``mapo.models.packing``).
 
 transformers' varlen route derives one segment per sequence, with keys = queries. A shared
 prompt needs more: each completion attends to its prompt's tokens, which are not in its own
@@ -9,7 +9,8 @@ with ``varlen_segments=`` (a ``VarlenSegments``) then
   1. gathers keys and values by ``key_index`` ([1, h_kv, T, d] -> [1, h_kv, K, d]), so each
      completion's key segment is its prompt's keys followed by its own;
   2. calls the backend's own function with ``cu_seq_lens_q`` / ``cu_seq_lens_k`` and
-     ``is_causal``, i.e. ``flash_attn_varlen_func`` with separate query and key offsets.
+     ``is_causal``, i.e. ``flash_attn_varlen_func`` with separate query and key offsets; for
+     sdpa (no varlen kernel, e.g. on CPU), ``segmented_sdpa``: one call per segment.
 
 flash-attn >= 2.1 aligns the causal mask to the bottom right when a query segment is shorter
 than its key segment: query j of a completion of length L with K keys sees keys 0..K-L+j,
@@ -32,6 +33,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterf
 from mapo.models.packing import VarlenSegments
 
 _WRAPPED: dict[str, Callable] = {}  # backend -> the wrapper installed for it
+_SDPA = ALL_ATTENTION_FUNCTIONS["sdpa"]  # transformers' own, before any wrapping
 
 
 def install(backend: str) -> None:
@@ -71,6 +73,9 @@ def _attention(
     key = key.index_select(2, seg.key_index)  # [1, h_kv, K, d]
     value = value.index_select(2, seg.key_index)
     kwargs.pop("position_ids", None)  # the offsets below define the segments, not positions
+    if original is _SDPA:
+        dropout = kwargs.get("dropout", 0.0) if module.training else 0.0
+        return segmented_sdpa(query, key, value, seg, kwargs.get("scaling"), dropout), None
     kwargs.update(
         is_causal=True,
         cu_seq_lens_q=seg.cu_seq_lens_q,
@@ -80,3 +85,34 @@ def _attention(
     )
     # No mask: the segments carry all of it (flash-attn's varlen route takes none).
     return original(module, query, key, value, None, *args, **kwargs)
+
+
+def segmented_sdpa(
+    query: torch.Tensor,  # [1, h, T, d]
+    key: torch.Tensor,  # [1, h_kv, K, d], gathered by the segments' key_index
+    value: torch.Tensor,
+    seg: VarlenSegments,
+    scaling: float | None,
+    dropout: float,
+) -> torch.Tensor:
+    """[1, T, h, d] varlen attention as one SDPA call per segment (the sdpa backend's packed
+    pass). Attention then costs what the varlen kernel's does, sum over segments of
+    L_q * L_k, instead of the T x T of one masked call over the whole packed sequence; the
+    Python loop adds one small call per prompt and per completion and layer."""
+    cq, ck = seg.cu_seq_lens_q.tolist(), seg.cu_seq_lens_k.tolist()
+    q, k, v = query[0], key[0], value[0]
+    out = []
+    for qs, qe, ks, ke in zip(cq, cq[1:], ck, ck[1:]):
+        lq, lk = qe - qs, ke - ks
+        mask = None
+        if lq != lk:  # causal aligned to the bottom right: query j sees keys 0..lk-lq+j
+            cols = torch.arange(lk, device=q.device)
+            mask = cols[None, :] <= torch.arange(lq, device=q.device)[:, None] + (lk - lq)
+        out.append(
+            torch.nn.functional.scaled_dot_product_attention(
+                q[None, :, qs:qe], k[None, :, ks:ke], v[None, :, ks:ke], attn_mask=mask,
+                dropout_p=dropout, is_causal=mask is None, scale=scaling,
+                enable_gqa=q.shape[0] != k.shape[0],
+            )[0]
+        )  # fmt: skip
+    return torch.cat(out, dim=1).transpose(0, 1)[None]  # [h, T, d] -> [1, T, h, d]
