@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 venv: $(STAMP)
 
 test: $(STAMP)  ## all CPU tests but the vLLM ones (slow included), and the notebook top to bottom
-	$(PY) -m pytest -m "not vllm and not gpu" tests notebooks --nbmake --nbmake-timeout=1800 $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not vllm and not gpu" tests benchmarks/tests notebooks --nbmake --nbmake-timeout=1800 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## quick loop while developing
 	$(PY) -m pytest -m "not slow and not vllm and not gpu and not deepspeed" -x -q $(PYTEST_ARGS)
