@@ -1,6 +1,6 @@
 """The GPU path (`pytest -m gpu`, run by scripts/gpu_check.sh): the tiny RL step on CUDA in
 bf16, HF-engine generation, bf16 log-probs against fp32, DeepSpeed ZeRO-2 on one GPU, ZeRO-3
-checkpoint and resume, FusedAdam against torch's AdamW.
+checkpoint and resume, FusedAdam against torch's AdamW, the varlen kernels' causal alignment.
 
 Without CUDA every test skips. ``MAPO_GPU_TESTS_ON_CPU=1`` runs them on the CPU instead (CPU
 DeepSpeed strategy, no FusedAdam): that checks the tests' own code, not the GPU.
@@ -257,14 +257,16 @@ def test_varlen_kernels_align_causal_to_the_bottom_right(device):
 
     from test_varlen_attention import reference_varlen
 
-    if device.type != "cuda":
-        pytest.skip("the varlen kernels run on CUDA only")
+    from mapo.models.packing import VarlenSegments
+    from mapo.models.varlen_attention import segmented_sdpa
+
     lq, lk = [5, 3, 1, 4], [5, 9, 7, 12]
     cq, ck = _segments(lq, lk, device)
     gen = torch.Generator(device="cpu").manual_seed(0)
     q = torch.randn(sum(lq), 4, 64, generator=gen).to(device, torch.bfloat16)  # [T, h, d]
     k = torch.randn(sum(lk), 2, 64, generator=gen).to(device, torch.bfloat16)
     v = torch.randn(sum(lk), 2, 64, generator=gen).to(device, torch.bfloat16)
+    segments = VarlenSegments(torch.arange(sum(lk), device=device), cq, ck, max(lq), max(lk))
     module = torch.nn.Module()
     want, _ = reference_varlen(
         module, q.float().transpose(0, 1)[None], k.float().transpose(0, 1)[None],
@@ -272,7 +274,12 @@ def test_varlen_kernels_align_causal_to_the_bottom_right(device):
         cu_seq_lens_k=ck.cpu(), max_length_q=max(lq), max_length_k=max(lk),
     )  # fmt: skip
     want = want[0]  # [T, h, d]
-    kernels = {}
+    # sdpa's per-segment route (mapo/models/varlen_attention.py), on every device
+    bhsd = lambda x: x.transpose(0, 1)[None]  # noqa: E731  [T, h, d] -> [1, h, T, d]
+    kernels = {"segmented_sdpa": segmented_sdpa(bhsd(q), bhsd(k), bhsd(v), segments, None, 0.0)[0]}
+    if device.type != "cuda":  # the varlen kernels below run on CUDA only
+        _check_all(kernels, want)
+        return
     from torch.nn.attention.varlen import varlen_attn
 
     params = inspect.signature(varlen_attn).parameters
@@ -290,6 +297,10 @@ def test_varlen_kernels_align_causal_to_the_bottom_right(device):
         kernels["flash_attn"] = flash_attn_varlen_func(
             q, k, v, cq, ck, max(lq), max(lk), causal=True
         )
+    _check_all(kernels, want)
+
+
+def _check_all(kernels: dict, want: torch.Tensor) -> None:
     for name, got in kernels.items():
-        err = float((got.float() - want.cpu().to(got.device)).abs().max())
+        err = float((got.float() - want.to(got.device)).abs().max())
         assert err < 0.05, f"{name}: max |diff| {err:.3f} against the bottom-right reference"
