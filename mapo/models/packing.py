@@ -50,6 +50,7 @@ class VarlenSegments:
     cu_seq_lens_k: Tensor  # [S+1] int32 key offsets into key_index
     max_length_q: int
     max_length_k: int
+    offsets: tuple[tuple[int, int, int, int], ...] = ()  # (q start, q end, k start, k end)
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class PackedLayout:
             cu_seq_lens_q=torch.tensor(cu_q, dtype=torch.int32, device=device),
             cu_seq_lens_k=torch.tensor(cu_k, dtype=torch.int32, device=device),
             max_length_q=max(lens_q), max_length_k=max(lens_k),
+            offsets=tuple(zip(cu_q, cu_q[1:], cu_k, cu_k[1:])),  # host copy: no device sync
         )  # fmt: skip
 
     def text_positions(self) -> Tensor:
