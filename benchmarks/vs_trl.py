@@ -50,6 +50,8 @@ def worker_env(side: str, s: Settings) -> dict[str, str]:
     engine = s.trl_engine if side == "trl" else s.engine
     if engine == "vllm":  # vLLM's CPU worker binds its own OMP threads
         env["VLLM_CPU_OMP_THREADS_BIND"] = "0" if s.threads == 1 else f"0-{s.threads - 1}"
+    else:  # a bind inherited from this process (set once vLLM was imported here) is not theirs
+        env.pop("VLLM_CPU_OMP_THREADS_BIND", None)
     return env
 
 

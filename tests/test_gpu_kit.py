@@ -56,7 +56,8 @@ def test_check_real_path_at_cpu_size_records_every_phase(tmp_path):
     rc = {p["phase"]: p["rc"] for p in report["phases"]}
     assert rc["install"] != 0  # no wheel folder: recorded, and the run went on
     assert rc["build7b"] == 0 and rc["time7b"] == 0, rc
-    assert report["pytest"]["skipped"] == 6 and report["pytest"]["failed"] == 0
+    gpu_tests = (ROOT / "tests" / "test_gpu.py").read_text().count("\ndef test_")
+    assert report["pytest"]["skipped"] == gpu_tests and report["pytest"]["failed"] == 0
     assert report["arch7b"]["complete"] and report["arch7b"]["train_tokens_per_s"] > 0
     assert report["ok"] is False  # a failed phase makes the whole check not ok
     log = (out / "gpu_check.log").read_text()
