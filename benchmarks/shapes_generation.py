@@ -8,12 +8,13 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.shapes_workload import build, prompts_and_lengths
+
 
 def hf_generation(w: dict) -> dict:
     """Seconds for HF generate of one group per prompt at the drawn lengths."""
     from transformers import LogitsProcessor, LogitsProcessorList
 
-    from benchmarks.shapes import build, prompts_and_lengths
     from mapo.models.batching import encode_prompts
 
     model, processor = build(w["pixels"])
@@ -59,7 +60,6 @@ def hf_generation(w: dict) -> dict:
 
 def save_model(folder: Path, w: dict) -> Path:
     """The DIMS model and the tiny processor as a checkpoint folder (for vLLM)."""
-    from benchmarks.shapes import build
     from mapo.models.tiny import save_processor
 
     model, processor = build(w["pixels"])
@@ -71,7 +71,6 @@ def save_model(folder: Path, w: dict) -> Path:
 def vllm_generation(folder: Path, w: dict) -> dict:
     """Seconds for vLLM (CPU) to generate the drawn lengths: min_tokens = max_tokens, eos
     ignored; the image resize range is passed as processor kwargs."""
-    from benchmarks.shapes import prompts_and_lengths
     from mapo.models.loading import load_processor
     from mapo.rollout.vllm import import_vllm
 
