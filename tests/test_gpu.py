@@ -266,7 +266,11 @@ def test_varlen_kernels_align_causal_to_the_bottom_right(device):
     q = torch.randn(sum(lq), 4, 64, generator=gen).to(device, torch.bfloat16)  # [T, h, d]
     k = torch.randn(sum(lk), 2, 64, generator=gen).to(device, torch.bfloat16)
     v = torch.randn(sum(lk), 2, 64, generator=gen).to(device, torch.bfloat16)
-    segments = VarlenSegments(torch.arange(sum(lk), device=device), cq, ck, max(lq), max(lk))
+    bounds = cq.tolist(), ck.tolist()
+    offsets = tuple(zip(bounds[0], bounds[0][1:], bounds[1], bounds[1][1:]))
+    segments = VarlenSegments(
+        torch.arange(sum(lk), device=device), cq, ck, max(lq), max(lk), offsets
+    )
     module = torch.nn.Module()
     want, _ = reference_varlen(
         module, q.float().transpose(0, 1)[None], k.float().transpose(0, 1)[None],

@@ -50,7 +50,7 @@ class VarlenSegments:
     cu_seq_lens_k: Tensor  # [S+1] int32 key offsets into key_index
     max_length_q: int
     max_length_k: int
-    offsets: tuple[tuple[int, int, int, int], ...] = ()  # (q start, q end, k start, k end)
+    offsets: tuple[tuple[int, int, int, int], ...]  # host copy: (q start, q end, k start, k end)
 
 
 @dataclass(frozen=True)
@@ -107,20 +107,21 @@ class PackedLayout:
                 keys.append(torch.cat([torch.arange(ps, pe), own]))
             cu_q.append(cu_q[-1] + e - s)
             cu_k.append(cu_k[-1] + int(keys[-1].numel()))
-        lens_q = [b - a for a, b in zip(cu_q, cu_q[1:])]
-        lens_k = [b - a for a, b in zip(cu_k, cu_k[1:])]
+        offsets = tuple(zip(cu_q, cu_q[1:], cu_k, cu_k[1:]))
         device = self.owner.device
         return VarlenSegments(
             key_index=torch.cat(keys).to(device),
             cu_seq_lens_q=torch.tensor(cu_q, dtype=torch.int32, device=device),
             cu_seq_lens_k=torch.tensor(cu_k, dtype=torch.int32, device=device),
-            max_length_q=max(lens_q), max_length_k=max(lens_k),
-            offsets=tuple(zip(cu_q, cu_q[1:], cu_k, cu_k[1:])),  # host copy: no device sync
-        )  # fmt: skip
+            max_length_q=max(qe - qs for qs, qe, _, _ in offsets),
+            max_length_k=max(ke - ks for _, _, ks, ke in offsets),
+            offsets=offsets,
+        )
 
     def text_positions(self) -> Tensor:
-        """[T] position of each token inside its segment (0 at each segment start): what the
-        varlen backends read the sequence boundaries from."""
+        """[T] position of each token inside its segment (0 at each segment start): the text
+        row of the [4, 1, T] positions of the varlen route (Qwen2.5-VL reads row 0 as text
+        positions; the segments themselves come from ``varlen_segments``)."""
         starts = torch.ones_like(self.owner, dtype=torch.bool)
         starts[1:] = self.owner[1:] != self.owner[:-1]
         index = torch.arange(self.num_tokens, device=self.owner.device)

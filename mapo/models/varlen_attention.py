@@ -99,13 +99,9 @@ def segmented_sdpa(
     pass). Attention then costs what the varlen kernel's does, sum over segments of
     L_q * L_k, instead of the T x T of one masked call over the whole packed sequence; the
     Python loop adds one small call per prompt and per completion and layer."""
-    offsets = seg.offsets or tuple(
-        zip(*(t.tolist() for t in (seg.cu_seq_lens_q[:-1], seg.cu_seq_lens_q[1:],
-                                   seg.cu_seq_lens_k[:-1], seg.cu_seq_lens_k[1:])))
-    )  # fmt: skip
     q, k, v = query[0], key[0], value[0]
     out = []
-    for qs, qe, ks, ke in offsets:
+    for qs, qe, ks, ke in seg.offsets:  # host offsets: no device sync per layer
         lq, lk = qe - qs, ke - ks
         mask = None
         if lq != lk:  # causal aligned to the bottom right: query j sees keys 0..lk-lq+j
