@@ -5,6 +5,8 @@ the fraction of groups whose success rate p is 0 or 1 (no GRPO signal) over trai
     python -m benchmarks.curves                      # full: 5 methods x 3 seeds x 200 steps
     python -m benchmarks.curves --seeds 0 --steps 20 --every 10 --methods mapo grpo   # smoke
     python -m benchmarks.curves --suite losses       # MAPO x {ppo_clip, gspo, gspo_token, cispo, sapo}
+    python -m benchmarks.curves --suite corrections --seeds 0 --steps 100 --every 50
+                                                     # MAPO x each algorithm.rollout_correction mode
 
 Each run is `python train.py experiment=synth_emo_<method> ...` in its own process (1 thread,
 `--jobs` at a time) writing to <out>/<method>/seed<k>; finished runs are reused, so an
@@ -24,14 +26,26 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.common import ROOT, load_average
+from mapo.algorithm.rollout_correction import MODES
 
 METHODS = {"mapo": "MAPO", "grpo": "GRPO", "dapo": "DAPO", "apd": "APD only", "mapo_rand": "Rand"}
 # MAPO's advantage under each policy loss (conf/experiment/synth_emo_mapo_<loss>.yaml: four
 # updates per rollout batch, so the ratio leaves 1 and the losses differ).
 LOSSES = {"mapo_ppo_clip": "PPO-clip", "mapo_gspo": "GSPO", "mapo_gspo_token": "GSPO-token",
           "mapo_cispo": "CISPO", "mapo_sapo": "SAPO"}  # fmt: skip
-SUITES = {"methods": (METHODS, ""), "losses": (LOSSES, "_losses")}  # runs, file-name suffix
-LABELS = {**METHODS, **LOSSES}
+# MAPO's advantage under each algorithm.rollout_correction mode (docs/rollout_correction.md)
+CORRECTIONS = {f"mapo_rc_{m}": f"MAPO + {m}" for m in MODES}
+SUITES = {"methods": (METHODS, ""), "losses": (LOSSES, "_losses"),
+          "corrections": (CORRECTIONS, "_corrections")}  # runs, file-name suffix  # fmt: skip
+LABELS = {**METHODS, **LOSSES, **CORRECTIONS}
+
+
+def experiment_args(method: str) -> list[str]:
+    """The train.py overrides that pick a method: its experiment, plus the correction mode."""
+    if method.startswith("mapo_rc_"):
+        mode = method.removeprefix("mapo_rc_")
+        return ["experiment=synth_emo_mapo", f"algorithm.rollout_correction.mode={mode}"]
+    return [f"experiment=synth_emo_{method}"]
 
 
 def finished(method: str, seed: int, a: argparse.Namespace) -> bool:
@@ -45,7 +59,7 @@ def run_one(method: str, seed: int, a: argparse.Namespace) -> Path:
     tag = f"steps={a.steps} every={a.every}"
     if finished(method, seed, a):
         return out
-    cmd = [sys.executable, "train.py", f"experiment=synth_emo_{method}", f"seed={seed}",
+    cmd = [sys.executable, "train.py", *experiment_args(method), f"seed={seed}",
            f"steps={a.steps}", f"eval.every_n_steps={a.every}", "eval.before=true",
            "eval.after=false", "export_hf=false", "logger=none", "callbacks.progress_bar=null",
            "callbacks.model_checkpoint=null", "trainer.enable_checkpointing=false",
@@ -172,7 +186,8 @@ def _smooth(x, k: int):
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--suite", choices=list(SUITES), default="methods",
-                    help="methods: the advantage estimators; losses: MAPO under each policy loss")  # fmt: skip
+                    help="methods: the advantage estimators; losses: MAPO under each policy "
+                         "loss; corrections: MAPO under each rollout-correction mode")  # fmt: skip
     ap.add_argument("--methods", nargs="+", choices=list(LABELS), help="default: the suite's")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=200)

@@ -10,6 +10,7 @@ from loss_config import plain_loss
 from mapo.algorithm.config import AlgorithmConfig, ConfigError
 from mapo.algorithm.losses import policy_loss
 from mapo.algorithm.rollout_correction import (
+    MODES,
     RolloutCorrection,
     correction,
     mismatch_metrics,
@@ -38,16 +39,16 @@ def test_token_mask_by_hand():
     assert hit.tolist() == [[True, False, True], [False, False, False]]
 
 
-def test_sequence_modes_use_the_geometric_mean_by_hand():
+def test_geometric_modes_by_hand():
     # g_1 = (3 * 1 * 0.25)^(1/3) = 0.75^(1/3) = 0.908560;  g_2 = (1.5 * 1.2)^(1/2) = 1.341641
     g1, g2 = 0.75 ** (1 / 3), 1.8**0.5
     assert g1 < 1.3 < g2  # only the second sequence is truncated at C = 1.3
-    w, hit = correction(TRAINER, SAMPLER, MASK, RolloutCorrection("seq_tis", cap=1.3))
+    w, hit = correction(TRAINER, SAMPLER, MASK, RolloutCorrection("seq_geo_tis", cap=1.3))
     torch.testing.assert_close(w, torch.tensor([[g1, g1, g1], [1.3, 1.3, 0.0]]))
     assert hit.tolist() == [[False] * 3, [True, True, False]]
-    w, hit = correction(TRAINER, SAMPLER, MASK, RolloutCorrection("seq_mask", cap=1.3))
+    w, hit = correction(TRAINER, SAMPLER, MASK, RolloutCorrection("seq_geo_mask", cap=1.3))
     assert w.tolist() == [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
-    w, _ = correction(TRAINER, SAMPLER, MASK, RolloutCorrection("seq_mask", cap=1.05))
+    w, _ = correction(TRAINER, SAMPLER, MASK, RolloutCorrection("seq_geo_mask", cap=1.05))
     assert w.tolist() == [[0.0] * 3, [0.0] * 3]  # 0.9086 < 1/1.05 = 0.952 as well
 
 
@@ -105,7 +106,7 @@ def test_step_mismatch_adds_correction_metrics_and_record_sums():
 
 
 def test_matched_log_probs_give_unit_weights():
-    for mode in ("token_tis", "token_mask", "seq_tis", "seq_mask"):
+    for mode in MODES[1:]:
         w, hit = correction(SAMPLER, SAMPLER, MASK, RolloutCorrection(mode))
         assert (w[MASK] == 1).all() and not hit.any()
 
@@ -125,6 +126,8 @@ def test_sampler_logprobs_pads_and_checks_lengths():
         ({"mode": "seq_mask", "cap": 0.5}, "cap=0.5 must be > 1"),
         ({"mode": "sequence"}, "mode='sequence' is unknown; use one of"),
         ({"mode": "token_tis", "threshold": 2}, "unknown algorithm.rollout_correction keys"),
+        ({"mode": "seq_tis", "cap_lower": 0.5}, "truncates from above only"),
+        ({"mode": "token_mis", "cap": 2, "cap_lower": 2.5}, r"must be in \[0, cap=2\)"),
     ],
 )
 def test_config_time_errors(block, msg):

@@ -101,7 +101,8 @@ class Normalizer:
 
     @staticmethod
     def of(mask: Tensor) -> Normalizer:
-        return Normalizer(tokens=float(mask.sum().clamp_min(1)), seqs=float(max(mask.shape[0], 1)))
+        seqs = int((mask.sum(-1) > 0).sum())  # verl's agg_loss: empty rows leave the count
+        return Normalizer(tokens=float(mask.sum().clamp_min(1)), seqs=float(max(seqs, 1)))
 
 
 def aggregate(values: Tensor, mask: Tensor, mode: str, norm: Normalizer) -> Tensor:
@@ -138,7 +139,8 @@ def policy_loss(
 
     logp, old_logp, ref_logp, mask: [N, L]; advantages: [N] (one per sequence).
     weights: optional detached [N, L] rollout-correction weights (mapo/algorithm/rollout_correction.py)
-    multiplying the policy-gradient term only; the KL term and the normaliser are unchanged.
+    multiplying the policy-gradient term only; the KL term and the normaliser are unchanged
+    (a rejection mode instead passes a `mask` with the rejected tokens removed).
     Returns the loss to minimise (already divided by the mini-batch normaliser) and metrics.
     """
     norm = norm or Normalizer.of(mask)

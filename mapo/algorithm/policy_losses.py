@@ -80,10 +80,13 @@ def _log_ratio(logp: Tensor, old_logp: Tensor) -> Tensor:
     return (logp - old_logp).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
 
 
-def _seq_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """[N, L] -> [N, 1]: mean over each sequence's valid tokens."""
-    m = mask.to(x.dtype)
-    return (x * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp_min(1)
+def _seq_mean_log_ratio(logp: Tensor, old_logp: Tensor, mask: Tensor) -> Tensor:
+    """[N, L] -> [N, 1]: log s_i, the mean of the raw token log-ratios over each sequence's
+    valid tokens (no per-token clamp: verl and TRL average the raw values). Padding is
+    selected out, not multiplied, so a non-finite value there cannot leak in."""
+    valid = mask.bool()
+    x = torch.where(valid, logp - old_logp, 0.0)
+    return x.sum(-1, keepdim=True) / valid.sum(-1, keepdim=True).clamp_min(1).to(x.dtype)
 
 
 @register_policy_loss("ppo_clip", ALL_AGGREGATIONS, dual_clip=True)
@@ -118,8 +121,10 @@ def gspo(logp, old_logp, adv, mask, p: LossParams):
     sequence ratio s_i = (pi(y_i) / pi_old(y_i))^(1/|y_i|) = exp(mean_t log r_t), clipped per
     sequence:  J = 1/G sum_i min(s_i A_i, clip(s_i, 1 - eps_low, 1 + eps_high) A_i).
     The sequence loss is returned on every token of the sequence, so seq-mean-token-mean
-    aggregation is exactly the paper's mean over sequences. Gradient flows through s_i."""
-    s = _seq_mean(_log_ratio(logp, old_logp), mask).clamp(max=10.0).exp()  # [N, 1]
+    aggregation is exactly the paper's mean over sequences. Gradient flows through s_i.
+    log s_i is clamped at 10 (value and gradient) as verl's `compute_policy_loss_gspo` does;
+    TRL (`importance_sampling_level="sequence"`) does not clamp, and equals this below 10."""
+    s = _seq_mean_log_ratio(logp, old_logp, mask).clamp(max=10.0).exp()  # [N, 1]
     loss, flags = _gspo_clipped(s, adv, p)
     return loss.expand_as(logp), {k: v.expand_as(logp) for k, v in flags.items()}
 
@@ -130,8 +135,8 @@ def gspo_token(logp, old_logp, adv, mask, p: LossParams):
     (value s_i, gradient s_i grad log pi_t), per-token clipping, 1/|y_i| sum_t then 1/G sum_i.
     With one advantage per sequence (every estimator here) it equals GSPO in value and
     gradient, as the paper notes; it exists so token-level advantages can use it later."""
-    log_s = _seq_mean(_log_ratio(logp, old_logp), mask).detach()  # sg[log s_i], [N, 1]
-    s_t = (logp - logp.detach() + log_s).clamp(max=10.0).exp()  # [N, L]
+    log_s = _seq_mean_log_ratio(logp, old_logp, mask).detach()  # sg[log s_i], [N, 1]
+    s_t = (logp - logp.detach() + log_s).clamp(max=10.0).exp()  # [N, L], verl's clamp
     return _gspo_clipped(s_t, adv, p)
 
 

@@ -13,11 +13,19 @@ Metrics (namespace `mismatch/`, all over valid tokens of the step):
     seq_log_ratio_mean / _abs_max = mean / max |.| over sequences of sum_t delta_t
     histogram `mismatch/log_ratio` of delta_t.
 
-Correction (a detached weight w on the policy-gradient term; docs/rollout_correction.md):
-    token_tis   w_t = min(rho_t, C)
-    token_mask  w_t = 1[1/C <= rho_t <= C]
-    seq_tis     w_i = min(g_i, C)                 g_i = exp(mean_t delta_t) (geometric mean)
-    seq_mask    w_i = 1[1/C <= g_i <= C]
+Correction (docs/rollout_correction.md; each mode computes what the named peer's mode computes):
+    token_tis     w_t = min(rho_t, C)                                   verl token IS, TRL token_truncate
+    seq_tis       w_i = min(exp(clamp(sum_t delta_t, +-20)), C)         verl sequence IS, TRL sequence_truncate
+    seq_geo_tis   w_i = min(exp(mean_t delta_t), C)                     ours (a departure: no peer truncates it)
+    token_mask    token t leaves the loss mask unless lo <= rho_t <= C  verl rejection, level token
+    seq_mask      sequence i leaves it unless lo <= P_i <= C,           verl rejection, level sequence
+                  P_i = exp(clamp(sum_t delta_t, +-20))
+    seq_geo_mask  the same on exp(clamp(mean_t delta_t, +-20))          verl rejection, level geometric
+    token_mis     w_t = rho_t 1[lo <= rho_t <= C]                       TRL token_mask
+    seq_mis       w_i = R_i 1[lo <= R_i <= C], R_i = exp(sum_t delta_t) TRL sequence_mask
+The rejection modes change the loss mask (rejected tokens leave the normaliser and the KL
+term, as verl's modified response mask does); the others weight the policy-gradient term only.
+lo = cap_lower, or the peer's default when null: 1/C for verl's rejection, none for TRL's.
 Only torch is imported, so this module sits below every other one.
 """
 
@@ -31,14 +39,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-MODES = ("none", "token_tis", "token_mask", "seq_tis", "seq_mask")
-_MAX_LOG_RATIO = 20.0  # exp() beyond this is meaningless; clamp before exp
+TRUNCATE = ("token_tis", "seq_tis", "seq_geo_tis")
+REJECT = ("token_mask", "seq_mask", "seq_geo_mask")  # verl: rejected tokens leave the mask
+MASKED_IS = ("token_mis", "seq_mis")  # TRL: accepted tokens keep their ratio as the weight
+MODES = ("none", *TRUNCATE, *REJECT, *MASKED_IS)
+_MAX_LOG_RATIO = 20.0  # verl's SAFETY_BOUND: exp() beyond this is meaningless; clamp before exp
 
 
 @dataclass(frozen=True)
 class RolloutCorrection:
-    mode: str = "none"  # none | token_tis | token_mask | seq_tis | seq_mask
-    cap: float = 2.0  # C > 1: truncation cap (tis) or acceptance band [1/C, C] (mask)
+    mode: str = "none"  # MODES; the module docstring says what each computes
+    cap: float = 2.0  # C > 1: truncation cap (tis) or the band's upper end (mask, mis)
+    cap_lower: float | None = None  # the band's lower end; null: 1/C (mask) or none (mis)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -52,6 +64,20 @@ class RolloutCorrection:
                 "min(ratio, C) or the band [1/C, C], and C <= 1 would cut on-policy tokens; "
                 "verl's default is 2.0, TRL's 3.0"
             )
+        if self.cap_lower is None:
+            return
+        if self.mode in TRUNCATE:
+            raise ValueError(
+                f"algorithm.rollout_correction.cap_lower={self.cap_lower!r} applies to the "
+                f"mask modes {list(REJECT + MASKED_IS)}; {self.mode} truncates from above only "
+                "(as verl's and TRL's do): set cap_lower=null"
+            )
+        if not isinstance(self.cap_lower, (int, float)) or not 0 <= self.cap_lower < self.cap:
+            raise ValueError(
+                f"algorithm.rollout_correction.cap_lower={self.cap_lower!r} must be in [0, cap="
+                f"{self.cap}) or null (the peer's default: 1/cap for the verl rejection modes, "
+                "no lower bound for token_mis / seq_mis as in TRL)"
+            )
 
     @property
     def enabled(self) -> bool:
@@ -60,6 +86,17 @@ class RolloutCorrection:
     @property
     def sequence_level(self) -> bool:
         return self.mode.startswith("seq_")
+
+    @property
+    def rejects(self) -> bool:
+        """Whether the mode removes tokens from the loss mask instead of weighting them."""
+        return self.mode in REJECT
+
+    def lower(self) -> float:
+        """The band's lower end: cap_lower, or the peer's default (1/C verl, 0 TRL)."""
+        if self.cap_lower is not None:
+            return float(self.cap_lower)
+        return 1.0 / self.cap if self.rejects else 0.0
 
     @staticmethod
     def from_dict(d: Mapping[str, Any] | None) -> RolloutCorrection:
@@ -102,28 +139,51 @@ def log_ratio(trainer_logp: Tensor, sampler_logp: Tensor, mask: Tensor) -> Tenso
     return delta * mask.to(delta.dtype)
 
 
-def _seq_mean(x: Tensor, mask: Tensor) -> Tensor:
-    m = mask.to(x.dtype)
-    return (x * m).sum(-1) / m.sum(-1).clamp_min(1)
+def _seq_stat(raw: Tensor, mask: Tensor, how: str) -> Tensor:
+    """[N, L] -> [N, 1]: the sum or the mean over each sequence's valid tokens."""
+    total = raw.sum(-1, keepdim=True)
+    if how == "sum":
+        return total
+    return total / mask.sum(-1, keepdim=True).clamp_min(1).to(raw.dtype)
+
+
+def _ratio(trainer_logp: Tensor, sampler_logp: Tensor, mask: Tensor, mode: str) -> Tensor:
+    """The ratio each mode compares with its cap, [N, L] (sequence modes: one value per row,
+    broadcast). The clamps are the peers' own: verl clamps the token log-ratio, the log-sum and
+    the log-mean at +-20 before exp; TRL exponentiates the raw sum."""
+    valid = mask.bool()
+    raw = torch.where(valid, trainer_logp.detach().float() - sampler_logp.float(), 0.0)
+    bound = _MAX_LOG_RATIO
+    if mode in ("token_tis", "token_mask"):
+        log_r = raw.clamp(-bound, bound)
+    elif mode == "token_mis":
+        log_r = raw
+    elif mode in ("seq_tis", "seq_mask"):
+        log_r = _seq_stat(raw, mask, "sum").clamp(-bound, bound)
+    elif mode == "seq_mis":
+        log_r = _seq_stat(raw, mask, "sum")
+    elif mode == "seq_geo_tis":
+        log_r = _seq_stat(raw, mask, "mean")
+    else:  # seq_geo_mask
+        log_r = _seq_stat(raw, mask, "mean").clamp(-bound, bound)
+    return log_r.exp().expand_as(raw)
 
 
 def correction(
     trainer_logp: Tensor, sampler_logp: Tensor, mask: Tensor, cfg: RolloutCorrection
 ) -> tuple[Tensor, Tensor]:
     """(w, affected), both [N, L]: the detached weight on each token's policy-gradient term and
-    whether the rule changed it (truncated or masked). Sequence modes broadcast per sequence."""
-    delta = log_ratio(trainer_logp, sampler_logp, mask)
+    whether the rule changed it (truncated or masked). For the rejection modes (`cfg.rejects`)
+    w is the 0/1 acceptance, which the step multiplies into the loss mask instead."""
     valid = mask.bool()
-    if cfg.sequence_level:
-        stat = _seq_mean(delta, mask).exp().unsqueeze(-1).expand_as(delta)  # g_i on every token
+    ratio = _ratio(trainer_logp, sampler_logp, mask, cfg.mode)
+    if cfg.mode in TRUNCATE:
+        affected = ratio > cfg.cap
+        weight = ratio.clamp(max=cfg.cap)
     else:
-        stat = delta.exp()
-    if cfg.mode.endswith("_tis"):
-        affected = stat > cfg.cap
-        weight = stat.clamp(max=cfg.cap)
-    else:
-        affected = (stat > cfg.cap) | (stat < 1.0 / cfg.cap)
-        weight = (~affected).to(delta.dtype)
+        affected = (ratio > cfg.cap) | (ratio < cfg.lower())
+        keep = ratio if cfg.mode in MASKED_IS else torch.ones_like(ratio)
+        weight = keep.masked_fill(affected, 0.0)
     return weight.masked_fill(~valid, 0.0).detach(), affected & valid
 
 

@@ -150,7 +150,11 @@ class MAPOModule(pl.LightningModule):
 
         clock = time.perf_counter()
         adv_t = adv.advantages.float().to(self.device)
-        upd, start_logp = self._update(inputs, adv_t, old_logp, ref_logp, sampler)
+        loss_mask = inputs.completion_mask
+        if self.algo.rollout_correction.rejects:  # verl: rejected tokens leave the loss mask
+            keep, _ = correction(old_logp, sampler, loss_mask, self.algo.rollout_correction)
+            loss_mask = loss_mask & keep.bool()
+        upd, start_logp = self._update(inputs, adv_t, old_logp, ref_logp, sampler, loss_mask)
         t["time/update"] = time.perf_counter() - clock
         t["time/step"] = sum(t.values())
         t["perf/rollouts_per_s"] = len(rb.completions) / max(t["time/step"], 1e-9)
@@ -182,7 +186,8 @@ class MAPOModule(pl.LightningModule):
     def _frozen_logprobs(self, inputs: PolicyInputs) -> tuple[Tensor | None, Tensor | None]:
         """pi_old (only if several updates per rollout) and pi_ref log-probs, [N, L] each."""
         n = inputs.completion_ids.shape[0]
-        need_old = self.algo.updates_per_rollout > 1
+        # the rejection modes need pi_old before the update: it sets the loss mask and normaliser
+        need_old = self.algo.updates_per_rollout > 1 or self.algo.rollout_correction.rejects
         old = [] if need_old else None
         ref = [] if self.reference is not None and self.algo.needs_reference else None
         plan = self._micro_batches(inputs, torch.arange(n))
@@ -215,11 +220,19 @@ class MAPOModule(pl.LightningModule):
         return out if isinstance(out, tuple) else (out, None)
 
     def _update(
-        self, inputs: PolicyInputs, adv: Tensor, old_logp, ref_logp, sampler_logp=None
+        self,
+        inputs: PolicyInputs,
+        adv: Tensor,
+        old_logp,
+        ref_logp,
+        sampler_logp=None,
+        loss_mask: Tensor | None = None,
     ) -> tuple[dict[str, float], Tensor]:
         """Mini-batch / micro-batch policy-loss updates over the rollout batch. Also returns
         pi_old's log-probs [N, L] (the trainer's at the start of the step): `old_logp`, or,
-        with a single update, the detached log-probs of that update's forward."""
+        with a single update, the detached log-probs of that update's forward. `loss_mask`
+        is the completion mask less the tokens a rejection mode removed (None: all of it)."""
+        loss_mask = inputs.completion_mask if loss_mask is None else loss_mask
         n = adv.numel()
         start_logp = old_logp
         if start_logp is None:
@@ -234,9 +247,7 @@ class MAPOModule(pl.LightningModule):
             order = torch.randperm(n) if self.algo.shuffle else torch.arange(n)
             # exactly n_mini optimizer steps on every rank, whatever the (filtered) batch size
             for mini in order.tensor_split(n_mini):
-                norm = self._normalizer(
-                    inputs.completion_mask[mini.to(inputs.completion_mask.device)]
-                )
+                norm = self._normalizer(loss_mask[mini.to(loss_mask.device)])
 
                 def loss_fn(mb: MicroBatch, norm: Normalizer = norm) -> Tensor:
                     idx, sub = mb.rows, mb.inputs(inputs, trimmed=self._trims)
@@ -248,16 +259,15 @@ class MAPOModule(pl.LightningModule):
                     if old_logp is None:  # a single update: this forward is pi_old
                         start_logp[idx, cols] = old
                     ref = ref_logp[idx, cols] if ref_logp is not None else None
+                    mask = loss_mask[idx, cols]
                     weights = None
-                    if rc.enabled:
-                        weights, _ = correction(
-                            old, sampler_logp[idx, cols], sub.completion_mask, rc
-                        )
+                    if rc.enabled and not rc.rejects:
+                        weights, _ = correction(old, sampler_logp[idx, cols], mask, rc)
                     loss, m = policy_loss(
                         logp,
                         old,
                         adv[idx],
-                        sub.completion_mask,
+                        mask,
                         self.loss_cfg,
                         ref_logp=ref,
                         norm=norm,
@@ -297,7 +307,9 @@ class MAPOModule(pl.LightningModule):
         """Mini-batch totals over all ranks, divided by the world size: gradients are averaged
         across ranks, so each rank's share must be scaled by world / global totals to get the
         exact global token-mean."""
-        totals = torch.tensor([float(mask.sum()), float(mask.shape[0])], device=self.device)
+        # sequences with no token left (all rejected) leave the count, as in verl's agg_loss
+        seqs = float((mask.sum(-1) > 0).sum())
+        totals = torch.tensor([float(mask.sum()), seqs], device=self.device)
         world = self.trainer.world_size if self._trainer is not None else 1
         if world > 1:
             totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
