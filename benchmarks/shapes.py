@@ -63,7 +63,7 @@ def positions(sub, *, shared_cache: bool, packed: bool, share: bool) -> tuple[in
     prompt, completion = row_lengths(sub)
     index = sub.prompt_index.cpu()
     if packed:
-        n = computed_tokens(prompt, completion, index, packed=True, share_prompt=share)
+        n = computed_tokens(prompt, completion, index, padding_free=True, share_prompt=share)
         return n, n
     width_p, width_l = sub.prompt_len, sub.completion_len
     if shared_cache:  # prompt pass B x P, then N x (L - 1) completion columns
@@ -76,10 +76,11 @@ def positions(sub, *, shared_cache: bool, packed: bool, share: bool) -> tuple[in
 
 def run_mode(mode: str, ckpt: bool, w: dict, steps: int) -> dict:
     """One process: ``steps`` update + log-prob phases of ``mode``; the last one is timed."""
+    from mapo.models.micro_batching import StepLayout
+
     from mapo.algorithm.config import AlgorithmConfig
     from mapo.algorithm.losses import Normalizer, policy_loss
     from mapo.models.logprobs import can_share_prompt, token_logprobs
-    from mapo.trainer.micro_batches import split_rows
 
     budget, share, pack = MODES[mode]
     model, processor = build(w["pixels"])
@@ -89,10 +90,15 @@ def run_mode(mode: str, ckpt: bool, w: dict, steps: int) -> dict:
     # Before this change the shared pass was off whenever checkpointing was active, i.e. in
     # the update (training mode); the no-grad log-prob phase (eval mode) still shared.
     share_now = share and not (ckpt and mode == "fixed8")
-    plan = split_rows(inputs, torch.arange(inputs.num_rows), micro_batch_size=8,
-                      max_tokens=w["budget"] if budget else None, packed=pack,
-                      share_prompt=share_now)  # fmt: skip
-    subs = [mb.inputs(inputs, trimmed=budget) for mb in plan]
+    layout = StepLayout(
+        inputs,
+        micro_batch_size=8,
+        max_tokens_per_micro_batch=w["budget"] if budget else None,
+        padding_free=pack,
+        share_prompt=share_now,
+    )
+    plan = layout.micro_batches(torch.arange(inputs.num_rows))
+    subs = [layout.inputs(mb) for mb in plan]
     # the default config's loss (conf/algorithm/mapo.yaml: AlgorithmConfig's defaults equal it)
     cfg, norm = AlgorithmConfig().loss_config(), Normalizer.of(inputs.completion_mask)
     out: dict = {"mode": mode, "ckpt": ckpt, "micro_batches": len(plan)}
@@ -109,7 +115,7 @@ def run_mode(mode: str, ckpt: bool, w: dict, steps: int) -> dict:
         for _ in range(steps):
             start = time.perf_counter()
             for mb, sub in zip(plan, subs):
-                kw = dict(share_prompt=share_now, pack=pack)
+                kw = dict(share_prompt=share_now, padding_free=pack)
                 if phase == "logprobs":
                     with torch.no_grad():
                         token_logprobs(model, sub, **kw)

@@ -27,13 +27,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "mapo"
 
-BOTTOM = {"types", "registry", "atomic", "console", "rng"}
+BOTTOM = {"types", "registry", "atomic", "console", "rng", "ranks"}
 ALLOWED: dict[str, set[str]] = {
     "types": set(),
     "registry": set(),
     "atomic": set(),
     "console": set(),
     "rng": set(),
+    "ranks": set(),
     "algorithm": BOTTOM,
     "data": BOTTOM,
     "rewards": BOTTOM,

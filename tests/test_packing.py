@@ -67,7 +67,7 @@ def test_packed_logprobs_equal_the_padded_forward(
     monkeypatch.setattr(
         varlen_attention, "segmented_sdpa", lambda *a: segmented.append(1) or kernel(*a)
     )
-    lp, ent = token_logprobs(model, inputs, pack=True, **kw)
+    lp, ent = token_logprobs(model, inputs, padding_free=True, **kw)
     layers = model.config.text_config.num_hidden_layers
     assert len(segmented) == (layers if backend == "sdpa" else 0)
     torch.testing.assert_close(lp, lp_ref, atol=1e-5, rtol=0)
@@ -86,7 +86,7 @@ def test_packed_gradients_equal_the_padded_forward(
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()  # checkpointing acts in training mode only
-    got = _grads(model, inputs, special, share_prompt=share, pack=True)
+    got = _grads(model, inputs, special, share_prompt=share, padding_free=True)
     assert got.keys() == reference.keys()
     assert any("visual" in n for n in got)
     for name, g in reference.items():

@@ -4,6 +4,7 @@ and over-long training rows, a hostile checkpoint. Uses the project's .cache."""
 import copy
 import json
 import os
+from dataclasses import replace
 
 import pyarrow.parquet as pq
 import pytest
@@ -40,19 +41,19 @@ def _cfg(run_dir, *extra):
     return compose_config([*SMALL, *extra], run_dir=run_dir)
 
 
-def _poison_step(monkeypatch, step: int, poison) -> dict:
-    """Run `poison(module, adv) -> adv` at the start of RL step `step`'s update, after taking
+def _poison_step(monkeypatch, step_number: int, poison) -> dict:
+    """Run `poison(module, adv) -> adv` at the start of RL step `step_number`'s update, after taking
     a snapshot of the weights and the optimizer state."""
     seen: dict = {}
     update = MAPOModule._update
 
-    def patched(self, inputs, adv, old_logp, ref_logp, sampler_logp=None):
-        if self.rl_step == step:
+    def patched(self, step):
+        if self.rl_step == step_number:
             seen["module"] = self
             seen["weights"] = {k: v.clone() for k, v in self.policy.state_dict().items()}
             seen["optim"] = copy.deepcopy(self.optimizers().optimizer.state_dict())
-            adv = poison(self, adv.clone())
-        return update(self, inputs, adv, old_logp, ref_logp, sampler_logp)
+            step = replace(step, advantages=poison(self, step.advantages.clone()))
+        return update(self, step)
 
     monkeypatch.setattr(MAPOModule, "_update", patched)
     return seen
@@ -76,7 +77,7 @@ def _nan_advantage(module, adv):
 
 
 def test_a_nonfinite_loss_stops_the_step_before_any_weight_changes(tmp_path, monkeypatch):
-    seen = _poison_step(monkeypatch, step=1, poison=_nan_advantage)
+    seen = _poison_step(monkeypatch, step_number=1, poison=_nan_advantage)
     with pytest.raises(
         FloatingPointError, match="non-finite loss .* RL step 1; the update was not"
     ):
@@ -97,7 +98,7 @@ def _inf_gradient(module, adv):
 
 
 def test_a_nonfinite_gradient_stops_the_step_before_any_weight_changes(tmp_path, monkeypatch):
-    seen = _poison_step(monkeypatch, step=1, poison=_inf_gradient)
+    seen = _poison_step(monkeypatch, step_number=1, poison=_inf_gradient)
     with pytest.raises(FloatingPointError):
         train(_cfg(tmp_path / "run", "steps=2"))
     _assert_unchanged(seen)

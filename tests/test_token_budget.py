@@ -50,12 +50,16 @@ def test_plan_covers_every_row_once_within_budget(packed, share):
     prompt = torch.randint(100, 400, (n // 8,), generator=torch.Generator().manual_seed(1))
     index = torch.arange(n) // 8
     prompt = prompt[index]
-    plan = plan_micro_batches(prompt, completion, index, budget, packed=packed, share_prompt=share)
+    plan = plan_micro_batches(
+        prompt, completion, index, budget, padding_free=packed, share_prompt=share
+    )
     rows = torch.cat(plan).sort().values
     assert rows.tolist() == list(range(n))
     for b in plan:
-        assert 0 < computed_tokens(prompt[b], completion[b], index[b], packed=packed,
-                                   share_prompt=share) <= budget  # fmt: skip
+        tokens = computed_tokens(
+            prompt[b], completion[b], index[b], padding_free=packed, share_prompt=share
+        )
+        assert 0 < tokens <= budget
 
 
 def test_sorted_budget_wastes_less_than_fixed_micro_batches():
@@ -63,12 +67,14 @@ def test_sorted_budget_wastes_less_than_fixed_micro_batches():
     completion, index = _lognormal(n, seed=2), torch.arange(n) // 8
     prompt = torch.full((n,), 200)
     fixed = sum(
-        computed_tokens(prompt[b], completion[b], index[b], packed=False, share_prompt=False)
+        computed_tokens(prompt[b], completion[b], index[b], padding_free=False, share_prompt=False)
         for b in torch.arange(n).split(8)
     )
-    plan = plan_micro_batches(prompt, completion, index, 8 * 1224, packed=False)
+    plan = plan_micro_batches(
+        prompt, completion, index, 8 * 1224, padding_free=False, share_prompt=False
+    )
     budget = sum(
-        computed_tokens(prompt[b], completion[b], index[b], packed=False, share_prompt=False)
+        computed_tokens(prompt[b], completion[b], index[b], padding_free=False, share_prompt=False)
         for b in plan
     )
     useful = int((prompt + completion).sum())
@@ -78,16 +84,20 @@ def test_sorted_budget_wastes_less_than_fixed_micro_batches():
 def test_min_count_splits_then_pads_with_empty_micro_batches():
     prompt, completion, index = torch.tensor([5, 5, 5]), torch.tensor([3, 4, 2]), torch.zeros(3)
     index = index.long()
-    plan = plan_micro_batches(prompt, completion, index, 1000, min_count=2)
+    kw = dict(padding_free=False, share_prompt=False)
+    plan = plan_micro_batches(prompt, completion, index, 1000, min_count=2, **kw)
     assert len(plan) == 2 and sorted(torch.cat(plan).tolist()) == [0, 1, 2]
-    plan = plan_micro_batches(prompt, completion, index, 1000, min_count=5)
+    plan = plan_micro_batches(prompt, completion, index, 1000, min_count=5, **kw)
     assert len(plan) == 5 and sum(b.numel() == 0 for b in plan) == 2
     assert sorted(torch.cat(plan).tolist()) == [0, 1, 2]
 
 
 def test_a_row_over_the_budget_is_a_clear_error():
     with pytest.raises(ValueError, match="max_tokens_per_micro_batch=10 is below one rollout"):
-        plan_micro_batches(torch.tensor([8]), torch.tensor([5]), torch.tensor([0]), 10)
+        plan_micro_batches(
+            torch.tensor([8]), torch.tensor([5]), torch.tensor([0]), 10,
+            padding_free=False, share_prompt=False,
+        )  # fmt: skip
 
 
 @torch.no_grad()
@@ -100,8 +110,7 @@ def test_trimmed_micro_batches_scatter_back_to_the_full_logprobs(
     from mapo.models.batching import build_policy_inputs
     from mapo.models.loading import load_policy
     from mapo.models.logprobs import token_logprobs
-    from mapo.models.micro_batching import scatter_rows
-    from mapo.trainer.micro_batches import split_rows
+    from mapo.models.micro_batching import StepLayout
     from mapo.types import Completions
 
     model = sharpen(load_policy(tiny_model_dir).eval())
@@ -113,15 +122,21 @@ def test_trimmed_micro_batches_scatter_back_to_the_full_logprobs(
     pad = tiny_processor.tokenizer.pad_token_id
     inputs = build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=pad)
     full = token_logprobs(model, inputs, share_prompt=False)
-    plan = split_rows(inputs, torch.arange(8), micro_batch_size=8, max_tokens=150,
-                      packed=packed, share_prompt=True)  # fmt: skip
-    assert len(plan) > 1 and not any(mb.dummy for mb in plan)
+    layout = StepLayout(
+        inputs,
+        micro_batch_size=8,
+        max_tokens_per_micro_batch=150,
+        padding_free=packed,
+        share_prompt=True,
+    )
+    micro_batches = layout.micro_batches(torch.arange(8))
+    assert len(micro_batches) > 1 and not any(mb.dummy for mb in micro_batches)
     parts = []
-    for mb in plan:
-        sub = mb.inputs(inputs, trimmed=True)
+    for mb in micro_batches:
+        sub = layout.inputs(mb)
         assert sub.completion_len == max(lengths[i] for i in mb.rows.tolist())
-        parts.append(token_logprobs(model, sub, share_prompt=True, pack=packed))
-    got = scatter_rows(parts, [mb.rows for mb in plan], full.shape)
+        parts.append(token_logprobs(model, sub, share_prompt=True, padding_free=packed))
+    got = layout.scatter(micro_batches, parts)
     torch.testing.assert_close(got, full, atol=1e-5, rtol=0)
     assert float(full.abs().max()) > 1.0
 
@@ -153,7 +168,8 @@ def _module(mode: str, aggregation: str, model_dir: Path):
     from mapo.algorithm.config import AlgorithmConfig
     from mapo.models.batching import build_policy_inputs
     from mapo.models.loading import load_policy, load_processor
-    from mapo.trainer.module import MAPOModule
+    from mapo.models.micro_batching import StepLayout
+    from mapo.trainer.module import MAPOModule, StepTensors
     from mapo.types import Completions, OptimConfig, SamplingConfig
 
     processor = load_processor(model_dir)
@@ -187,13 +203,26 @@ def _module(mode: str, aggregation: str, model_dir: Path):
             adv = torch.randn(n, generator=gen)
             if algo.max_tokens_per_micro_batch is not None:  # this rank's plan before agreeing
                 prompt, completion = row_lengths(inputs)
-                local = plan_micro_batches(prompt, completion, inputs.prompt_index,
-                                           algo.max_tokens_per_micro_batch, packed=self.padding_free,
-                                           share_prompt=self.share_prompt)  # fmt: skip
+                local = plan_micro_batches(
+                    prompt,
+                    completion,
+                    inputs.prompt_index,
+                    algo.max_tokens_per_micro_batch,
+                    padding_free=self.padding_free,
+                    share_prompt=self.share_prompt,
+                )
                 self.local_count = len(local)
             counter = []
             hook = self.policy.model.register_forward_pre_hook(lambda *_: counter.append(1))
-            self.result, _ = self._update(inputs.to(self.device), adv, None, None)
+            layout = StepLayout(
+                inputs.to(self.device),
+                micro_batch_size=algo.micro_batch_size,
+                max_tokens_per_micro_batch=algo.max_tokens_per_micro_batch,
+                padding_free=self.padding_free,
+                share_prompt=self.share_prompt,
+            )
+            mask = layout.batch.completion_mask
+            self.result, _ = self._update(StepTensors(layout, adv, None, None, None, mask))
             hook.remove()
             self.result["forwards"] = len(counter)
             self.result["local_count"] = getattr(self, "local_count", 1)

@@ -113,7 +113,7 @@ def test_varlen_logprobs_equal_the_padded_forward(
     )
     calls["segmented"] = 0
     lp, ent = token_logprobs(
-        sharpen(varlen_model().eval()), inputs, pack=True, share_prompt=share, **kw
+        sharpen(varlen_model().eval()), inputs, padding_free=True, share_prompt=share, **kw
     )
     assert calls["segmented"] > 0  # the segmented kernel ran, not a fallback
     torch.testing.assert_close(lp, lp_ref, atol=1e-5, rtol=0)

@@ -103,15 +103,15 @@ def completion_hidden_states(
     *,
     share_vision: bool = True,
     share_prompt: bool = True,
-    pack: bool = False,
+    padding_free: bool = False,
 ) -> torch.Tensor:
     """[N, L, H] final hidden states at the positions that predict the completion tokens.
 
     ``model`` is a transformers causal LM with the usual ``model.model`` backbone and
-    ``get_output_embeddings()`` head (Qwen2/2.5-VL, Qwen2, Llama, ...). ``pack`` runs the rows
+    ``get_output_embeddings()`` head (Qwen2/2.5-VL, Qwen2, Llama, ...). ``padding_free`` runs the rows
     padding-free as one sequence (``mapo.models.packing``); under gradient checkpointing the
     shared prompt pass takes that route too, since checkpointing disables the cache."""
-    if pack or (share_prompt and _checkpointing(model) and packs_shared_prompt(model)):
+    if padding_free or (share_prompt and _checkpointing(model) and packs_shared_prompt(model)):
         return packed_hidden_states(model, inputs, share_prompt=share_prompt)
     if share_prompt and can_share_prompt(model, inputs):
         return _shared_prompt_hidden_states(model, inputs)
@@ -231,7 +231,7 @@ def token_logprobs(
     return_entropy: bool = False,
     share_vision: bool = True,
     share_prompt: bool = True,
-    pack: bool = False,
+    padding_free: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """log p(completion token) [N, L] in fp32, 0 where ``completion_mask`` is False.
 
@@ -242,7 +242,11 @@ def token_logprobs(
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 for log-probs, got {temperature}")
     hidden = completion_hidden_states(
-        model, inputs, share_vision=share_vision, share_prompt=share_prompt, pack=pack
+        model,
+        inputs,
+        share_vision=share_vision,
+        share_prompt=share_prompt,
+        padding_free=padding_free,
     )  # [N, L, H]
     head = model.get_output_embeddings()
     vocab = head.weight.shape[0]

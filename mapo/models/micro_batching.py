@@ -1,4 +1,13 @@
-"""Token-budget micro-batches: rows grouped by how many token positions a forward computes.
+"""How one RL step's rollout batch is cut into forwards: ``StepLayout`` and its micro-batches.
+
+``StepLayout`` is built once per RL step from one setting per concept: the row count
+(``algorithm.micro_batch_size``) or the token budget (``algorithm.max_tokens_per_micro_batch``),
+padding-free packing (``model.padding_free``, ``mapo.models.packing``) and the shared prompt
+pass (``model.share_prompt``). It owns the micro-batches of any set of rows, the equal forward
+count across data-parallel ranks, trimming each micro-batch to its own longest row, and
+scattering per-micro-batch results back into [N, L].
+
+Token-budget micro-batches: rows grouped by how many token positions a forward computes.
 
 Fixed micro-batches of k rollouts, in prompt order, pad every row to the longest prompt and
 the longest completion of the whole batch; with long-tailed completion lengths most of the
@@ -6,10 +15,10 @@ computed positions are padding (docs/benchmarks.md, "Realistic shapes"). Here a 
 split so that each micro-batch computes at most ``max_tokens`` positions, counted as the
 forward will run it:
 
-  * padded (``packed=False``): rows sorted by length (longest first), filled in order while
+  * padded (``padding_free=False``): rows sorted by length (longest first), filled in order while
     rows x (longest prompt + longest completion) of the micro-batch fits; ``trim`` then cuts
     the micro-batch to its own longest prompt and completion.
-  * packed (``packed=True``, ``mapo.models.packing``): no padding at all, so grouping is free
+  * packed (``padding_free=True``, ``mapo.models.packing``): no padding at all, so grouping is free
     to serve the shared prompt pass. With ``share_prompt`` the unit is a prompt's group (its
     prompt once plus its completions), split into row chunks only when a group alone exceeds
     the budget; units go first-fit-decreasing into micro-batches (verl's dynamic batch size
@@ -24,12 +33,75 @@ zero-weight forward).
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
 from mapo.models.batching import PolicyInputs
+from mapo.ranks import all_reduce
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    rows: Tensor  # [n] long: rows of the rollout batch
+    dummy: bool = False  # a zero-weight forward that only keeps ZeRO-3 ranks in step
+
+
+class StepLayout:
+    """The micro-batches of one RL step's rollout batch (module docstring)."""
+
+    def __init__(
+        self,
+        batch: PolicyInputs,
+        *,
+        micro_batch_size: int,
+        max_tokens_per_micro_batch: int | None,
+        padding_free: bool,
+        share_prompt: bool,
+    ):
+        self.batch = batch
+        self.micro_batch_size = micro_batch_size
+        self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
+        self.padding_free = padding_free
+        self.share_prompt = share_prompt
+        budgeted = max_tokens_per_micro_batch is not None
+        self._lengths = row_lengths(batch) if budgeted else None
+
+    @property
+    def trims(self) -> bool:
+        """Token budgets cut each micro-batch to its own longest prompt and completion."""
+        return self._lengths is not None
+
+    def micro_batches(self, rows: Tensor) -> list[MicroBatch]:
+        """Micro-batches over ``rows``: fixed ``micro_batch_size`` chunks, or the token-budget
+        plan with the count agreed across ranks (the maximum; a rank with fewer rows than that
+        gets dummy micro-batches of one of its rows)."""
+        rows = rows.cpu()
+        if self._lengths is None:
+            return [MicroBatch(r) for r in rows.split(self.micro_batch_size)]
+        prompt, completion = self._lengths
+        lengths = (prompt[rows], completion[rows], self.batch.prompt_index.cpu()[rows])
+        budget = self.max_tokens_per_micro_batch
+        kw = dict(padding_free=self.padding_free, share_prompt=self.share_prompt)
+        plan = plan_micro_batches(*lengths, budget, **kw)
+        (count,) = all_reduce([len(plan)], "max")
+        if count > len(plan):
+            plan = plan_micro_batches(*lengths, budget, min_count=int(count), **kw)
+        return [
+            MicroBatch(rows[b]) if b.numel() else MicroBatch(rows[:1], dummy=True) for b in plan
+        ]
+
+    def inputs(self, mb: MicroBatch) -> PolicyInputs:
+        """The micro-batch's rows, trimmed when the layout trims."""
+        sub = self.batch.select(mb.rows)
+        return trim(sub) if self.trims else sub
+
+    def scatter(self, micro_batches: list[MicroBatch], parts: list[Tensor]) -> Tensor:
+        """Per-micro-batch [n_k, L_k] values of the real micro-batches (in order) back into one
+        [N, L] tensor, zeros elsewhere."""
+        real = [mb.rows for mb in micro_batches if not mb.dummy]
+        return scatter_rows(parts, real, tuple(self.batch.completion_mask.shape))
 
 
 def row_lengths(inputs: PolicyInputs) -> tuple[Tensor, Tensor]:
@@ -57,14 +129,18 @@ def trim(inputs: PolicyInputs) -> PolicyInputs:
 
 
 def computed_tokens(
-    prompt_lens: Tensor, completion_lens: Tensor, prompt_index: Tensor, *, packed: bool,
+    prompt_lens: Tensor,
+    completion_lens: Tensor,
+    prompt_index: Tensor,
+    *,
+    padding_free: bool,
     share_prompt: bool,
-) -> int:  # fmt: skip
+) -> int:
     """Token positions one forward over these rows computes (after ``trim`` when padded)."""
     n = int(prompt_lens.numel())
     if n == 0:
         return 0
-    if not packed:
+    if not padding_free:
         return n * int(prompt_lens.max() + completion_lens.max())
     tails = int((completion_lens - 1).clamp_min(0).sum())
     if not share_prompt:
@@ -79,15 +155,16 @@ def plan_micro_batches(
     prompt_lens: Tensor,
     completion_lens: Tensor,
     prompt_index: Tensor,
-    max_tokens: int,
+    max_tokens_per_micro_batch: int,
     *,
-    packed: bool = False,
-    share_prompt: bool = False,
+    padding_free: bool,
+    share_prompt: bool,
     min_count: int = 1,
 ) -> list[Tensor]:
     """Row indices (into the given rows) of each micro-batch; see the module docstring."""
     n = int(prompt_lens.numel())
-    cost = _cost_fn(prompt_lens, completion_lens, prompt_index, packed, share_prompt)
+    max_tokens = max_tokens_per_micro_batch
+    cost = _cost_fn(prompt_lens, completion_lens, prompt_index, padding_free, share_prompt)
     longest = max((cost([i]) for i in range(n)), default=0)
     if longest > max_tokens:
         raise ValueError(
@@ -95,7 +172,7 @@ def plan_micro_batches(
             f"{longest} tokens (prompt + completion): raise it to at least the longest prompt "
             "plus rollout.max_new_tokens"
         )
-    if packed:
+    if padding_free:
         batches = _first_fit(_units(prompt_index, share_prompt, cost, max_tokens), cost, max_tokens)
     else:
         batches = _next_fit_sorted(prompt_lens, completion_lens, max_tokens)
@@ -103,13 +180,16 @@ def plan_micro_batches(
     return [torch.tensor(b, dtype=torch.long) for b in batches]
 
 
-def _cost_fn(prompt_lens, completion_lens, prompt_index, packed, share_prompt):
+def _cost_fn(prompt_lens, completion_lens, prompt_index, padding_free, share_prompt):
     def cost(rows: list[int]) -> int:
         idx = torch.tensor(rows, dtype=torch.long)
         return computed_tokens(
-            prompt_lens[idx], completion_lens[idx], prompt_index[idx], packed=packed,
+            prompt_lens[idx],
+            completion_lens[idx],
+            prompt_index[idx],
+            padding_free=padding_free,
             share_prompt=share_prompt,
-        )  # fmt: skip
+        )
 
     return cost
 
@@ -184,7 +264,7 @@ def _split_to(batches: list[list[int]], count: int, cost) -> list[list[int]]:
     return batches
 
 
-def scatter_rows(parts: list[Tensor], indices: list[Tensor], shape: tuple[int, int]) -> Tensor:
+def scatter_rows(parts: list[Tensor], indices: list[Tensor], shape: tuple[int, ...]) -> Tensor:
     """Per-micro-batch [n_k, L_k] values (trimmed) back into one [N, L] tensor, zeros elsewhere."""
     out = torch.zeros(shape, dtype=parts[0].dtype, device=parts[0].device)
     for part, idx in zip(parts, indices):

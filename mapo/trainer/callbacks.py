@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
 
 from mapo.algorithm.config import AlgorithmConfig
 from mapo.atomic import atomic_write
+from mapo.ranks import all_reduce
 from mapo.trainer.evaluation import EvalSets, evaluate
 from mapo.trainer.module import MAPOModule
 from mapo.types import Prompt, RolloutBatch, RolloutEngine, SamplingConfig
@@ -124,7 +125,7 @@ class RolloutCallback(Callback):
             # Every rank draws as long as ANY rank is short: the prompt stream (and with it
             # the group ids) stays the same on all ranks; a rank that is full only skips ahead.
             short = len(keep) < want
-            if tries >= self.algo.filter_max_tries or not _any_rank(short, module.device):
+            if tries >= self.algo.filter_max_tries or not _any_rank(short):
                 return pool, keep, spread, tries, generations
             if short:
                 more = self._generate(module, self.algo.rollout_batch_size)
@@ -156,13 +157,9 @@ def _seed_for_rank(rank: int) -> None:
     torch.manual_seed(seed)
 
 
-def _any_rank(flag: bool, device: torch.device) -> bool:
-    """True if ``flag`` holds on some rank (one tiny all-reduce; the flag itself alone)."""
-    if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
-        return flag
-    t = torch.tensor([int(flag)], device=device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item())
+def _any_rank(flag: bool) -> bool:
+    """True if ``flag`` holds on some rank."""
+    return all_reduce([float(flag)], "max")[0] > 0
 
 
 def _group_filter(gids: torch.Tensor, overall: torch.Tensor, low: float, high: float):

@@ -13,30 +13,64 @@ Who is who:
 
 from __future__ import annotations
 
-import math
 import time
 from collections import defaultdict
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from mapo.algorithm.advantages import (
-    AdvantageResult,
-    compute_advantages_with_stats,
-    is_success,
-)
+from mapo.algorithm.advantages import compute_advantages_with_stats
 from mapo.algorithm.config import AlgorithmConfig
 from mapo.algorithm.losses import Normalizer, policy_loss
 from mapo.algorithm.rollout_correction import correction, sampler_logprobs, step_mismatch
 from mapo.models.batching import PolicyInputs, build_policy_inputs
 from mapo.models.logprobs import token_logprobs
-from mapo.models.micro_batching import scatter_rows
+from mapo.models.micro_batching import MicroBatch, StepLayout
+from mapo.ranks import all_reduce, world_size
 from mapo.rng import rng_state, set_rng_state
-from mapo.trainer.micro_batches import MicroBatch, split_rows
+from mapo.trainer.optimizer import build_optimizer
+from mapo.trainer.step_logging import log_step
 from mapo.trainer.strategies import optimizer_update
 from mapo.types import OptimConfig, RolloutBatch, SamplingConfig
+
+
+@dataclass(frozen=True)
+class StepTensors:
+    """What every micro-batch of one RL step reads; built once per step, never written."""
+
+    layout: StepLayout  # the rollout batch's inputs and how they are cut into forwards
+    advantages: Tensor  # [N], one per rollout
+    old_logp: Tensor | None  # [N, L] pi_old; None with one update (its forward is pi_old)
+    ref_logp: Tensor | None  # [N, L] pi_ref; None without a KL term
+    sampler_logp: Tensor | None  # [N, L] the engine's; None when it gives none
+    loss_mask: Tensor  # [N, L] the completion mask less the tokens a rejection mode removed
+
+
+@dataclass(frozen=True)
+class MicroBatchOutput:
+    micro_batch: MicroBatch
+    old_logp: Tensor  # [n, L_k] detached pi_old log-probs of its rows
+    metrics: dict[str, float]
+
+
+class RunningMeans:
+    """Per-key means of the metrics of every micro-batch and update of a step."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.sums[key] += float(value)
+            self.counts[key] += 1
+
+    def result(self) -> dict[str, float]:
+        return {key: self.sums[key] / self.counts[key] for key in self.sums}
 
 
 class MAPOModule(pl.LightningModule):
@@ -83,91 +117,56 @@ class MAPOModule(pl.LightningModule):
     # ------------------------------------------------------------------ optimisation setup
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        kw = dict(
-            lr=self.optim_cfg.lr,
-            betas=tuple(self.optim_cfg.betas),
-            weight_decay=self.optim_cfg.weight_decay,
-        )
-        if _offloads_optimizer(self._trainer):
-            # DeepSpeed refuses torch's AdamW with the optimizer offloaded to CPU
-            from deepspeed.ops.adam import DeepSpeedCPUAdam
-
-            opt = DeepSpeedCPUAdam(params, adamw_mode=True, **kw)
-        elif self.optim_cfg.impl == "fused":
-            # one CUDA kernel for all tensors; JIT-compiled on first use (needs nvcc, ninja)
-            from deepspeed.ops.adam import FusedAdam
-
-            opt = FusedAdam(params, adam_w_mode=True, **kw)
-        else:
-            opt = torch.optim.AdamW(params, **kw)
         total = max(1, self.total_steps * self.algo.updates_per_rollout)
-        cfg = self.optim_cfg
-
-        def factor(i: int) -> float:
-            if i < cfg.warmup_steps:
-                return (i + 1) / cfg.warmup_steps
-            if cfg.schedule == "constant":
-                return 1.0
-            t = min(1.0, (i - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return build_optimizer(params, self.optim_cfg, self._trainer, total)
 
     # ------------------------------------------------------------------ the RL step
     def training_step(self, batch: Any, batch_idx: int) -> None:
-        rb, self.rollout = self.rollout, None
-        if rb is None:
-            raise RuntimeError(
-                "no rollout batch: the RolloutCallback must run before training_step"
-            )
-        t = {"time/rollout": rb.metrics.pop("time/rollout", 0.0)}
-        clock = time.perf_counter()
-
-        rewards = rb.rewards  # scored once, by the RolloutCallback, for every algorithm
-        if rewards is None:
-            raise RuntimeError("the rollout batch is not scored: RolloutCallback scores it")
-        t["time/scoring"] = rb.metrics.pop("time/scoring", 0.0)
-        adv = compute_advantages_with_stats(
-            self.algo.estimator, rewards["overall"].double(), rb.group_ids,
-            eps=self.algo.eps, std=self.algo.std,
-        )  # fmt: skip
-
-        clock = time.perf_counter()
-        inputs = build_policy_inputs(
-            self.processor, rb.prompts, rb.completions, pad_token_id=self.pad_token_id
+        """advantages -> layout -> frozen log-probs -> per mini-batch: the loss over its
+        micro-batches and one optimizer update -> log."""
+        rollouts = self._take_scored_rollouts()
+        rewards = rollouts.rewards
+        timings = {k: rollouts.metrics.pop(k, 0.0) for k in ("time/rollout", "time/scoring")}
+        advantages = compute_advantages_with_stats(
+            self.algo.estimator,
+            rewards["overall"].double(),
+            rollouts.group_ids,
+            eps=self.algo.eps,
+            std=self.algo.std,
         )
-        inputs = inputs.to(self.device)
-        old_logp, ref_logp = self._frozen_logprobs(inputs)
-        t["time/logprobs"] = time.perf_counter() - clock
-        sampler = sampler_logprobs(rb.completions.logprobs, inputs.completion_mask)
-        if sampler is None and self.algo.rollout_correction.enabled:
-            raise ValueError(
-                "algorithm.rollout_correction needs the sampler's log-probs, and this rollout "
-                "engine gave none; use rollout=hf or rollout=vllm, or set "
-                "algorithm.rollout_correction.mode=none"
-            )
 
         clock = time.perf_counter()
-        adv_t = adv.advantages.float().to(self.device)
-        loss_mask = inputs.completion_mask
-        if self.algo.rollout_correction.rejects:  # verl: rejected tokens leave the loss mask
-            keep, _ = correction(old_logp, sampler, loss_mask, self.algo.rollout_correction)
-            loss_mask = loss_mask & keep.bool()
-        upd, start_logp = self._update(inputs, adv_t, old_logp, ref_logp, sampler, loss_mask)
-        t["time/update"] = time.perf_counter() - clock
-        t["time/step"] = sum(t.values())
-        t["perf/rollouts_per_s"] = len(rb.completions) / max(t["time/step"], 1e-9)
+        layout = self._layout(rollouts)
+        old_logp, ref_logp = self._frozen_logprobs(layout)
+        timings["time/logprobs"] = time.perf_counter() - clock
+        sampler_logp = self._sampler_logprobs(rollouts, layout.batch.completion_mask)
+
+        clock = time.perf_counter()
+        step = StepTensors(
+            layout=layout,
+            advantages=advantages.advantages.float().to(self.device),
+            old_logp=old_logp,
+            ref_logp=ref_logp,
+            sampler_logp=sampler_logp,
+            loss_mask=self._loss_mask(layout.batch.completion_mask, old_logp, sampler_logp),
+        )
+        update, start_logp = self._update(step)
+        timings["time/update"] = time.perf_counter() - clock
+        timings["time/step"] = sum(timings.values())
+        timings["perf/rollouts_per_s"] = len(rollouts.completions) / max(timings["time/step"], 1e-9)
         # tokens (prompt + completion, padding excluded) per pass over the batch: FLOP counts
-        t["perf/train_tokens"] = float(inputs.attention_mask.sum())
+        timings["perf/train_tokens"] = float(layout.batch.attention_mask.sum())
 
         mismatch = None
-        if sampler is not None:  # trainer (pi_old, start of step) vs sampler log-probs
+        if sampler_logp is not None:  # trainer (pi_old, start of step) vs sampler log-probs
             mismatch = step_mismatch(
-                start_logp, sampler, inputs.completion_mask, self.algo.rollout_correction
+                start_logp,
+                sampler_logp,
+                layout.batch.completion_mask,
+                self.algo.rollout_correction,
             )
-            rb.metrics.update(mismatch.scalars)
-        self._log_step(rb, rewards, adv, upd, t, mismatch)
+            rollouts.metrics.update(mismatch.scalars)
+        log_step(self, rollouts, advantages, update, timings, mismatch)
 
     @property
     def rl_step(self) -> int:
@@ -175,213 +174,169 @@ class MAPOModule(pl.LightningModule):
         optimization, i.e. updates_per_rollout per RL step."""
         return self.global_step // self.algo.updates_per_rollout
 
-    def _micro_batches(self, inputs: PolicyInputs, rows: Tensor) -> list[MicroBatch]:
-        return split_rows(
-            inputs, rows, micro_batch_size=self.algo.micro_batch_size,
-            max_tokens=self.algo.max_tokens_per_micro_batch, packed=self.padding_free,
+    def _take_scored_rollouts(self) -> RolloutBatch:
+        rollouts, self.rollout = self.rollout, None
+        if rollouts is None:
+            raise RuntimeError(
+                "no rollout batch: the RolloutCallback must run before training_step"
+            )
+        if rollouts.rewards is None:  # scored once, by the RolloutCallback, for every algorithm
+            raise RuntimeError("the rollout batch is not scored: RolloutCallback scores it")
+        return rollouts
+
+    def _layout(self, rollouts: RolloutBatch) -> StepLayout:
+        inputs = build_policy_inputs(
+            self.processor, rollouts.prompts, rollouts.completions, pad_token_id=self.pad_token_id
+        )
+        return StepLayout(
+            inputs.to(self.device),
+            micro_batch_size=self.algo.micro_batch_size,
+            max_tokens_per_micro_batch=self.algo.max_tokens_per_micro_batch,
+            padding_free=self.padding_free,
             share_prompt=self.share_prompt,
-        )  # fmt: skip
+        )
+
+    def _sampler_logprobs(self, rollouts: RolloutBatch, mask: Tensor) -> Tensor | None:
+        sampler_logp = sampler_logprobs(rollouts.completions.logprobs, mask)
+        if sampler_logp is None and self.algo.rollout_correction.enabled:
+            raise ValueError(
+                "algorithm.rollout_correction needs the sampler's log-probs, and this rollout "
+                "engine gave none; use rollout=hf or rollout=vllm, or set "
+                "algorithm.rollout_correction.mode=none"
+            )
+        return sampler_logp
+
+    def _loss_mask(self, mask: Tensor, old_logp: Tensor | None, sampler_logp) -> Tensor:
+        """The completion mask, less the tokens a rejection mode removes (verl's semantics:
+        they leave the normaliser and the KL term too; docs/rollout_correction.md)."""
+        rc = self.algo.rollout_correction
+        if not rc.rejects:
+            return mask
+        keep, _ = correction(old_logp, sampler_logp, mask, rc)
+        return mask & keep.bool()
 
     @torch.no_grad()
-    def _frozen_logprobs(self, inputs: PolicyInputs) -> tuple[Tensor | None, Tensor | None]:
-        """pi_old (only if several updates per rollout) and pi_ref log-probs, [N, L] each."""
-        n = inputs.completion_ids.shape[0]
-        # the rejection modes need pi_old before the update: it sets the loss mask and normaliser
-        need_old = self.algo.updates_per_rollout > 1 or self.algo.rollout_correction.rejects
-        old = [] if need_old else None
-        ref = [] if self.reference is not None and self.algo.needs_reference else None
-        plan = self._micro_batches(inputs, torch.arange(n))
-        for mb in plan:  # dummies run too: ZeRO-3 ranks must do the same number of forwards
-            sub = mb.inputs(inputs, trimmed=self._trims)
-            if old is not None:
-                old.append(self._logprobs(self.policy, sub)[0])
-            if ref is not None:
-                ref.append(self._logprobs(self.reference, sub)[0])
-        real = [i for i, mb in enumerate(plan) if not mb.dummy]
+    def _frozen_logprobs(self, layout: StepLayout) -> tuple[Tensor | None, Tensor | None]:
+        """pi_old's log-probs (several updates per rollout, or a rejection mode, which decides
+        its mask from pi_old before the update) and pi_ref's, [N, L] each, or None."""
+        rc = self.algo.rollout_correction
+        need_old = self.algo.updates_per_rollout > 1 or rc.rejects
+        need_ref = self.reference is not None and self.algo.needs_reference
+        if not (need_old or need_ref):
+            return None, None
+        micro_batches = layout.micro_batches(torch.arange(layout.batch.num_rows))
+        old, ref = [], []
+        for mb in micro_batches:  # dummies run too: ZeRO-3 ranks must do the same forwards
+            sub = layout.inputs(mb)
+            if need_old:
+                old.append((mb, self._logprobs(self.policy, sub)[0]))
+            if need_ref:
+                ref.append((mb, self._logprobs(self.reference, sub)[0]))
 
-        def gather(parts):
-            if not parts:
-                return None
-            return scatter_rows(
-                [parts[i] for i in real], [plan[i].rows for i in real], inputs.completion_mask.shape
-            )
+        def scatter(parts: list[tuple[MicroBatch, Tensor]]) -> Tensor | None:
+            real = [logp for mb, logp in parts if not mb.dummy]
+            return layout.scatter(micro_batches, real) if real else None
 
-        return gather(old), gather(ref)
-
-    @property
-    def _trims(self) -> bool:  # token budgets cut each micro-batch to its own longest row
-        return self.algo.max_tokens_per_micro_batch is not None
+        return scatter(old), scatter(ref)
 
     def _logprobs(self, model, inputs: PolicyInputs, entropy: bool = False):
         out = token_logprobs(
-            model, inputs, temperature=self.sampling.temperature, suppress_ids=self.suppress_ids,
-            return_entropy=entropy, share_prompt=self.share_prompt, pack=self.padding_free,
-        )  # fmt: skip
+            model,
+            inputs,
+            temperature=self.sampling.temperature,
+            suppress_ids=self.suppress_ids,
+            return_entropy=entropy,
+            share_prompt=self.share_prompt,
+            padding_free=self.padding_free,
+        )
         return out if isinstance(out, tuple) else (out, None)
 
-    def _update(
-        self,
-        inputs: PolicyInputs,
-        adv: Tensor,
-        old_logp,
-        ref_logp,
-        sampler_logp=None,
-        loss_mask: Tensor | None = None,
-    ) -> tuple[dict[str, float], Tensor]:
-        """Mini-batch / micro-batch policy-loss updates over the rollout batch. Also returns
-        pi_old's log-probs [N, L] (the trainer's at the start of the step): `old_logp`, or,
-        with a single update, the detached log-probs of that update's forward. `loss_mask`
-        is the completion mask less the tokens a rejection mode removed (None: all of it)."""
-        loss_mask = inputs.completion_mask if loss_mask is None else loss_mask
-        n = adv.numel()
-        start_logp = old_logp
-        if start_logp is None:
-            start_logp = torch.zeros(inputs.completion_mask.shape, device=adv.device)
-        rc = self.algo.rollout_correction
+    def _update(self, step: StepTensors) -> tuple[dict[str, float], Tensor]:
+        """The optimizer updates over the rollout batch: ppo_epochs passes of
+        rollout_batch_size / mini_batch_size mini-batches each. Returns the metrics (means over
+        micro-batches and updates) and pi_old's log-probs [N, L]: ``step.old_logp``, or, with a
+        single update, the detached log-probs of that update's forward."""
+        n = step.advantages.numel()
         n_mini = self.algo.rollout_batch_size // self.algo.mini_batch_size
-        sums: dict[str, float] = defaultdict(float)
-        counts: dict[str, int] = defaultdict(int)
-        opt = self.optimizers()
-        sched = self.lr_schedulers()
+        means = RunningMeans()
+        outputs: list[MicroBatchOutput] = []
         for _ in range(self.algo.ppo_epochs):
             order = torch.randperm(n) if self.algo.shuffle else torch.arange(n)
             # exactly n_mini optimizer steps on every rank, whatever the (filtered) batch size
             for mini in order.tensor_split(n_mini):
-                norm = self._normalizer(loss_mask[mini.to(loss_mask.device)])
+                outputs = self._mini_batch_update(step, mini, means)
+        if step.old_logp is not None:
+            return means.result(), step.old_logp
+        micro_batches = [o.micro_batch for o in outputs]
+        return means.result(), step.layout.scatter(micro_batches, [o.old_logp for o in outputs])
 
-                def loss_fn(mb: MicroBatch, norm: Normalizer = norm) -> Tensor:
-                    idx, sub = mb.rows, mb.inputs(inputs, trimmed=self._trims)
-                    logp, ent = self._logprobs(self.policy, sub, entropy=self.log_entropy)
-                    if mb.dummy:  # keeps ZeRO-3 ranks in step; contributes no gradient
-                        return logp.sum() * 0.0
-                    cols = slice(0, sub.completion_len)  # trimmed to this micro-batch's longest
-                    old = old_logp[idx, cols] if old_logp is not None else logp.detach()
-                    if old_logp is None:  # a single update: this forward is pi_old
-                        start_logp[idx, cols] = old
-                    ref = ref_logp[idx, cols] if ref_logp is not None else None
-                    mask = loss_mask[idx, cols]
-                    weights = None
-                    if rc.enabled and not rc.rejects:
-                        weights, _ = correction(old, sampler_logp[idx, cols], mask, rc)
-                    loss, m = policy_loss(
-                        logp,
-                        old,
-                        adv[idx],
-                        mask,
-                        self.loss_cfg,
-                        ref_logp=ref,
-                        norm=norm,
-                        weights=weights,
-                    )
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"non-finite loss ({float(loss.detach())}) at RL step {self.rl_step}; the update "
-                            "was not applied. Lower optim.lr, check rewards/advantages "
-                            "(advantage/* metrics) or set algorithm.dual_clip."
-                        )
-                    if ent is not None:
-                        m["entropy"] = float(
-                            (ent.detach() * sub.completion_mask).sum()
-                            / sub.completion_mask.sum().clamp_min(1)
-                        )
-                    for k, v in m.items():
-                        sums[k] += v
-                        counts[k] += 1
-                    return loss
+    def _mini_batch_update(
+        self, step: StepTensors, mini: Tensor, means: RunningMeans
+    ) -> list[MicroBatchOutput]:
+        """One optimizer step from the loss over the mini-batch's micro-batches."""
+        norm = self._normalizer(step.loss_mask[mini.to(step.loss_mask.device)])
+        outputs: list[MicroBatchOutput] = []  # what _micro_batch_loss keeps of each
+        result = optimizer_update(
+            self,
+            step.layout.micro_batches(mini),
+            partial(self._micro_batch_loss, step, norm, outputs),
+            grad_clip=self.optim_cfg.grad_clip,
+        )
+        self.lr_schedulers().step()
+        self.weights_version += 1
+        for output in outputs:
+            means.add(output.metrics)
+        means.add(result)
+        return outputs
 
-                out = optimizer_update(
-                    self,
-                    self._micro_batches(inputs, mini),
-                    loss_fn,
-                    grad_clip=self.optim_cfg.grad_clip,
-                )
-                sched.step()
-                self.weights_version += 1
-                for k, v in out.items():
-                    sums[k] += float(v)
-                    counts[k] += 1
-        del opt
-        return {k: sums[k] / counts[k] for k in sums}, start_logp
+    def _micro_batch_loss(
+        self, step: StepTensors, norm: Normalizer, outputs: list, mb: MicroBatch
+    ) -> Tensor:
+        """The micro-batch's share of the mini-batch loss (divided by the mini-batch's
+        totals, so the shares sum to it); its pi_old log-probs and metrics go to ``outputs``."""
+        sub = step.layout.inputs(mb)
+        logp, entropy = self._logprobs(self.policy, sub, entropy=self.log_entropy)
+        if mb.dummy:  # keeps ZeRO-3 ranks in step; contributes no gradient
+            return logp.sum() * 0.0
+        rows, cols = mb.rows, slice(0, sub.completion_len)  # trimmed to its longest row
+        old_logp = step.old_logp[rows, cols] if step.old_logp is not None else logp.detach()
+        mask = step.loss_mask[rows, cols]
+        rc = self.algo.rollout_correction
+        weights = None
+        if rc.enabled and not rc.rejects:
+            weights, _ = correction(old_logp, step.sampler_logp[rows, cols], mask, rc)
+        loss, metrics = policy_loss(
+            logp,
+            old_logp,
+            step.advantages[rows],
+            mask,
+            self.loss_cfg,
+            ref_logp=step.ref_logp[rows, cols] if step.ref_logp is not None else None,
+            norm=norm,
+            weights=weights,
+        )
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss ({float(loss.detach())}) at RL step {self.rl_step}; the "
+                "update was not applied. Lower optim.lr, check rewards/advantages "
+                "(advantage/* metrics) or set algorithm.dual_clip."
+            )
+        if entropy is not None:
+            completion = sub.completion_mask
+            total = (entropy.detach() * completion).sum()
+            metrics["entropy"] = float(total / completion.sum().clamp_min(1))
+        outputs.append(MicroBatchOutput(mb, old_logp, metrics))
+        return loss
 
     def _normalizer(self, mask: Tensor) -> Normalizer:
         """Mini-batch totals over all ranks, divided by the world size: gradients are averaged
         across ranks, so each rank's share must be scaled by world / global totals to get the
-        exact global token-mean."""
-        # sequences with no token left (all rejected) leave the count, as in verl's agg_loss
+        exact global token-mean. Sequences with no token left (all rejected) leave the count,
+        as in verl's agg_loss."""
         seqs = float((mask.sum(-1) > 0).sum())
-        totals = torch.tensor([float(mask.sum()), seqs], device=self.device)
-        world = self.trainer.world_size if self._trainer is not None else 1
-        if world > 1:
-            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
-        return Normalizer(
-            tokens=max(float(totals[0]) / world, 1e-9), seqs=max(float(totals[1]) / world, 1e-9)
-        )
-
-    # ------------------------------------------------------------------ logging
-    def _log_step(
-        self,
-        rb: RolloutBatch,
-        rewards: dict,
-        adv: AdvantageResult,
-        upd: dict,
-        t: dict,
-        mismatch: Any = None,  # mapo.algorithm.rollout_correction.StepMismatch, when the engine gave log-probs
-    ) -> None:
-        from mapo.analysis.metrics import advantage_metrics, response_metrics, reward_metrics
-
-        lengths = torch.tensor([len(x) for x in rb.completions.token_ids])
-        truncated = torch.tensor(rb.completions.truncated)
-        success = is_success(rewards["overall"])
-        m: dict[str, float] = {}
-        m.update(reward_metrics(rewards["overall"], rewards["format"], rewards["accuracy"]))
-        m["reward/success_rate"] = float(success.float().mean())
-        for k in ("timeouts", "errors", "rejected", "pooled"):
-            if k in rewards:
-                m[f"reward/{k}"] = float(rewards[k])
-        if rewards.get("scored"):
-            m["reward/pooled_frac"] = float(rewards.get("pooled", 0.0)) / float(rewards["scored"])
-        scalars, hists = _split_hists(advantage_metrics(adv))
-        m.update(scalars)
-        m.update(response_metrics(lengths, truncated, None))
-        m.update({f"actor/{k}": v for k, v in upd.items()})
-        m["actor/lr"] = float(self.optimizers().param_groups[0]["lr"])
-        m.update(rb.metrics)
-        m.update(t)
-        self.last_metrics = m
-        step = rb.step
-        if self.global_rank == 0:  # x-axis = RL step (self.log would use optimizer steps)
-            for logger in self.loggers:
-                logger.log_metrics(
-                    {f"train/{k}" if "/" not in k else k: v for k, v in m.items()}, step=step
-                )
-        hists["certainty/lambda"] = adv.stats.lam.float()
-        hists["certainty/p"] = adv.stats.p.float()
-        hists["advantage/values"] = adv.advantages.float()
-        if mismatch is not None:
-            hists["mismatch/log_ratio"] = mismatch.log_ratio
-        self._log_histograms(hists, step)
-        if self.records is not None:
-            from mapo.analysis.records import records_table
-
-            table = records_table(
-                step=step, group_ids=rb.group_ids, rewards=rewards, result=adv,
-                prompt_ids=[rb.prompts[i].uid for i in rb.completions.prompt_index],
-                sources=[rb.prompts[i].source for i in rb.completions.prompt_index],
-                estimator=self.algo.estimator, response_lengths=lengths, truncated=truncated,
-                std=self.algo.std, eps=self.algo.eps,
-                texts=rb.completions.text if self.records.with_text else None,
-                logprob_sums=mismatch.seq_logprobs() if mismatch is not None else None,
-            )  # fmt: skip
-            self.records.write(step, table)
-
-    def _log_histograms(self, hists: dict[str, Tensor], step: int) -> None:
-        logger = self.logger
-        writer = getattr(logger, "experiment", None) if logger is not None else None
-        if writer is None or not hasattr(writer, "add_histogram") or self.global_rank != 0:
-            return
-        for name, values in hists.items():
-            if values.numel():
-                writer.add_histogram(name, values.detach().cpu(), global_step=step)
+        tokens, seqs = all_reduce([float(mask.sum()), seqs], "sum")
+        world = world_size()
+        return Normalizer(tokens=max(tokens / world, 1e-9), seqs=max(seqs / world, 1e-9))
 
     # ------------------------------------------------------------------ checkpoint state
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -408,24 +363,3 @@ class MAPOModule(pl.LightningModule):
             self.stream.load_state_dict(st["stream"])
         self.weights_version = int(st.get("weights_version", 0)) + 1  # force an engine sync
         set_rng_state(st["rng"])
-
-
-def _offloads_optimizer(trainer: Any) -> bool:
-    strategy = getattr(trainer, "strategy", None) if trainer is not None else None
-    config = getattr(strategy, "config", None) or {}
-    offload = (
-        config.get("zero_optimization", {}).get("offload_optimizer")
-        if isinstance(config, dict)
-        else None
-    )
-    return bool(offload) and offload.get("device", "cpu") != "none"
-
-
-def _split_hists(metrics: dict[str, Any]) -> tuple[dict[str, float], dict[str, Tensor]]:
-    scalars, hists = {}, {}
-    for k, v in metrics.items():
-        if isinstance(v, Tensor) and v.numel() > 1:
-            hists[k] = v
-        else:
-            scalars[k] = float(v)
-    return scalars, hists

@@ -35,6 +35,8 @@ from lightning.pytorch.strategies import (
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
+from mapo.ranks import all_reduce
+
 T = TypeVar("T")
 
 
@@ -212,7 +214,7 @@ def _deepspeed_update(
     # micro-step counter and overwrites instead of accumulating; `scale_wrt_gas=False` stops
     # DeepSpeed dividing each loss by gradient_accumulation_steps.
     engine = strategy.deepspeed_engine
-    _check_same_count_on_all_ranks(len(micro_batches), module.device)
+    _check_same_count_on_all_ranks(len(micro_batches))
     _set_deepspeed_grad_clip(engine, grad_clip)
     total = torch.zeros((), device=module.device)
     try:
@@ -230,17 +232,14 @@ def _deepspeed_update(
     return {"grad_norm": float("nan") if norm is None else float(norm), "loss": float(total)}
 
 
-def _check_same_count_on_all_ranks(count: int, device: torch.device) -> None:
+def _check_same_count_on_all_ranks(count: int) -> None:
     """Fail loudly instead of hanging: ZeRO-2/3 reduce after every backward, collectively."""
-    if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
-        return
-    bounds = torch.tensor([count, -count], device=device)  # max(count), -min(count)
-    torch.distributed.all_reduce(bounds, op=torch.distributed.ReduceOp.MAX)
-    if bounds[0].item() != -bounds[1].item():
+    high, neg_low = all_reduce([count, -count], "max")  # max(count), -min(count)
+    if high != -neg_low:
         raise ValueError(
             f"Under DeepSpeed every rank must pass the same number of micro-batches to "
             f"optimizer_update (ZeRO reduces gradients after each backward); got between "
-            f"{-bounds[1].item()} and {bounds[0].item()}. Split each rank's mini-batch into the "
+            f"{int(-neg_low)} and {int(high)}. Split each rank's mini-batch into the "
             "same number of micro-batches (their sizes may differ)."
         )
 
