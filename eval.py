@@ -18,9 +18,11 @@ def main(cfg: DictConfig) -> None:
     from mapo.console import setup_console
 
     setup_console()  # each line once, only the warnings that apply (mapo/console/__init__.py)
+    from mapo.pipeline.errors import user_errors
     from mapo.pipeline.evaluate import run_eval
 
-    run_eval(cfg)
+    with user_errors():  # a config, data or checkpoint error: one line, exit 2
+        run_eval(cfg)
 
 
 if __name__ == "__main__":

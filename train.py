@@ -22,9 +22,11 @@ def main(cfg: DictConfig) -> None:
 
     setup_console()  # each line once, only the warnings that apply (mapo/console/__init__.py)
     from mapo.analysis.summary import run_summary
+    from mapo.pipeline.errors import user_errors
     from mapo.pipeline.run import train
 
-    _, objs = train(cfg)
+    with user_errors():  # a config, data or checkpoint error: one line, exit 2
+        _, objs = train(cfg)
     if objs["trainer"].is_global_zero:
         print(run_summary(objs["run_dir"], HydraConfig.get().overrides.task), end="")
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from mapo.algorithm.config import ConfigError
 from mapo.pipeline.build import make_scorer, prepare_data, prepare_model, to_prompt_fn
 from mapo.pipeline.validate import run_dir_of, validate
 from mapo.rollout import build_engine
@@ -32,8 +33,9 @@ def _load_model(cfg: DictConfig, data: dict[str, Any]) -> tuple[Any, Any, str]:
               trust_remote_code=cfg.model.trust_remote_code)  # fmt: skip
     if target is not None and str(target).endswith(".ckpt"):
         if not os.path.exists(target):
-            raise FileNotFoundError(
-                f"checkpoint not found: {target}\n  fix: pass model_to_eval=RUN_DIR/checkpoints/last.ckpt"
+            raise ConfigError(
+                f"model_to_eval={target}: no such checkpoint; pass "
+                "model_to_eval=RUN_DIR/checkpoints/last.ckpt of an existing run"
             )
         base = prepare_model(cfg, data)
         policy = load_policy(base, **kw)
