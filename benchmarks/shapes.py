@@ -76,11 +76,10 @@ def positions(sub, *, shared_cache: bool, packed: bool, share: bool) -> tuple[in
 
 def run_mode(mode: str, ckpt: bool, w: dict, steps: int) -> dict:
     """One process: ``steps`` update + log-prob phases of ``mode``; the last one is timed."""
-    from mapo.models.micro_batching import StepLayout
-
     from mapo.algorithm.config import AlgorithmConfig
     from mapo.algorithm.losses import Normalizer, policy_loss
     from mapo.models.logprobs import can_share_prompt, token_logprobs
+    from mapo.models.micro_batching import StepLayout
 
     budget, share, pack = MODES[mode]
     model, processor = build(w["pixels"])

@@ -107,14 +107,14 @@ def write_fake_run(run_dir: Path, *, steps: int = 12, groups: int = 8, g: int = 
         prob = 0.1 + 0.7 * step / max(steps - 1, 1)
         r = (torch.rand(groups * g, generator=gen) < prob).double()
         gids = torch.arange(groups).repeat_interleave(g) + 1000 * step
-        result = compute_advantages_with_stats("mapo", r, gids)
+        result = compute_advantages_with_stats("mapo", r, gids, std="population", eps=1e-6)
         n = len(r)
         writer.write(step, records_table(
             step=step, group_ids=gids, prompt_ids=[f"q{int(i)}" for i in gids],
             sources=["synth_emo"] * n,
             rewards={"overall": r, "format": torch.ones(n), "accuracy": r},
             result=result, estimator="mapo", response_lengths=torch.full((n,), 9),
-            truncated=torch.zeros(n, dtype=torch.bool),
+            truncated=torch.zeros(n, dtype=torch.bool), std="population", eps=1e-6
         ))  # fmt: skip
 
     def block(a_s: float, webemo: float, emotion6: float) -> dict:

@@ -5,10 +5,10 @@ plain clipped surrogate here once: eps 0.2 / 0.2, no dual clip, no KL, token-mea
 SAPO's published temperatures.
 """
 
-from mapo.algorithm.losses import LossConfig
+from mapo.algorithm.loss_config import LossConfig
 
 PLAIN = dict(clip_low=0.2, clip_high=0.2, dual_clip=None, kl_coef=0.0, kl_estimator="k3",
-             aggregation="token-mean", policy_loss="ppo_clip", sapo_tau_pos=1.0,
+             loss_agg="token-mean", policy_loss="ppo_clip", sapo_tau_pos=1.0,
              sapo_tau_neg=1.05)  # fmt: skip
 
 

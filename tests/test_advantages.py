@@ -22,6 +22,7 @@ ALL = ["grpo", "dr_grpo", "gpg", "treerpo", "apd", "mapo", "mapo_random"]
 
 def one_group(rewards, name, **kw):
     r = T(rewards, dtype=torch.float64)
+    kw = {"std": "population", "eps": 1e-6, **kw}  # the paper's eq. (2) unless a test says
     return compute_advantages(name, r, torch.zeros(len(rewards), dtype=torch.long), **kw)
 
 
@@ -119,9 +120,13 @@ def test_mapo_reduces_to_grpo_at_half_and_apd_at_extremes():
 def test_explicit_success_overrides_default():
     r = T([0.9, 0.9, 0.1, 0.1], dtype=torch.float64)
     g = torch.zeros(4, dtype=torch.long)
-    res = compute_advantages_with_stats("mapo", r, g, success=T([True, True, False, False]))
+    res = compute_advantages_with_stats(
+        "mapo", r, g, success=T([True, True, False, False]), std="population", eps=1e-6
+    )
     assert float(res.stats.p[0]) == 0.5 and float(res.stats.lam[0]) == 0.0
-    assert torch.allclose(res.advantages, compute_advantages("grpo", r, g))
+    assert torch.allclose(
+        res.advantages, compute_advantages("grpo", r, g, std="population", eps=1e-6)
+    )
 
 
 # ---------------------------------------------------------------- oracle, order, uneven groups
@@ -136,7 +141,7 @@ def test_matches_loop_oracle_on_shuffled_uneven_groups(name, std):
     rewards = torch.randint(0, 3, (gids.numel(),), generator=gen).double() / 2  # {0, .5, 1}
     perm = torch.randperm(gids.numel(), generator=gen)
     gids, rewards = gids[perm], rewards[perm]
-    got = compute_advantages(name, rewards, gids, std=std)
+    got = compute_advantages(name, rewards, gids, std=std, eps=1e-6)
     want = T(oracle(name, rewards.tolist(), gids.tolist(), std=std), dtype=torch.float64)
     assert torch.allclose(got, want, atol=1e-10), (got, want)
 
@@ -149,8 +154,10 @@ def test_permutation_equivariance(name):
     perm = torch.randperm(24, generator=gen)
     g1 = torch.Generator().manual_seed(5)
     g2 = torch.Generator().manual_seed(5)
-    a = compute_advantages(name, rewards, gids, generator=g1)
-    b = compute_advantages(name, rewards[perm], gids[perm], generator=g2)
+    a = compute_advantages(name, rewards, gids, generator=g1, std="population", eps=1e-6)
+    b = compute_advantages(
+        name, rewards[perm], gids[perm], generator=g2, std="population", eps=1e-6
+    )
     assert torch.allclose(a[perm], b, atol=1e-12)
 
 
@@ -158,7 +165,7 @@ def test_permutation_equivariance(name):
 @pytest.mark.parametrize("value", [0.0, 1.0, 0.3])
 def test_constant_groups_give_finite_zeros(name, value):
     a = compute_advantages(
-        name, torch.full((12,), value), torch.zeros(12, dtype=torch.long), eps=0.0
+        name, torch.full((12,), value), torch.zeros(12, dtype=torch.long), eps=0.0, std="population"
     )
     assert torch.equal(a, torch.zeros(12))
 
@@ -168,7 +175,7 @@ def test_zero_sum_per_group_for_linear_estimators(name):
     gen = torch.Generator().manual_seed(2)
     gids = torch.arange(5).repeat_interleave(6)
     rewards = torch.rand(30, generator=gen).double()
-    a = compute_advantages(name, rewards, gids)
+    a = compute_advantages(name, rewards, gids, std="population", eps=1e-6)
     sums = torch.zeros(5, dtype=torch.float64).index_add_(0, gids, a)
     assert torch.allclose(sums, torch.zeros(5, dtype=torch.float64), atol=1e-9)
 
@@ -177,27 +184,44 @@ def test_mapo_random_is_seeded_and_per_group():
     gids = torch.arange(4).repeat_interleave(4)
     r = torch.tensor([0, 1, 1, 0.5] * 4, dtype=torch.float64)
     res1 = compute_advantages_with_stats(
-        "mapo_random", r, gids, generator=torch.Generator().manual_seed(3)
+        "mapo_random",
+        r,
+        gids,
+        generator=torch.Generator().manual_seed(3),
+        std="population",
+        eps=1e-6,
     )
     res2 = compute_advantages_with_stats(
-        "mapo_random", r, gids, generator=torch.Generator().manual_seed(3)
+        "mapo_random",
+        r,
+        gids,
+        generator=torch.Generator().manual_seed(3),
+        std="population",
+        eps=1e-6,
     )
     res3 = compute_advantages_with_stats(
-        "mapo_random", r, gids, generator=torch.Generator().manual_seed(4)
+        "mapo_random",
+        r,
+        gids,
+        generator=torch.Generator().manual_seed(4),
+        std="population",
+        eps=1e-6,
     )
     assert torch.equal(res1.advantages, res2.advantages)
     assert not torch.equal(res1.advantages, res3.advantages)
     lam = res1.stats.lam
     assert lam.shape == (4,) and bool(((lam >= 0) & (lam <= 1)).all()) and lam.unique().numel() == 4
     # eq. 6 with the drawn lambda, checked per group
-    z = compute_advantages("grpo", r, gids)
-    apd = compute_advantages("apd", r, gids)
+    z = compute_advantages("grpo", r, gids, std="population", eps=1e-6)
+    apd = compute_advantages("apd", r, gids, std="population", eps=1e-6)
     assert torch.allclose(res1.advantages, (1 - lam[gids]) * z + lam[gids] * apd)
 
 
 def test_group_stats_exposed_for_logging():
     r = T([0.9, 1, 1, 1, 0, 0.1, 0.1, 0.1])
-    res = compute_advantages_with_stats("mapo", r, T([7, 7, 7, 7, 3, 3, 3, 3]))
+    res = compute_advantages_with_stats(
+        "mapo", r, T([7, 7, 7, 7, 3, 3, 3, 3]), std="population", eps=1e-6
+    )
     s = res.stats
     assert s.keys.tolist() == [3, 7]
     assert s.n_success.tolist() == [0, 3] and s.p.tolist() == [0.0, 0.75]
@@ -217,12 +241,12 @@ def test_apd_magnitude_near_zero_mean():
 @pytest.mark.parametrize("name", ["apd", "mapo", "mapo_random"])
 def test_negative_mean_rewards_rejected(name):
     with pytest.raises(ValueError, match=rf"{name}.*non-negative rewards.*grpo"):
-        compute_advantages(name, T([-1.0, 0.0, -0.5]), T([0, 0, 0]))
+        compute_advantages(name, T([-1.0, 0.0, -0.5]), T([0, 0, 0]), std="population", eps=1e-6)
 
 
 def test_unknown_name_lists_known():
     with pytest.raises(ValueError, match="known:.*mapo"):
-        compute_advantages("nope", T([1.0]), T([0]))
+        compute_advantages("nope", T([1.0]), T([0]), std="population", eps=1e-6)
 
 
 def test_registry_rejects_a_second_function_under_a_taken_name():
@@ -233,9 +257,9 @@ def test_registry_rejects_a_second_function_under_a_taken_name():
 
 def test_shape_errors_and_nonfinite():
     with pytest.raises(ValueError, match="1-D"):
-        compute_advantages("grpo", torch.zeros(2, 2), torch.zeros(2, 2))
+        compute_advantages("grpo", torch.zeros(2, 2), torch.zeros(2, 2), std="population", eps=1e-6)
     with pytest.raises(ValueError, match="NaN"):
-        compute_advantages("grpo", T([float("nan"), 1.0]), T([0, 0]))
+        compute_advantages("grpo", T([float("nan"), 1.0]), T([0, 0]), std="population", eps=1e-6)
 
 
 def test_unbiased_std_matches_torch_std():
@@ -267,7 +291,9 @@ def test_gradient_ratio_properties():
 def test_property_finite_and_order_preserving(groups, name):
     rewards = torch.tensor([x for g in groups for x in g], dtype=torch.float64)
     gids = torch.tensor([k for k, g in enumerate(groups) for _ in g])
-    a = compute_advantages(name, rewards, gids, generator=torch.Generator().manual_seed(0))
+    a = compute_advantages(
+        name, rewards, gids, generator=torch.Generator().manual_seed(0), std="population", eps=1e-6
+    )
     assert bool(torch.isfinite(a).all())
     for k in range(len(groups)):
         rk, ak = rewards[gids == k], a[gids == k]

@@ -91,9 +91,11 @@ def test_threads_are_restored():
 
 def test_coldstart_refuses_bad_settings_and_existing_output(tmp_path, emo_train):
     with pytest.raises(ValueError, match="steps, batch_size, lr"):
-        cs.coldstart("unused", emo_train, template="emotion", out_dir=tmp_path / "x", steps=0)
+        cs.coldstart("unused", emo_train, template="emotion", out_dir=tmp_path / "x",
+                     steps=0, batch_size=8, lr=1e-3, seed=0)  # fmt: skip
     with pytest.raises(FileExistsError, match="coldstarted_model_path"):
-        cs.coldstart("unused", emo_train, template="emotion", out_dir=tmp_path)
+        cs.coldstart("unused", emo_train, template="emotion", out_dir=tmp_path,
+                     steps=1, batch_size=8, lr=1e-3, seed=0)  # fmt: skip
 
 
 # --- training -----------------------------------------------------------------------------
@@ -161,7 +163,7 @@ def test_warm_folder_loads_like_the_base(warm_dir, tiny_model_dir):
 @pytest.mark.slow
 def test_deterministic_from_the_seed(tiny_model_dir, emo_train, tmp_path):
     before_threads, before_rng = torch.get_num_threads(), torch.random.get_rng_state()
-    run = dict(template="emotion", steps=3, batch_size=8, num_threads=1, progress=False)
+    run = dict(template="emotion", steps=3, batch_size=8, lr=1e-3, num_threads=1, progress=False)
     a = cs.coldstart(tiny_model_dir, emo_train[:16], out_dir=tmp_path / "a", seed=0, **run)
     b = cs.coldstart(tiny_model_dir, emo_train[:16], out_dir=tmp_path / "b", seed=0, **run)
     c = cs.coldstart(tiny_model_dir, emo_train[:16], out_dir=tmp_path / "c", seed=1, **run)

@@ -148,7 +148,7 @@ def test_derived_configs_have_no_defaults_of_their_own(tmp_path):
     could drift from conf/; the default config's loss and sampling equal its YAML."""
     import dataclasses
 
-    from mapo.algorithm.losses import LossConfig
+    from mapo.algorithm.loss_config import LossConfig
     from mapo.types import SamplingConfig
 
     for cls, optional in [(LossConfig, set()), (SamplingConfig, {"seed"})]:
@@ -163,7 +163,7 @@ def test_derived_configs_have_no_defaults_of_their_own(tmp_path):
     a = cfg.algorithm
     assert plan.algo.loss_config() == LossConfig(
         clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip, kl_coef=a.kl_coef,
-        kl_estimator=a.kl_estimator, aggregation=a.loss_agg, policy_loss=a.policy_loss,
+        kl_estimator=a.kl_estimator, loss_agg=a.loss_agg, policy_loss=a.policy_loss,
         sapo_tau_pos=a.sapo_tau_pos, sapo_tau_neg=a.sapo_tau_neg,
     )  # fmt: skip
     r = cfg.rollout

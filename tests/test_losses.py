@@ -91,7 +91,7 @@ def test_numerical_gradient(agg, kl):
     logp, mask, adv = batch(seed=3)
     old = logp + 0.05 * torch.randn(logp.shape, generator=torch.Generator().manual_seed(4))
     ref = logp - 0.1
-    cfg = plain_loss(kl_coef=0.1, kl_estimator=kl, aggregation=agg, clip_high=10.0, clip_low=0.9)
+    cfg = plain_loss(kl_coef=0.1, kl_estimator=kl, loss_agg=agg, clip_high=10.0, clip_low=0.9)
 
     def f(x):
         return policy_loss(x, old, adv, mask, cfg, ref_logp=ref)[0]
@@ -103,7 +103,7 @@ def test_numerical_gradient(agg, kl):
 def test_micro_batches_sum_to_the_mini_batch_loss(agg):
     logp, mask, adv = batch(n=12, length=7, seed=5)
     old, ref = logp + 0.1, logp - 0.2
-    cfg = plain_loss(kl_coef=0.05, aggregation=agg)
+    cfg = plain_loss(kl_coef=0.05, loss_agg=agg)
     full, _ = policy_loss(logp, old, adv, mask, cfg, ref_logp=ref)
     norm = Normalizer.of(mask)  # totals of the whole mini-batch
     parts = [
@@ -187,7 +187,7 @@ def test_eq7_gradient_ratio_through_the_loss(n_success):
     def grad_for(name):
         theta = theta0.clone().requires_grad_(True)
         logp = torch.log_softmax(theta, 0)[tokens]  # [G, 4]
-        adv = compute_advantages(name, rewards, gids, eps=0.0)
+        adv = compute_advantages(name, rewards, gids, eps=0.0, std="population")
         loss, _ = policy_loss(
             logp, logp.detach(), adv, torch.ones(G, 4, dtype=torch.bool), plain_loss()
         )
@@ -212,7 +212,7 @@ def test_eq7_gradient_ratio_through_the_loss(n_success):
         ),
         ({"estimator": "mapo2"}, "known:.*mapo"),
         ({"clip_low": 0.0}, "positive"),
-        ({"loss_agg": "sum"}, "aggregation"),
+        ({"loss_agg": "sum"}, "loss_agg=.sum. is unknown"),
         ({"kl_estimator": "k4"}, "kl_estimator"),
         ({"filter_low": 0.9, "filter_high": 0.1}, "low < high"),
     ],

@@ -166,7 +166,7 @@ def test_advantage_metrics_on_paper_groups():
     # groups: [0.9, 1, 1, 1] (N=3), [0, 0.1, 0.1, 0.1] (N=0), [1, 1, 1, 1] (N=4), [0.1, 0.1, 1, 1]
     r = torch.tensor([0.9, 1, 1, 1, 0, 0.1, 0.1, 0.1, 1, 1, 1, 1, 0.1, 0.1, 1, 1])
     g = torch.arange(4).repeat_interleave(4)
-    result = compute_advantages_with_stats("mapo", r.double(), g)
+    result = compute_advantages_with_stats("mapo", r.double(), g, std="population", eps=1e-6)
     out = advantage_metrics(result)
     a = result.advantages
     assert out["advantage/mean"] == pytest.approx(float(a.mean()))
@@ -179,5 +179,7 @@ def test_advantage_metrics_on_paper_groups():
     assert out["certainty/lambda_mean"] == pytest.approx(float((1 - 4 * p * (1 - p)).mean()))
     assert out["certainty/frac_p0"] == 0.25 and out["certainty/frac_p1"] == 0.25
     assert out["certainty/n_success_hist"].tolist() == [1, 0, 1, 1, 1]
-    grpo = advantage_metrics(compute_advantages_with_stats("grpo", r.double(), g))
+    grpo = advantage_metrics(
+        compute_advantages_with_stats("grpo", r.double(), g, std="population", eps=1e-6)
+    )
     assert "advantage/apd_abs_max" not in grpo

@@ -12,7 +12,8 @@ from loss_config import plain_loss
 
 from mapo.advantages import ADVANTAGE_ESTIMATORS, compute_advantages
 from mapo.algorithm.config import AlgorithmConfig, ConfigError
-from mapo.algorithm.losses import LossConfig, Normalizer, policy_loss
+from mapo.algorithm.loss_config import LossConfig
+from mapo.algorithm.losses import Normalizer, policy_loss
 from mapo.algorithm.policy_losses import POLICY_LOSSES
 
 AGG = {"ppo_clip": "token-mean", "gspo": "seq-mean-token-mean",
@@ -21,7 +22,7 @@ LOSSES = sorted(AGG)
 
 
 def _cfg(name: str, **kw) -> LossConfig:
-    return plain_loss(policy_loss=name, aggregation=AGG[name], **kw)
+    return plain_loss(policy_loss=name, loss_agg=AGG[name], **kw)
 
 
 def _batch(seed: int = 0, n: int = 5, length: int = 6, spread: float = 0.3):
@@ -217,7 +218,14 @@ def test_every_loss_composes_with_every_estimator(estimator, name):
     AlgorithmConfig(estimator=estimator, policy_loss=name, loss_agg=AGG[name], dual_clip=None)
     rewards = torch.tensor([1.0, 0.0, 0.5, 1.0, 0.2, 0.0, 1.0, 1.0], dtype=torch.float64)
     groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
-    adv = compute_advantages(estimator, rewards, groups, generator=torch.Generator().manual_seed(0))
+    adv = compute_advantages(
+        estimator,
+        rewards,
+        groups,
+        generator=torch.Generator().manual_seed(0),
+        std="population",
+        eps=1e-6,
+    )
     logp, old, _, mask = _batch(8, n=5)
     logp, old, mask = (torch.cat([x, x[:3]]) for x in (logp, old, mask))  # 8 rows
     x = logp.clone().requires_grad_(True)

@@ -57,7 +57,7 @@ def test_recipe_add_an_advantage_estimator(tmp_path, plugin):
         assert plan.algo.estimator == "recipe_centered"
         r = torch.tensor([0.0, 1.0, 1.0, 1.0, 0.1, 0.1])
         g = torch.tensor([0, 0, 0, 0, 1, 1])
-        adv = compute_advantages("recipe_centered", r, g, eps=0.0)
+        adv = compute_advantages("recipe_centered", r, g, eps=0.0, std="population")
         # by hand: group 0 mean 0.75, group 1 mean 0.1
         expected = torch.tensor([-0.75, 0.25, 0.25, 0.25, 0.0, 0.0])
         torch.testing.assert_close(adv, expected)

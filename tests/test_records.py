@@ -25,14 +25,14 @@ def make_table(step=0, groups=((0.9, 1.0, 1.0, 1.0), (0.0, 1.0, 0.1, 1.0)), esti
         rewards, gids = [rewards[i] for i in order], [gids[i] for i in order]
     r = torch.tensor(rewards, dtype=torch.float64)
     g = torch.tensor(gids)
-    result = compute_advantages_with_stats(estimator, r, g, std=std)
+    result = compute_advantages_with_stats(estimator, r, g, std=std, eps=1e-6)
     n = len(r)
     table = records_table(
         step=step, group_ids=g, prompt_ids=[f"q{x}" for x in gids], sources=["geo3k"] * n,
         rewards={"overall": r, "format": torch.ones(n), "accuracy": (r == 1).double()},
         result=result, estimator=estimator, response_lengths=torch.arange(n) + 5,
         truncated=torch.zeros(n, dtype=torch.bool), std=std,
-        texts=[f"answer {i}" for i in range(n)],
+        texts=[f"answer {i}" for i in range(n)], eps=1e-6
     )  # fmt: skip
     return table, r, g, result
 
@@ -51,7 +51,7 @@ def test_records_table_columns_and_group_values():
     assert first["mu"].unique().tolist() == pytest.approx([0.975])
     assert df["success"].tolist() == (r == 1).tolist()
     torch.testing.assert_close(torch.tensor(df["advantage"]), result.advantages)
-    grpo = compute_advantages("grpo", r, g)
+    grpo = compute_advantages("grpo", r, g, std="population", eps=1e-6)
     torch.testing.assert_close(torch.tensor(df["advantage_grpo"]), grpo)
     assert df.loc[(df.group_id == 0) & (df.reward_overall == 0.9), "advantage_grpo"].item() == (
         pytest.approx(-(3**0.5), abs=1e-4)
@@ -60,7 +60,7 @@ def test_records_table_columns_and_group_values():
 
 def test_advantage_grpo_follows_std_mode():
     table, r, g, _ = make_table(std="unbiased")
-    expected = compute_advantages("grpo", r, g, std="unbiased")
+    expected = compute_advantages("grpo", r, g, std="unbiased", eps=1e-6)
     torch.testing.assert_close(torch.tensor(table["advantage_grpo"], dtype=torch.float64), expected)
 
 

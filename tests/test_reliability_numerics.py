@@ -88,7 +88,7 @@ def _loss_inputs(seed=0):
 def test_loss_and_gradient_finite_for_extreme_logprobs_and_empty_rows(agg, kl, dual_clip):
     logp, old, ref, mask, adv = _loss_inputs()
     logp.requires_grad_(True)
-    cfg = plain_loss(kl_coef=0.1, kl_estimator=kl, aggregation=agg, dual_clip=dual_clip)
+    cfg = plain_loss(kl_coef=0.1, kl_estimator=kl, loss_agg=agg, dual_clip=dual_clip)
     loss, metrics = policy_loss(logp, old, adv, mask, cfg, ref_logp=ref)
     loss.backward()
     assert math.isfinite(float(loss)) and all(math.isfinite(v) for v in metrics.values())

@@ -26,7 +26,7 @@ import torch
 from loss_config import plain_loss
 
 from mapo.algorithm.losses import Normalizer, policy_loss
-from mapo.algorithm.policy_losses import LossParams, gspo, gspo_token
+from mapo.algorithm.policy_losses import gspo, gspo_token
 from mapo.algorithm.rollout_correction import MODES, RolloutCorrection, correction
 
 L3, L025, L15, L12 = math.log(3.0), math.log(0.25), math.log(1.5), math.log(1.2)
@@ -184,7 +184,7 @@ def test_verl_seq_mean_drops_fully_rejected_sequences_from_the_count():
     keep, _ = weights("seq_mask", cap=1.5)  # row 1 rejected whole
     m = MASK & keep.bool()
     assert Normalizer.of(m).seqs == 1.0 and Normalizer.of(MASK).seqs == 2.0
-    cfg = plain_loss(aggregation="seq-mean-token-mean")
+    cfg = plain_loss(loss_agg="seq-mean-token-mean")
     loss, _ = policy_loss(LOGP, LOGP, ADV, m, cfg, norm=Normalizer.of(m))
     assert float(loss) == pytest.approx(-1.0)  # row 0 alone: -A_1 = -1
 
@@ -207,7 +207,7 @@ def test_trl_masked_is_weights_the_pg_term_only_by_hand():
 
 
 # ----------------------------------------------------------------- GSPO: no per-token clamp
-P = LossParams(clip_low=0.2, clip_high=0.2, dual_clip=None, tau_pos=1.0, tau_neg=1.05)
+P = plain_loss()
 
 
 @pytest.mark.parametrize("fn", [gspo, gspo_token])

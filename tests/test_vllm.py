@@ -43,7 +43,11 @@ def built(tiny_model_dir):
     random.seed(11)
     torch.manual_seed(11)
     engine = VLLMEngine(
-        tiny_model_dir, max_model_len=1024, limit_mm_per_prompt={"image": 2}, enforce_eager=True
+        tiny_model_dir,
+        max_model_len=1024,
+        limit_mm_per_prompt={"image": 2},
+        enforce_eager=True,
+        sync_bucket_mb=None,
     )
     after = (random.random(), torch.rand(3))
     return engine, {"rng": (before, after), "set_num_threads": set_num_threads}
@@ -255,4 +259,4 @@ def test_multiprocessing_engine_is_refused(monkeypatch, tiny_model_dir):
 
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
     with pytest.raises(ValueError, match="VLLM_ENABLE_V1_MULTIPROCESSING must be 0"):
-        VLLMEngine(tiny_model_dir)
+        VLLMEngine(tiny_model_dir, sync_bucket_mb=None)

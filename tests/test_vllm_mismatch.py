@@ -39,6 +39,7 @@ def bf16_engine(tiny_model_dir):
         max_model_len=1024,
         limit_mm_per_prompt={"image": 2},
         enforce_eager=True,
+        sync_bucket_mb=None,
     )
 
 

@@ -96,9 +96,7 @@ def gradient_ratio(p: Tensor) -> Tensor:
     return (1.0 - lam) + lam * torch.sqrt((1.0 - p) / p)
 
 
-def group_stats(
-    rewards: Tensor, group_ids: Tensor, success: Tensor, *, std: StdMode = "population"
-) -> GroupStats:
+def group_stats(rewards: Tensor, group_ids: Tensor, success: Tensor, *, std: StdMode) -> GroupStats:
     """Scatter-reduce rewards into per-group statistics (float64 for exactness)."""
     keys, index = torch.unique(group_ids, sorted=True, return_inverse=True)  # [K], [N]
     k = keys.numel()
@@ -228,8 +226,8 @@ def compute_advantages_with_stats(
     group_ids: Tensor,
     *,
     success: Tensor | None = None,
-    eps: float = 1e-6,
-    std: StdMode = "population",
+    eps: float,
+    std: StdMode,
     generator: torch.Generator | None = None,
 ) -> AdvantageResult:
     """Like `compute_advantages`, also returning the per-group stats and logging extras."""
@@ -263,8 +261,8 @@ def compute_advantages(
     group_ids: Tensor,
     *,
     success: Tensor | None = None,
-    eps: float = 1e-6,
-    std: StdMode = "population",
+    eps: float,
+    std: StdMode,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Per-rollout advantages [N] for flat `rewards` [N] grouped by `group_ids` [N].

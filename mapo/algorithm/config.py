@@ -11,8 +11,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from mapo.algorithm.advantages import ADVANTAGE_ESTIMATORS
-from mapo.algorithm.losses import LossConfig
-from mapo.algorithm.rollout_correction import RolloutCorrection
+from mapo.algorithm.loss_config import LossConfig
+from mapo.algorithm.losses import KL_ESTIMATORS, LOSS_AGGREGATIONS
+from mapo.algorithm.policy_losses import POLICY_LOSSES, policy_loss_error
+from mapo.algorithm.rollout_correction import MASKED_IS, MODES, REJECT, TRUNCATE, RolloutCorrection
 
 
 class ConfigError(ValueError):
@@ -99,15 +101,10 @@ class AlgorithmConfig:
         if self.filter_max_tries < 1:
             raise ConfigError("algorithm.filter_max_tries must be >= 1")
         if not isinstance(self.rollout_correction, RolloutCorrection):
-            try:
-                rc = RolloutCorrection.from_dict(self.rollout_correction)
-            except (TypeError, ValueError) as err:
-                raise ConfigError(str(err)) from None
+            rc = _rollout_correction_of(self.rollout_correction)
             object.__setattr__(self, "rollout_correction", rc)
-        try:
-            self.loss_config()
-        except ValueError as err:
-            raise ConfigError(f"algorithm: {err}") from None
+        check_rollout_correction(self.rollout_correction)
+        check_loss(self.loss_config())
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> AlgorithmConfig:
@@ -118,17 +115,8 @@ class AlgorithmConfig:
         return cls(**dict(d))
 
     def loss_config(self) -> LossConfig:
-        return LossConfig(
-            clip_low=self.clip_low,
-            clip_high=self.clip_high,
-            dual_clip=self.dual_clip,
-            kl_coef=self.kl_coef,
-            kl_estimator=self.kl_estimator,
-            aggregation=self.loss_agg,
-            policy_loss=self.policy_loss,
-            sapo_tau_pos=self.sapo_tau_pos,
-            sapo_tau_neg=self.sapo_tau_neg,
-        )
+        """The loss settings under their YAML names (mapo/algorithm/loss_config.py)."""
+        return LossConfig(**{f.name: getattr(self, f.name) for f in fields(LossConfig)})
 
     @property
     def updates_per_rollout(self) -> int:
@@ -138,3 +126,80 @@ class AlgorithmConfig:
     @property
     def needs_reference(self) -> bool:
         return self.kl_coef > 0
+
+
+def check_loss(loss: LossConfig) -> None:
+    """The loss settings' rules (each message names the value to set)."""
+    if loss.clip_low <= 0 or loss.clip_high <= 0:
+        raise ConfigError(
+            f"algorithm.clip_low={loss.clip_low} and clip_high={loss.clip_high} must be "
+            "positive; the paper uses 0.2 / 0.2, DAPO 0.2 / 0.28"
+        )
+    if loss.clip_low >= 1:
+        raise ConfigError(f"algorithm.clip_low={loss.clip_low} must be < 1 (the floor is 1 - it)")
+    if loss.dual_clip is not None and loss.dual_clip <= 1:
+        raise ConfigError(f"algorithm.dual_clip={loss.dual_clip} must be > 1 (verl: 3.0) or null")
+    if loss.kl_coef < 0:
+        raise ConfigError(f"algorithm.kl_coef={loss.kl_coef} must be >= 0 (0: no KL term)")
+    if loss.kl_estimator not in KL_ESTIMATORS:
+        raise ConfigError(
+            f"algorithm.kl_estimator={loss.kl_estimator!r} is unknown; known: {sorted(KL_ESTIMATORS)}"
+        )
+    if loss.loss_agg not in LOSS_AGGREGATIONS:
+        raise ConfigError(
+            f"algorithm.loss_agg={loss.loss_agg!r} is unknown; known: {list(LOSS_AGGREGATIONS)}"
+        )
+    if loss.sapo_tau_pos <= 0 or loss.sapo_tau_neg <= 0:
+        raise ConfigError(
+            f"algorithm.sapo_tau_pos={loss.sapo_tau_pos} and sapo_tau_neg={loss.sapo_tau_neg} "
+            "must be > 0 (the SAPO paper uses 1.0 and 1.05)"
+        )
+    if loss.policy_loss not in POLICY_LOSSES:
+        raise ConfigError(
+            f"algorithm: unknown policy_loss {loss.policy_loss!r}; known: {sorted(POLICY_LOSSES)}"
+        )
+    problem = policy_loss_error(loss.policy_loss, loss.loss_agg, loss.dual_clip)
+    if problem is not None:
+        raise ConfigError(f"algorithm: {problem}")
+
+
+def _rollout_correction_of(block: Mapping[str, Any] | None) -> RolloutCorrection:
+    """From the YAML block; unknown keys are an error naming the known ones."""
+    d = dict(block or {})
+    known = {f.name for f in fields(RolloutCorrection)}
+    if set(d) - known:
+        raise ConfigError(
+            f"unknown algorithm.rollout_correction keys {sorted(set(d) - known)}; "
+            f"known: {sorted(known)}"
+        )
+    return RolloutCorrection(**d)
+
+
+def check_rollout_correction(rc: RolloutCorrection) -> None:
+    """algorithm.rollout_correction's rules (docs/rollout_correction.md)."""
+    name = "algorithm.rollout_correction"
+    if rc.mode not in MODES:
+        raise ConfigError(
+            f"{name}.mode={rc.mode!r} is unknown; use one of {list(MODES)} "
+            "(none disables the correction)"
+        )
+    if isinstance(rc.cap, bool) or not isinstance(rc.cap, (int, float)) or not rc.cap > 1:
+        raise ConfigError(
+            f"{name}.cap={rc.cap!r} must be > 1: the weights are min(ratio, C) or the band "
+            "[lo, C], and C <= 1 would cut on-policy tokens; verl's default is 2.0, TRL's 3.0"
+        )
+    if rc.cap_lower is None:
+        return
+    if rc.mode in TRUNCATE:
+        raise ConfigError(
+            f"{name}.cap_lower={rc.cap_lower!r} applies to the mask modes "
+            f"{list(REJECT + MASKED_IS)}; {rc.mode} truncates from above only (as verl's and "
+            "TRL's do): set cap_lower=null"
+        )
+    low = rc.cap_lower
+    if isinstance(low, bool) or not isinstance(low, (int, float)) or not 0 <= low < rc.cap:
+        raise ConfigError(
+            f"{name}.cap_lower={low!r} must be in [0, cap={rc.cap}) or null (the peer's "
+            "default: 1/cap for the verl rejection modes, no lower bound for token_mis / "
+            "seq_mis as in TRL)"
+        )

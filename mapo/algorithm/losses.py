@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mapo.algorithm.loss_config import LossConfig
 from mapo.algorithm.policy_losses import ALL_AGGREGATIONS as LOSS_AGGREGATIONS
 from mapo.algorithm.policy_losses import MAX_LOG_RATIO as _MAX_LOG_RATIO
-from mapo.algorithm.policy_losses import POLICY_LOSSES, LossParams, check_policy_loss
+from mapo.algorithm.policy_losses import POLICY_LOSSES
 
 
 def kl_k1(logp: Tensor, ref_logp: Tensor) -> Tensor:
@@ -45,51 +46,6 @@ KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "k2": kl_k2,
     "k3": kl_k3,
 }
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    # No defaults: built by AlgorithmConfig.loss_config() from conf/algorithm/ (the one home).
-    clip_low: float  # eps_low: ratio floor 1 - eps_low for negative advantages
-    clip_high: float  # eps_high: ratio ceiling 1 + eps_high (DAPO clip-higher: 0.28)
-    dual_clip: float | None  # c > 1 caps -A * ratio for A < 0 at -A * c (verl: 3.0)
-    kl_coef: float  # beta; 0 skips the reference model entirely
-    kl_estimator: str
-    aggregation: str
-    policy_loss: str  # ppo_clip | gspo | gspo_token | cispo | sapo
-    sapo_tau_pos: float  # SAPO gate temperature, A > 0
-    sapo_tau_neg: float  # SAPO gate temperature, A <= 0
-
-    def params(self) -> LossParams:
-        return LossParams(self.clip_low, self.clip_high, self.dual_clip,
-                          self.sapo_tau_pos, self.sapo_tau_neg)  # fmt: skip
-
-    def __post_init__(self) -> None:
-        if self.clip_low <= 0 or self.clip_high <= 0:
-            raise ValueError(
-                f"clip ratios must be positive (got clip_low={self.clip_low}, "
-                f"clip_high={self.clip_high}); the paper uses 0.2 / 0.2, DAPO 0.2 / 0.28"
-            )
-        if self.clip_low >= 1:
-            raise ValueError(f"clip_low={self.clip_low} must be < 1 (the floor is 1 - clip_low)")
-        if self.dual_clip is not None and self.dual_clip <= 1:
-            raise ValueError(f"dual_clip={self.dual_clip} must be > 1 (verl uses 3.0) or null")
-        if self.kl_coef < 0:
-            raise ValueError(f"kl_coef={self.kl_coef} must be >= 0")
-        if self.kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(
-                f"unknown kl_estimator {self.kl_estimator!r}; known: {sorted(KL_ESTIMATORS)}"
-            )
-        if self.aggregation not in LOSS_AGGREGATIONS:
-            raise ValueError(
-                f"unknown loss aggregation {self.aggregation!r}; known: {list(LOSS_AGGREGATIONS)}"
-            )
-        if self.sapo_tau_pos <= 0 or self.sapo_tau_neg <= 0:
-            raise ValueError(
-                f"sapo_tau_pos={self.sapo_tau_pos} and sapo_tau_neg={self.sapo_tau_neg} must be "
-                "> 0 (the SAPO paper uses 1.0 and 1.05)"
-            )
-        check_policy_loss(self.policy_loss, self.aggregation, self.dual_clip)
 
 
 @dataclass(frozen=True)
@@ -145,10 +101,10 @@ def policy_loss(
     """
     norm = norm or Normalizer.of(mask)
     adv = advantages.to(logp.dtype).unsqueeze(-1)  # [N, 1], broadcast over tokens
-    pg, flags = POLICY_LOSSES[cfg.policy_loss].fn(logp, old_logp, adv, mask, cfg.params())
+    pg, flags = POLICY_LOSSES[cfg.policy_loss].fn(logp, old_logp, adv, mask, cfg)
     if weights is not None:
         pg = pg * weights.detach().to(pg.dtype)
-    loss = aggregate(pg, mask, cfg.aggregation, norm)
+    loss = aggregate(pg, mask, cfg.loss_agg, norm)
 
     with torch.no_grad():
         ratio = (logp - old_logp).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO).exp()  # [N, L]
@@ -165,7 +121,7 @@ def policy_loss(
         if ref_logp is None:
             raise ValueError("kl_coef > 0 needs ref_logp (the frozen reference's log-probs)")
         kl = KL_ESTIMATORS[cfg.kl_estimator](logp, ref_logp)  # [N, L]
-        kl_loss = aggregate(kl, mask, cfg.aggregation, norm)
+        kl_loss = aggregate(kl, mask, cfg.loss_agg, norm)
         loss = loss + cfg.kl_coef * kl_loss
         metrics["kl_ref"] = _masked_mean(kl.detach(), mask)
         metrics["kl_loss"] = float(kl_loss.detach())  # float() of a grad tensor warns

@@ -5,7 +5,7 @@ Every loss takes the current log-probs `logp` [N, L] (with gradient), the frozen
 [N, L], and returns the per-token loss to *minimise* [N, L] plus boolean [N, L] maps for the
 clip-fraction metrics. Aggregation (mapo/algorithm/losses.py `aggregate`) and the KL term are common to
 all of them; each loss lists the aggregation modes its paper defines, and any other mode is
-rejected at config time (`check_policy_loss`). Formulas and references: docs/policy_losses.md
+rejected at config time (`policy_loss_error`, checked by mapo/algorithm/config.py). Formulas and references: docs/policy_losses.md
 (papers cited by section; equation numbers are given only where checked).
 
 Notation: r_t = pi_theta / pi_old per token, sg[.] = stop-gradient (detach), |y_i| = valid
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mapo.algorithm.loss_config import LossConfig
 from mapo.registry import Registry
 
 # exp() of a log-ratio beyond this overflows fp32 or is meaningless; clamp before exp.
@@ -27,16 +28,7 @@ MAX_LOG_RATIO = 20.0
 ALL_AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
 
 
-@dataclass(frozen=True)
-class LossParams:
-    clip_low: float = 0.2  # ppo_clip / gspo*: ratio floor 1 - clip_low
-    clip_high: float = 0.2  # ppo_clip / gspo*: ratio ceiling 1 + clip_high; cispo: weight cap
-    dual_clip: float | None = None  # ppo_clip only
-    tau_pos: float = 1.0  # sapo: gate temperature for A > 0
-    tau_neg: float = 1.05  # sapo: gate temperature for A <= 0
-
-
-PolicyLossFn = Callable[[Tensor, Tensor, Tensor, Tensor, LossParams], tuple[Tensor, dict]]
+PolicyLossFn = Callable[[Tensor, Tensor, Tensor, Tensor, LossConfig], tuple[Tensor, dict]]
 
 
 @dataclass(frozen=True)
@@ -60,20 +52,22 @@ def register_policy_loss(name: str, aggregations: tuple[str, ...], dual_clip: bo
     return decorator
 
 
-def check_policy_loss(name: str, aggregation: str, dual_clip: float | None) -> None:
-    """Config-time rules: a known loss, an aggregation its paper defines, dual clip only where
-    it applies. Raises ValueError saying what to set."""
-    spec = POLICY_LOSSES[name]  # an unknown name fails, listing the known ones
+def policy_loss_error(name: str, aggregation: str, dual_clip: float | None) -> str | None:
+    """What is wrong with this loss / aggregation / dual clip combination, or None: an
+    aggregation its paper does not define, dual clip where it does not apply. (The name must
+    be registered; an unknown one fails, listing the known ones.)"""
+    spec = POLICY_LOSSES[name]
     if aggregation not in spec.aggregations:
-        raise ValueError(
+        return (
             f"policy_loss={name} is defined with loss_agg in {list(spec.aggregations)}, got "
             f"{aggregation!r}; set algorithm.loss_agg={spec.aggregations[0]}"
         )
     if dual_clip is not None and not spec.dual_clip:
-        raise ValueError(
+        return (
             f"dual_clip={dual_clip} applies to policy_loss=ppo_clip only; set "
             f"algorithm.dual_clip=null for policy_loss={name}"
         )
+    return None
 
 
 def _log_ratio(logp: Tensor, old_logp: Tensor) -> Tensor:
@@ -90,7 +84,7 @@ def _seq_mean_log_ratio(logp: Tensor, old_logp: Tensor, mask: Tensor) -> Tensor:
 
 
 @register_policy_loss("ppo_clip", ALL_AGGREGATIONS, dual_clip=True)
-def ppo_clip(logp, old_logp, adv, mask, p: LossParams):
+def ppo_clip(logp, old_logp, adv, mask, p: LossConfig):
     """GRPO's clipped surrogate (MAPO paper eq. 1; PPO, Schulman et al. 2017, arXiv
     1707.06347, eq. 7 L^CLIP), with clip-higher (DAPO, arXiv 2503.14476: separate eps_low /
     eps_high) and dual clip (Ye et al. 2020, arXiv 1912.09729):
@@ -108,7 +102,7 @@ def ppo_clip(logp, old_logp, adv, mask, p: LossParams):
     return loss, flags
 
 
-def _gspo_clipped(s: Tensor, adv: Tensor, p: LossParams) -> tuple[Tensor, dict]:
+def _gspo_clipped(s: Tensor, adv: Tensor, p: LossConfig) -> tuple[Tensor, dict]:
     loss = torch.maximum(-adv * s, -adv * s.clamp(1.0 - p.clip_low, 1.0 + p.clip_high))
     flags = {"clip_frac_high": (s > 1 + p.clip_high) & (adv > 0),
              "clip_frac_low": (s < 1 - p.clip_low) & (adv < 0)}  # fmt: skip
@@ -116,7 +110,7 @@ def _gspo_clipped(s: Tensor, adv: Tensor, p: LossParams) -> tuple[Tensor, dict]:
 
 
 @register_policy_loss("gspo", ("seq-mean-token-mean",))
-def gspo(logp, old_logp, adv, mask, p: LossParams):
+def gspo(logp, old_logp, adv, mask, p: LossConfig):
     """GSPO (Zheng et al. 2025, arXiv 2507.18071, section "GSPO"): the length-normalised
     sequence ratio s_i = (pi(y_i) / pi_old(y_i))^(1/|y_i|) = exp(mean_t log r_t), clipped per
     sequence:  J = 1/G sum_i min(s_i A_i, clip(s_i, 1 - eps_low, 1 + eps_high) A_i).
@@ -130,7 +124,7 @@ def gspo(logp, old_logp, adv, mask, p: LossParams):
 
 
 @register_policy_loss("gspo_token", ("seq-mean-token-mean",))
-def gspo_token(logp, old_logp, adv, mask, p: LossParams):
+def gspo_token(logp, old_logp, adv, mask, p: LossConfig):
     """GSPO-token (arXiv 2507.18071, section "GSPO-token"): s_i,t = sg[s_i] pi_t / sg[pi_t]
     (value s_i, gradient s_i grad log pi_t), per-token clipping, 1/|y_i| sum_t then 1/G sum_i.
     With one advantage per sequence (every estimator here) it equals GSPO in value and
@@ -141,7 +135,7 @@ def gspo_token(logp, old_logp, adv, mask, p: LossParams):
 
 
 @register_policy_loss("cispo", ("token-mean",))
-def cispo(logp, old_logp, adv, mask, p: LossParams):
+def cispo(logp, old_logp, adv, mask, p: LossConfig):
     """CISPO (MiniMax-M1, arXiv 2506.13585, section "CISPO"): clip the importance weight,
     not the update, and keep every token's gradient:
         J = 1/sum_i|o_i| sum_i sum_t sg[r_hat_t] A_i log pi_t,  r_hat_t = min(r_t, 1 + eps_high).
@@ -154,13 +148,13 @@ def cispo(logp, old_logp, adv, mask, p: LossParams):
 
 
 @register_policy_loss("sapo", ("seq-mean-token-mean",))
-def sapo(logp, old_logp, adv, mask, p: LossParams):
+def sapo(logp, old_logp, adv, mask, p: LossConfig):
     """SAPO (Gao et al. 2025, arXiv 2511.20347, section "SAPO"): a soft gate instead of the
     hard clip, J = 1/G sum_i 1/|y_i| sum_t f_t(r_t) A_i with
         f_t(r) = sigmoid(tau_t (r - 1)) * 4 / tau_t,  tau_t = tau_pos if A_i > 0 else tau_neg.
     f(1) = 2 / tau and f'(1) = 1: on-policy the gradient is the plain policy gradient; away
     from r = 1 the gate's slope 4 sigma (1 - sigma) decays smoothly."""
     ratio = _log_ratio(logp, old_logp).exp()
-    tau = torch.full_like(adv, p.tau_neg).masked_fill(adv > 0, p.tau_pos)  # [N, 1]
+    tau = torch.full_like(adv, p.sapo_tau_neg).masked_fill(adv > 0, p.sapo_tau_pos)  # [N, 1]
     gate = torch.sigmoid(tau * (ratio - 1.0)) * (4.0 / tau)
     return -gate * adv, {}

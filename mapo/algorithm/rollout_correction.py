@@ -32,9 +32,8 @@ Only torch is imported, so this module sits below every other one.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -48,36 +47,10 @@ _MAX_LOG_RATIO = 20.0  # verl's SAFETY_BOUND: exp() beyond this is meaningless; 
 
 @dataclass(frozen=True)
 class RolloutCorrection:
+    # Checked by mapo/algorithm/config.py (check_rollout_correction), the one home of its rules.
     mode: str = "none"  # MODES; the module docstring says what each computes
     cap: float = 2.0  # C > 1: truncation cap (tis) or the band's upper end (mask, mis)
     cap_lower: float | None = None  # the band's lower end; null: 1/C (mask) or none (mis)
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(
-                f"algorithm.rollout_correction.mode={self.mode!r} is unknown; use one of "
-                f"{list(MODES)} (none disables the correction)"
-            )
-        if not isinstance(self.cap, (int, float)) or not self.cap > 1:
-            raise ValueError(
-                f"algorithm.rollout_correction.cap={self.cap!r} must be > 1: the weights are "
-                "min(ratio, C) or the band [1/C, C], and C <= 1 would cut on-policy tokens; "
-                "verl's default is 2.0, TRL's 3.0"
-            )
-        if self.cap_lower is None:
-            return
-        if self.mode in TRUNCATE:
-            raise ValueError(
-                f"algorithm.rollout_correction.cap_lower={self.cap_lower!r} applies to the "
-                f"mask modes {list(REJECT + MASKED_IS)}; {self.mode} truncates from above only "
-                "(as verl's and TRL's do): set cap_lower=null"
-            )
-        if not isinstance(self.cap_lower, (int, float)) or not 0 <= self.cap_lower < self.cap:
-            raise ValueError(
-                f"algorithm.rollout_correction.cap_lower={self.cap_lower!r} must be in [0, cap="
-                f"{self.cap}) or null (the peer's default: 1/cap for the verl rejection modes, "
-                "no lower bound for token_mis / seq_mis as in TRL)"
-            )
 
     @property
     def enabled(self) -> bool:
@@ -97,18 +70,6 @@ class RolloutCorrection:
         if self.cap_lower is not None:
             return float(self.cap_lower)
         return 1.0 / self.cap if self.rejects else 0.0
-
-    @staticmethod
-    def from_dict(d: Mapping[str, Any] | None) -> RolloutCorrection:
-        """From the YAML block; unknown keys are an error naming the known ones."""
-        d = dict(d or {})
-        known = {f.name for f in fields(RolloutCorrection)}
-        if set(d) - known:
-            raise ValueError(
-                f"unknown algorithm.rollout_correction keys {sorted(set(d) - known)}; "
-                f"known: {sorted(known)}"
-            )
-        return RolloutCorrection(**d)
 
 
 def sampler_logprobs(rows: Sequence[Sequence[float]] | None, mask: Tensor) -> Tensor | None:

@@ -208,8 +208,8 @@ def records_table(
     response_lengths: Tensor,
     truncated: Tensor,
     success: Tensor | None = None,
-    std: StdMode = "population",
-    eps: float = 1e-6,
+    std: StdMode,
+    eps: float,
     texts: Sequence[str] | None = None,
     logprob_sums: Mapping[str, Tensor] | None = None,
 ) -> dict[str, list]:

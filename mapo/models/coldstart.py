@@ -5,7 +5,7 @@ and every advantage is 0. This warm-up trains on targets whose think text is fix
 boxed label is drawn uniformly AT RANDOM from the task's label set (read from the rows'
 answers), ended by ``<|im_end|>`` so the model learns to stop. The model learns the format but
 not the image -> label map: accuracy stays at chance and RL has something left to learn
-(docs/facts.md, "Tiny VLM": 150 steps, batch 64, AdamW 1e-3). Measured on SynthEmo: format 1.0 greedy
+(docs/facts.md, "Tiny VLM"; the recipe is ``model.coldstart`` in conf/model/tiny.yaml). Measured on SynthEmo: format 1.0 greedy
 / 0.91 sampled at temperature 1, accuracy 0.14 / 0.11. With the full template (~118 prompt
 tokens, not section 7's 34) a step takes ~1.5-2.4 s on a shared 2-core CPU: pass
 ``num_threads=1`` there (2 threads were 5x slower under load); the cache makes it a one-off.
@@ -209,10 +209,10 @@ def coldstart(
     *,
     template: str | None,
     out_dir: str | os.PathLike,
-    steps: int = 150,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    seed: int = 0,
+    steps: int,  # model.coldstart.* (conf/model/tiny.yaml holds the recipe)
+    batch_size: int,
+    lr: float,
+    seed: int,
     min_pixels: int | None = DEFAULT_MIN_PIXELS,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     think: str = THINK_TEXT,
@@ -280,10 +280,10 @@ def coldstarted_model_path(
     *,
     template: str | None,
     cache_dir: str | os.PathLike | None = None,
-    steps: int = 150,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    seed: int = 0,
+    steps: int,  # model.coldstart.* (conf/model/tiny.yaml holds the recipe)
+    batch_size: int,
+    lr: float,
+    seed: int,
     min_pixels: int | None = DEFAULT_MIN_PIXELS,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     think: str = THINK_TEXT,

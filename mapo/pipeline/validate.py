@@ -131,6 +131,15 @@ def _check_values(cfg: DictConfig, algo: AlgorithmConfig) -> None:
         )
 
 
+def check_optim(optim: OptimConfig) -> None:
+    if optim.schedule not in ("constant", "cosine"):
+        raise ConfigError(f"optim.schedule={optim.schedule!r}; use constant or cosine")
+    if optim.impl not in ("torch", "fused"):
+        raise ConfigError(f"optim.impl={optim.impl!r}; use torch (any device) or fused (CUDA)")
+    if optim.lr <= 0:
+        raise ConfigError(f"optim.lr={optim.lr} must be > 0 (the paper uses 1e-6)")
+
+
 def validate(cfg: DictConfig) -> Plan:
     """Fail fast, before any model or dataset loads."""
     import_plugins(cfg.plugins)  # first: plugins add names the checks below look up
@@ -139,6 +148,7 @@ def validate(cfg: DictConfig) -> Plan:
     check_types(OptimConfig, OmegaConf.to_container(cfg.optim, resolve=True), "optim")
     algo = AlgorithmConfig.from_dict(OmegaConf.to_container(cfg.algorithm, resolve=True))
     optim = OptimConfig(**{k: (tuple(v) if k == "betas" else v) for k, v in cfg.optim.items()})
+    check_optim(optim)
     if cfg.rollout.engine not in ENGINES:
         raise ConfigError(
             f"rollout.engine={cfg.rollout.engine!r} is unknown; known: {sorted(ENGINES)}"

@@ -205,7 +205,7 @@ class VLLMEngine:
         limit_mm_per_prompt: dict[str, int] | None = None,
         logprobs_mode: str = "processed_logprobs",
         suppress_special: bool = True,
-        sync_bucket_mb: float | None = None,
+        sync_bucket_mb: float | None,  # rollout.sync_bucket_mb; None: the whole model at once
         **llm_kwargs: Any,
     ):
         launcher = distributed_env()  # before import: sets this rank's cores and device
