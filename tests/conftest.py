@@ -98,7 +98,7 @@ def write_fake_run(run_dir: Path, *, steps: int = 12, groups: int = 8, g: int = 
     a metrics.json with before/after blocks. For the report image and the notebook."""
     import json
 
-    from mapo.advantages import compute_advantages_with_stats
+    from mapo.algorithm.advantages import compute_advantages_with_stats
     from mapo.analysis.records import RecordWriter, records_table
 
     gen = torch.Generator().manual_seed(0)

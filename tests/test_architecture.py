@@ -44,8 +44,6 @@ ALLOWED: dict[str, set[str]] = {
     "trainer": BOTTOM | {"algorithm", "data", "rewards", "models", "rollout", "analysis"},
     "pipeline": BOTTOM
     | {"algorithm", "data", "rewards", "models", "rollout", "analysis", "trainer"},
-    "advantages": {"algorithm"},  # the old import path, a re-export
-    "report": {"analysis"},  # `python -m mapo.report`, forwards to mapo.analysis.report
     "__init__": set(),
 }
 # third-party packages the algorithm may use: the formulas are torch, nothing else

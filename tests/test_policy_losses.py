@@ -10,7 +10,7 @@ import pytest
 import torch
 from loss_config import plain_loss
 
-from mapo.advantages import ADVANTAGE_ESTIMATORS, compute_advantages
+from mapo.algorithm.advantages import ADVANTAGE_ESTIMATORS, compute_advantages
 from mapo.algorithm.config import AlgorithmConfig, ConfigError
 from mapo.algorithm.loss_config import LossConfig
 from mapo.algorithm.losses import Normalizer, policy_loss

@@ -76,7 +76,7 @@ def test_finish_report_logs_the_image_to_tensorboard(fake_run_dir, tmp_path):
 def test_finish_report_failure_is_a_warning_not_a_crash(tmp_path, caplog):
     (tmp_path / "metrics.json").write_text("{not json")
     assert finish_report(tmp_path) is None
-    assert "python -m mapo.report" in caplog.text and "--plot" in caplog.text
+    assert "python -m mapo.analysis.report" in caplog.text and "--plot" in caplog.text
 
 
 def test_run_summary_names_everything(fake_run_dir, tmp_path):
@@ -90,7 +90,7 @@ def test_run_summary_names_everything(fake_run_dir, tmp_path):
     text = run_summary(run, ["steps=30", f"hydra.run.dir={run}", "ckpt_path=null"])
     assert "| fake_mapo (before) | 12.50 | 25.00 | 12.50 | 18.75 | 15.62 |" in text
     assert "| fake_mapo | 87.50 | 75.00 | 37.50 | 56.25 | 71.88 |" in text
-    for expected in (f"report image    {run / 'report.png'}", f"python -m mapo.report {run} --plot",
+    for expected in (f"report image    {run / 'report.png'}", f"python -m mapo.analysis.report {run} --plot",
                      f"tensorboard --logdir {run / 'tensorboard'}", str(run / "checkpoints" / "last.ckpt"),
                      f"python train.py steps=30 hydra.run.dir={run} ckpt_path=last",
                      f"python eval.py model_to_eval={run / 'hf_model'}"):  # fmt: skip

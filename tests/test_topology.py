@@ -219,7 +219,7 @@ def runs(tmp_path_factory):
 def test_group_ids_unique_across_ranks_and_advantages_global(runs):
     import pandas as pd
 
-    from mapo.advantages import compute_advantages
+    from mapo.algorithm.advantages import compute_advantages
 
     run_dir = runs["root"] / "straight"
     for step in range(STEPS):

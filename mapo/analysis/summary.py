@@ -1,4 +1,4 @@
-"""The end-of-run summary train.py prints: the before/after table as `python -m mapo.report`
+"""The end-of-run summary train.py prints: the before/after table as `python -m mapo.analysis.report`
 lays it out, then where everything is and the commands that use it."""
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def run_summary(run_dir: str | Path, overrides: Sequence[str] = ()) -> str:
     report = run_dir / REPORT_NAME
     if report.is_file():
         rows.append(
-            ("report image", f"{report}   (redraw: python -m mapo.report {run_dir} --plot)")
+            ("report image", f"{report}   (redraw: python -m mapo.analysis.report {run_dir} --plot)")
         )
     if (run_dir / "tensorboard").is_dir():
         rows.append(("TensorBoard", f"tensorboard --logdir {run_dir / 'tensorboard'}"))

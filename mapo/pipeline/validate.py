@@ -1,6 +1,6 @@
 """Fail fast: everything that can be checked without loading a model, checked first.
 
-`validate` turns the config into typed objects (`Plan`) and raises a `ConfigError` or
+`validate` turns the config into typed objects (`RunSettings`) and raises a `ConfigError` or
 `FileNotFoundError` that says how to fix the value, within seconds of `python train.py`.
 """
 
@@ -23,7 +23,7 @@ from mapo.types import OptimConfig, SamplingConfig
 
 
 @dataclass
-class Plan:
+class RunSettings:
     """The validated, typed view of a config."""
 
     algo: AlgorithmConfig
@@ -140,7 +140,7 @@ def check_optim(optim: OptimConfig) -> None:
         raise ConfigError(f"optim.lr={optim.lr} must be > 0 (the paper uses 1e-6)")
 
 
-def validate(cfg: DictConfig) -> Plan:
+def validate(cfg: DictConfig) -> RunSettings:
     """Fail fast, before any model or dataset loads."""
     import_plugins(cfg.plugins)  # first: plugins add names the checks below look up
     check_known_keys(OmegaConf.to_container(cfg, resolve=False))  # `+rollout.temprature=0.5`
@@ -192,4 +192,4 @@ def validate(cfg: DictConfig) -> Plan:
     ev = r.eval
     eval_sampling = SamplingConfig(n=1, temperature=ev.temperature, top_p=ev.top_p,
                                    max_new_tokens=ev.max_new_tokens, seed=cfg.seed)  # fmt: skip
-    return Plan(algo, optim, sampling, eval_sampling, run_dir_of(cfg))
+    return RunSettings(algo, optim, sampling, eval_sampling, run_dir_of(cfg))
