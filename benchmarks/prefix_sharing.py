@@ -30,7 +30,7 @@ def _batch(size: str, prompts: int, group: int, max_new_tokens: int):
     processor, policy = load_processor(path), load_policy(path)
     template = load_template("emotion_short")
     batch = [to_prompt(r, processor, template, min_pixels=3136, max_pixels=12544) for r in rows]
-    engine = HFEngine(policy, processor)
+    engine = HFEngine(policy, processor, share_prefill=True)
     sampling = SamplingConfig(
         n=group, temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens, seed=0
     )
@@ -50,11 +50,11 @@ def _fwd_bwd(
         policy.zero_grad()
         clock = time.perf_counter()
         with torch.no_grad():
-            token_logprobs(policy, inputs, suppress_ids=suppress, share_prompt=share)
+            token_logprobs(policy, inputs, suppress_ids=suppress, share_prompt=share, padding_free=False)
         fwd.append(time.perf_counter() - clock)
         clock = time.perf_counter()
         logp = token_logprobs(
-            policy, inputs, suppress_ids=suppress, return_entropy=True, share_prompt=share
+            policy, inputs, suppress_ids=suppress, return_entropy=True, share_prompt=share, padding_free=False
         )[0]
         (logp.sum() / inputs.completion_mask.sum()).backward()
         full.append(time.perf_counter() - clock)

@@ -76,10 +76,10 @@ def positions(sub, *, shared_cache: bool, packed: bool, share: bool) -> tuple[in
 
 def run_mode(mode: str, ckpt: bool, w: dict, steps: int) -> dict:
     """One process: ``steps`` update + log-prob phases of ``mode``; the last one is timed."""
-    from mapo.algorithm.config import AlgorithmConfig
     from mapo.algorithm.losses import Normalizer, policy_loss
     from mapo.models.logprobs import can_share_prompt, token_logprobs
     from mapo.models.micro_batching import StepLayout
+    from mapo.pipeline.quickrun import algorithm_config
 
     budget, share, pack = MODES[mode]
     model, processor = build(w["pixels"])
@@ -99,7 +99,7 @@ def run_mode(mode: str, ckpt: bool, w: dict, steps: int) -> dict:
     plan = layout.micro_batches(torch.arange(inputs.num_rows))
     subs = [layout.inputs(mb) for mb in plan]
     # the default config's loss (conf/algorithm/mapo.yaml: AlgorithmConfig's defaults equal it)
-    cfg, norm = AlgorithmConfig().loss_config(), Normalizer.of(inputs.completion_mask)
+    cfg, norm = algorithm_config().loss_config(), Normalizer.of(inputs.completion_mask)
     out: dict = {"mode": mode, "ckpt": ckpt, "micro_batches": len(plan)}
     for phase in ("logprobs", "update"):
         model.train(phase == "update")

@@ -87,12 +87,14 @@ class RolloutBatch:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    # Checked by mapo/pipeline/validate.py (check_optim), the one home of its rules.
-    lr: float = 1e-6
-    weight_decay: float = 1e-2
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float | None = 1.0
-    schedule: str = "constant"  # constant | cosine
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
-    impl: str = "torch"  # torch | fused (DeepSpeed FusedAdam, CUDA only)
+    """``optim.*`` key for key (conf/optim/adamw.yaml holds the defaults and documents them;
+    mapo/pipeline/validate.py check_optim holds the rules)."""
+
+    lr: float
+    weight_decay: float
+    betas: tuple[float, float]
+    grad_clip: float | None  # max global grad norm; None: no clipping
+    schedule: str  # constant | cosine
+    warmup_steps: int
+    min_lr_ratio: float
+    impl: str  # torch | fused (DeepSpeed FusedAdam, CUDA only)

@@ -27,6 +27,7 @@ def _inputs(processor, prompts, special, index=INDEX, lengths=LENGTHS, seed=0):
 
 
 def _grads(model, inputs, special, **kw):
+    kw.setdefault("padding_free", False)
     weights = torch.randn(inputs.completion_mask.shape, generator=torch.Generator().manual_seed(0))
     logp, ent = token_logprobs(
         model, inputs, suppress_ids=special["suppress"], return_entropy=True, **kw

@@ -114,7 +114,7 @@ def test_warm_model_learns_format_not_answers(warm_dir, tiny_model_dir):
     greedy = SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_new_tokens=24)
 
     def rates(model_dir):
-        engine = HFEngine(load_policy(model_dir).eval(), processor)
+        engine = HFEngine(load_policy(model_dir).eval(), processor, share_prefill=True)
         texts = engine.generate(prompts, greedy).text
         fmt = sum(bool(FORMAT.fullmatch(t.strip())) for t in texts) / len(texts)
         boxed = [BOXED.findall(t) for t in texts]

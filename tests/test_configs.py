@@ -118,89 +118,34 @@ def test_bad_configs_fail_before_any_model_loads(override, msg, tmp_path):
         validate(compose_cfg([override], tmp_path))
 
 
-def test_code_defaults_equal_the_yaml():
-    """conf/ is the source of truth: the dataclass defaults equal the default config's groups
-    (conf/algorithm/mapo.yaml, conf/optim/adamw.yaml), so code and YAML cannot drift apart."""
-    import dataclasses
-
-    from omegaconf import OmegaConf
-
-    from mapo.algorithm.config import AlgorithmConfig
-    from mapo.types import OptimConfig
-
-    for cls, path in [(AlgorithmConfig, "algorithm/mapo.yaml"), (OptimConfig, "optim/adamw.yaml")]:
-        yaml = OmegaConf.to_container(OmegaConf.load(CONF / path), resolve=True)
-        defaults = {
-            f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
-            for f in dataclasses.fields(cls)
-        }
-        assert set(yaml) == set(defaults), f"{path} and {cls.__name__} name different keys"
-        for key, value in yaml.items():
-            code = defaults[key]
-            code = list(code) if isinstance(code, tuple) else code
-            code = dataclasses.asdict(code) if dataclasses.is_dataclass(code) else code
-            assert code == value, f"{cls.__name__}.{key}={code!r} but {path} says {value!r}"
-
-
-def test_derived_configs_have_no_defaults_of_their_own(tmp_path):
-    """LossConfig and SamplingConfig are built from the composed config only
-    (AlgorithmConfig.loss_config(), mapo/pipeline/validate.py), so they carry no defaults that
-    could drift from conf/; the default config's loss and sampling equal its YAML."""
-    import dataclasses
-
+def test_the_yaml_instantiates_the_settings(tmp_path):
+    """Each config group file builds its typed settings, key for key: the algorithm blocks of
+    every conf/algorithm/*.yaml, optim, and the sampling the default run derives from them
+    (the code holds no defaults of its own; conf/ is their one home)."""
     from mapo.algorithm.loss_config import LossConfig
+    from mapo.pipeline.quickrun import algorithm_config, optim_config
     from mapo.types import SamplingConfig
 
-    for cls, optional in [(LossConfig, set()), (SamplingConfig, {"seed"})]:
-        defaulted = {
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-        }
-        assert defaulted == optional, f"{cls.__name__} has code defaults {sorted(defaulted)}"
+    for path in sorted((CONF / "algorithm").glob("*.yaml")):
+        algo = algorithm_config(path.stem)
+        raw = OmegaConf.load(path)
+        for key in raw:
+            if key != "defaults" and key != "rollout_correction":
+                assert getattr(algo, key) == raw[key], (path.name, key)
+    assert optim_config().lr == OmegaConf.load(CONF / "optim/adamw.yaml").lr
     cfg = compose_cfg([], tmp_path)
-    plan = validate(cfg)
-    a = cfg.algorithm
-    assert plan.algo.loss_config() == LossConfig(
+    settings = validate(cfg)
+    a, r = cfg.algorithm, cfg.rollout
+    assert settings.algo.loss_config() == LossConfig(
         clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip, kl_coef=a.kl_coef,
         kl_estimator=a.kl_estimator, loss_agg=a.loss_agg, policy_loss=a.policy_loss,
         sapo_tau_pos=a.sapo_tau_pos, sapo_tau_neg=a.sapo_tau_neg,
     )  # fmt: skip
-    r = cfg.rollout
-    assert plan.sampling == SamplingConfig(
+    assert settings.sampling == SamplingConfig(
         n=a.group_size, temperature=r.temperature, top_p=r.top_p,
         max_new_tokens=r.max_new_tokens, seed=None,
     )  # fmt: skip
-    assert plan.eval_sampling == SamplingConfig(
+    assert settings.eval_sampling == SamplingConfig(
         n=1, temperature=r.eval.temperature, top_p=r.eval.top_p,
         max_new_tokens=r.eval.max_new_tokens, seed=cfg.seed,
     )  # fmt: skip
-
-
-def test_signature_defaults_equal_the_yaml():
-    """Library functions that tests and benchmarks call directly keep a default for a YAML
-    key; it must be the YAML's value. The trainer's module takes model.share_prompt with no
-    default (the pipeline passes it)."""
-    import inspect
-
-    from mapo.models.logprobs import completion_hidden_states, token_logprobs
-    from mapo.rollout.hf import HFEngine
-    from mapo.trainer.callbacks import Evaluation
-    from mapo.trainer.evaluation import evaluate
-    from mapo.trainer.module import MAPOModule
-
-    def default(fn, name):
-        return inspect.signature(fn).parameters[name].default
-
-    def yaml(path, key):
-        return OmegaConf.select(OmegaConf.load(CONF / path), key)
-
-    for model in ("model/tiny.yaml", "model/qwen2_5_vl_7b.yaml"):
-        for fn in (token_logprobs, completion_hidden_states):
-            assert default(fn, "share_prompt") == yaml(model, "share_prompt"), (fn, model)
-    assert default(HFEngine, "share_prefill") == yaml("rollout/hf.yaml", "share_prefill")
-    for fn in (evaluate, Evaluation):
-        assert default(fn, "batch_size") == yaml("rollout/hf.yaml", "eval.batch_size"), fn
-    for key in ("before", "after", "every_n_steps"):
-        assert default(Evaluation, key) == yaml("config.yaml", f"eval.{key}"), key
-    assert default(MAPOModule, "share_prompt") is inspect.Parameter.empty

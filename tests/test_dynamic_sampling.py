@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import torch
 
 import mapo.trainer.callbacks as callbacks
-from mapo.algorithm.config import AlgorithmConfig
+from mapo.pipeline.quickrun import algorithm_config
 from mapo.trainer.callbacks import RolloutCallback
 from mapo.trainer.prompt_stream import PromptStream
 from mapo.types import Completions, Prompt, SamplingConfig
@@ -41,10 +41,15 @@ def _scorer(good: set[str]):
 
 
 def _callback(stream, good, world=2):
-    algo = AlgorithmConfig.from_dict({
-        "estimator": "grpo", "group_size": G, "rollout_batch_size": 4, "mini_batch_size": 4,
-        "micro_batch_size": 8, "filter_groups": True, "filter_max_tries": 4,
-    })  # fmt: skip
+    algo = algorithm_config(
+        estimator="grpo",
+        group_size=G,
+        rollout_batch_size=4,
+        mini_batch_size=4,
+        micro_batch_size=8,
+        filter_groups=True,
+        filter_max_tries=4,
+    )
     cb = RolloutCallback(lambda: None, lambda row: Prompt(str(row), "", (), "", "emotion"),
                          algo, SamplingConfig(n=G, temperature=1.0, top_p=1.0, max_new_tokens=64), _scorer(good))  # fmt: skip
     cb.engine = _Engine()
@@ -58,7 +63,7 @@ def test_a_full_rank_keeps_drawing_while_another_is_short(monkeypatch):
     # This rank (rank 0 of 2) gets rows 0, 2 on the first draw: both good, so it is full at
     # once; the other rank stays short for two more draws.
     answers = iter([True, True, False])  # "is any rank short?" after each try
-    monkeypatch.setattr(callbacks, "_any_rank", lambda short, device: short or next(answers))
+    monkeypatch.setattr(callbacks, "_any_rank", lambda short: short or next(answers))
     stream = PromptStream(list(range(40)), seed=0, rank=0, world_size=2)
     order = stream._perm.tolist()
     cb, module, (prompts, comps, gids, rewards, stats) = _callback(
@@ -73,7 +78,7 @@ def test_a_full_rank_keeps_drawing_while_another_is_short(monkeypatch):
 
 
 def test_a_short_rank_draws_until_full_or_out_of_tries(monkeypatch):
-    monkeypatch.setattr(callbacks, "_any_rank", lambda short, device: short)
+    monkeypatch.setattr(callbacks, "_any_rank", lambda short: short)
     stream = PromptStream(list(range(40)), seed=0, rank=1, world_size=2)
     cb, module, (prompts, comps, gids, rewards, stats) = _callback(stream, set())
     assert stats["dapo/tries"] == stats["dapo/generations"] == 4  # filter_max_tries
@@ -83,5 +88,5 @@ def test_a_short_rank_draws_until_full_or_out_of_tries(monkeypatch):
 
 
 def test_one_process_needs_no_collective():
-    assert callbacks._any_rank(True, torch.device("cpu")) is True
-    assert callbacks._any_rank(False, torch.device("cpu")) is False
+    assert callbacks._any_rank(True) is True
+    assert callbacks._any_rank(False) is False

@@ -114,7 +114,7 @@ def test_hf_engine_generation(
     from mapo.types import SamplingConfig
 
     bf16 = sharpen(load_policy(tiny_model_dir, dtype="bfloat16")).to(device)
-    engine = HFEngine(bf16, tiny_processor)
+    engine = HFEngine(bf16, tiny_processor, share_prefill=True)
     out = engine.generate(
         tiny_prompts, SamplingConfig(n=4, temperature=1.0, top_p=1.0, max_new_tokens=12, seed=0)
     )
@@ -125,9 +125,9 @@ def test_hf_engine_generation(
     assert all(lp <= 0 for row in out.logprobs for lp in row)
     # greedy fp32 on the device gives the CPU's tokens (sharpened: margins far above rounding)
     greedy = SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_new_tokens=12)
-    here = HFEngine(sharp_fp32, tiny_processor).generate(tiny_prompts, greedy)
+    here = HFEngine(sharp_fp32, tiny_processor, share_prefill=True).generate(tiny_prompts, greedy)
     cpu = sharpen(load_policy(tiny_model_dir)).eval()
-    assert here.token_ids == HFEngine(cpu, tiny_processor).generate(tiny_prompts, greedy).token_ids
+    assert here.token_ids == HFEngine(cpu, tiny_processor, share_prefill=True).generate(tiny_prompts, greedy).token_ids
 
 
 def test_bf16_logprobs_match_fp32(
@@ -139,7 +139,7 @@ def test_bf16_logprobs_match_fp32(
     from mapo.rollout.hf import HFEngine
     from mapo.types import SamplingConfig
 
-    engine = HFEngine(sharp_fp32, tiny_processor)
+    engine = HFEngine(sharp_fp32, tiny_processor, share_prefill=True)
     comps = engine.generate(
         tiny_prompts, SamplingConfig(n=4, temperature=1.0, top_p=1.0, max_new_tokens=24, seed=0)
     )
@@ -149,10 +149,10 @@ def test_bf16_logprobs_match_fp32(
     mask, sup = inputs.completion_mask, engine.suppress_ids
     bf16 = sharpen(load_policy(tiny_model_dir, dtype="bfloat16")).eval().to(device)
     with torch.no_grad():
-        ref = token_logprobs(sharp_fp32, inputs, suppress_ids=sup)
-        weights = token_logprobs(bf16, inputs, suppress_ids=sup)
+        ref = token_logprobs(sharp_fp32, inputs, suppress_ids=sup, share_prompt=True, padding_free=False)
+        weights = token_logprobs(bf16, inputs, suppress_ids=sup, share_prompt=True, padding_free=False)
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            autocast = token_logprobs(sharp_fp32, inputs, suppress_ids=sup)
+            autocast = token_logprobs(sharp_fp32, inputs, suppress_ids=sup, share_prompt=True, padding_free=False)
     assert mask.sum() > 30
     for name, got in (("bf16 weights", weights), ("bf16 autocast", autocast)):
         diff = (got - ref).abs()[mask]

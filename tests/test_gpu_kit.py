@@ -146,9 +146,9 @@ def test_report_reads_phases_tests_and_gpu_memory(tmp_path):
 
 def test_optim_impl_is_checked():
     from mapo.algorithm.config import ConfigError
+    from mapo.pipeline.quickrun import optim_config
     from mapo.pipeline.validate import check_optim
-    from mapo.types import OptimConfig
 
-    check_optim(OptimConfig(impl="fused"))  # fused is a valid choice (CUDA only at run time)
+    check_optim(optim_config(impl="fused"))  # fused is a valid choice (CUDA only at run time)
     with pytest.raises(ConfigError, match="optim.impl='adam8bit'; use torch"):
-        check_optim(OptimConfig(impl="adam8bit"))
+        check_optim(optim_config(impl="adam8bit"))

@@ -9,6 +9,7 @@ from loss_config import plain_loss
 from mapo.algorithm.advantages import compute_advantages, gradient_ratio
 from mapo.algorithm.config import AlgorithmConfig, ConfigError
 from mapo.algorithm.losses import KL_ESTIMATORS, Normalizer, aggregate, policy_loss
+from mapo.pipeline.quickrun import algorithm_config
 
 
 @pytest.fixture(autouse=True)
@@ -219,13 +220,13 @@ def test_eq7_gradient_ratio_through_the_loss(n_success):
 )
 def test_config_errors_say_what_to_fix(kw, msg):
     with pytest.raises(ConfigError, match=msg):
-        AlgorithmConfig(**kw)
+        algorithm_config(**kw)
 
 
 def test_config_from_dict_rejects_unknown_keys():
     with pytest.raises(ConfigError, match="unknown algorithm keys.*grop_size"):
         AlgorithmConfig.from_dict({"grop_size": 8})
-    cfg = AlgorithmConfig.from_dict(
-        {"rollout_batch_size": 512, "mini_batch_size": 128, "group_size": 12, "micro_batch_size": 8}
+    cfg = algorithm_config(
+        rollout_batch_size=512, mini_batch_size=128, group_size=12, micro_batch_size=8
     )
     assert cfg.updates_per_rollout == 4 and cfg.needs_reference

@@ -11,10 +11,11 @@ import torch
 from loss_config import plain_loss
 
 from mapo.algorithm.advantages import ADVANTAGE_ESTIMATORS, compute_advantages
-from mapo.algorithm.config import AlgorithmConfig, ConfigError
+from mapo.algorithm.config import ConfigError
 from mapo.algorithm.loss_config import LossConfig
 from mapo.algorithm.losses import Normalizer, policy_loss
 from mapo.algorithm.policy_losses import POLICY_LOSSES
+from mapo.pipeline.quickrun import algorithm_config
 
 AGG = {"ppo_clip": "token-mean", "gspo": "seq-mean-token-mean",
        "gspo_token": "seq-mean-token-mean", "cispo": "token-mean", "sapo": "seq-mean-token-mean"}  # fmt: skip
@@ -215,7 +216,7 @@ def test_micro_batches_sum_to_the_mini_batch_loss(name):
 @pytest.mark.parametrize("estimator", sorted(ADVANTAGE_ESTIMATORS))
 @pytest.mark.parametrize("name", LOSSES)
 def test_every_loss_composes_with_every_estimator(estimator, name):
-    AlgorithmConfig(estimator=estimator, policy_loss=name, loss_agg=AGG[name], dual_clip=None)
+    algorithm_config(estimator=estimator, policy_loss=name, loss_agg=AGG[name], dual_clip=None)
     rewards = torch.tensor([1.0, 0.0, 0.5, 1.0, 0.2, 0.0, 1.0, 1.0], dtype=torch.float64)
     groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     adv = compute_advantages(
@@ -247,7 +248,7 @@ def test_every_loss_composes_with_every_estimator(estimator, name):
 )
 def test_config_time_errors_name_the_fix(kw, msg):
     with pytest.raises(ConfigError, match=msg.replace("(", r"\(")):
-        AlgorithmConfig(**{"dual_clip": None, **kw})
+        algorithm_config(**{"dual_clip": None, **kw})
 
 
 def test_registry_lists_the_five_losses():

@@ -128,7 +128,7 @@ def test_padded_slots_with_a_suppressed_token_stay_finite(
                         truncated=[False, False, True])  # fmt: skip
     inputs = build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=pad)
     assert bool((inputs.completion_ids[~inputs.completion_mask] == pad).all())
-    logp, ent = token_logprobs(model, inputs, suppress_ids=suppress, return_entropy=True)
+    logp, ent = token_logprobs(model, inputs, suppress_ids=suppress, return_entropy=True, share_prompt=True, padding_free=False)
     assert bool(torch.isfinite(logp).all()) and bool(torch.isfinite(ent).all())
     adv = torch.tensor([1.0, -1.0, 0.5])
     loss, _ = policy_loss(logp, logp.detach(), adv, inputs.completion_mask,

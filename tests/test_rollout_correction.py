@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
-from loss_config import plain_loss
+from loss_config import plain_loss, rc
 
-from mapo.algorithm.config import AlgorithmConfig, ConfigError
+from mapo.algorithm.config import ConfigError
 from mapo.algorithm.losses import policy_loss
 from mapo.algorithm.rollout_correction import (
     MODES,
@@ -17,6 +17,7 @@ from mapo.algorithm.rollout_correction import (
     sampler_logprobs,
     step_mismatch,
 )
+from mapo.pipeline.quickrun import algorithm_config
 
 # two sequences: 3 tokens and 2 tokens (one pad); log-ratios delta = log pi_old - log mu
 DELTA = torch.tensor([[math.log(3.0), 0.0, math.log(0.25)], [math.log(1.5), math.log(1.2), 0.0]])
@@ -26,14 +27,14 @@ TRAINER = SAMPLER + DELTA
 
 
 def test_token_tis_by_hand():
-    w, hit = correction(TRAINER, SAMPLER, MASK, RolloutCorrection("token_tis", cap=2.0))
+    w, hit = correction(TRAINER, SAMPLER, MASK, rc("token_tis", cap=2.0))
     # rho = 3, 1, 0.25 | 1.5, 1.2 -> min(rho, 2)
     torch.testing.assert_close(w, torch.tensor([[2.0, 1.0, 0.25], [1.5, 1.2, 0.0]]))
     assert hit.tolist() == [[True, False, False], [False, False, False]]
 
 
 def test_token_mask_by_hand():
-    w, hit = correction(TRAINER, SAMPLER, MASK, RolloutCorrection("token_mask", cap=2.0))
+    w, hit = correction(TRAINER, SAMPLER, MASK, rc("token_mask", cap=2.0))
     # band [0.5, 2]: 3 and 0.25 are outside
     assert w.tolist() == [[0.0, 1.0, 0.0], [1.0, 1.0, 0.0]]
     assert hit.tolist() == [[True, False, True], [False, False, False]]
@@ -43,12 +44,12 @@ def test_geometric_modes_by_hand():
     # g_1 = (3 * 1 * 0.25)^(1/3) = 0.75^(1/3) = 0.908560;  g_2 = (1.5 * 1.2)^(1/2) = 1.341641
     g1, g2 = 0.75 ** (1 / 3), 1.8**0.5
     assert g1 < 1.3 < g2  # only the second sequence is truncated at C = 1.3
-    w, hit = correction(TRAINER, SAMPLER, MASK, RolloutCorrection("seq_geo_tis", cap=1.3))
+    w, hit = correction(TRAINER, SAMPLER, MASK, rc("seq_geo_tis", cap=1.3))
     torch.testing.assert_close(w, torch.tensor([[g1, g1, g1], [1.3, 1.3, 0.0]]))
     assert hit.tolist() == [[False] * 3, [True, True, False]]
-    w, hit = correction(TRAINER, SAMPLER, MASK, RolloutCorrection("seq_geo_mask", cap=1.3))
+    w, hit = correction(TRAINER, SAMPLER, MASK, rc("seq_geo_mask", cap=1.3))
     assert w.tolist() == [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
-    w, _ = correction(TRAINER, SAMPLER, MASK, RolloutCorrection("seq_geo_mask", cap=1.05))
+    w, _ = correction(TRAINER, SAMPLER, MASK, rc("seq_geo_mask", cap=1.05))
     assert w.tolist() == [[0.0] * 3, [0.0] * 3]  # 0.9086 < 1/1.05 = 0.952 as well
 
 
@@ -57,7 +58,7 @@ def test_corrected_loss_is_the_weighted_surrogate_by_hand():
     # token_tis cap 2: weights 2, 1, 0.25 | 1.5, 1.2 -> loss = -(A1 (2 + 1 + 0.25) + A2 (2.7)) / 5
     adv = torch.tensor([1.0, -2.0])
     logp = torch.tensor([[-1.2, -0.4, -2.0], [-0.9, -1.1, 0.0]], requires_grad=True)
-    w, _ = correction(logp.detach(), logp.detach() - DELTA, MASK, RolloutCorrection("token_tis"))
+    w, _ = correction(logp.detach(), logp.detach() - DELTA, MASK, rc("token_tis"))
     loss, _ = policy_loss(logp, logp.detach(), adv, MASK, plain_loss(), weights=w)
     want = -(1.0 * 3.25 + (-2.0) * 2.7) / 5
     assert float(loss.detach()) == pytest.approx(want, rel=1e-6)
@@ -93,7 +94,7 @@ def test_mismatch_metrics_by_hand():
 
 
 def test_step_mismatch_adds_correction_metrics_and_record_sums():
-    out = step_mismatch(TRAINER, SAMPLER, MASK, RolloutCorrection("token_mask", cap=2.0))
+    out = step_mismatch(TRAINER, SAMPLER, MASK, rc("token_mask", cap=2.0))
     assert out.scalars["rollout_correction/affected_token_frac"] == pytest.approx(2 / 5)
     assert out.scalars["rollout_correction/affected_seq_frac"] == pytest.approx(1 / 2)
     assert out.scalars["rollout_correction/weight_mean"] == pytest.approx(3 / 5)
@@ -101,13 +102,13 @@ def test_step_mismatch_adds_correction_metrics_and_record_sums():
     torch.testing.assert_close(sums["sampler_logprob_sum"], torch.tensor([-3.5, -1.0]).double())
     want = torch.tensor([-3.5 + math.log(0.75), -1.0 + math.log(1.8)]).double()
     torch.testing.assert_close(sums["trainer_logprob_sum"], want)
-    off = step_mismatch(TRAINER, SAMPLER, MASK, RolloutCorrection())
+    off = step_mismatch(TRAINER, SAMPLER, MASK, rc("none"))
     assert not any(k.startswith("rollout_correction/") for k in off.scalars)
 
 
 def test_matched_log_probs_give_unit_weights():
     for mode in MODES[1:]:
-        w, hit = correction(SAMPLER, SAMPLER, MASK, RolloutCorrection(mode))
+        w, hit = correction(SAMPLER, SAMPLER, MASK, rc(mode))
         assert (w[MASK] == 1).all() and not hit.any()
 
 
@@ -132,10 +133,10 @@ def test_sampler_logprobs_pads_and_checks_lengths():
 )
 def test_config_time_errors(block, msg):
     with pytest.raises(ConfigError, match=msg):
-        AlgorithmConfig.from_dict({"rollout_correction": block})
+        algorithm_config(rollout_correction={"cap": 2.0, "cap_lower": None, **block})
 
 
 def test_config_default_is_off_and_yaml_block_parses():
-    assert not AlgorithmConfig().rollout_correction.enabled
-    algo = AlgorithmConfig.from_dict({"rollout_correction": {"mode": "seq_tis", "cap": 3}})
-    assert algo.rollout_correction == RolloutCorrection("seq_tis", 3)
+    assert not algorithm_config().rollout_correction.enabled
+    algo = algorithm_config(rollout_correction={"mode": "seq_tis", "cap": 3, "cap_lower": None})
+    assert algo.rollout_correction == RolloutCorrection("seq_tis", 3, None)

@@ -27,7 +27,7 @@ def _boost(model, token_ids, amount: float):
 
 
 def test_generates_b_times_g_with_group_ids(model, tiny_processor, tiny_prompts):
-    engine = HFEngine(model, tiny_processor)
+    engine = HFEngine(model, tiny_processor, share_prefill=True)
     out = engine.generate(
         tiny_prompts, SamplingConfig(n=4, temperature=1.0, top_p=1.0, max_new_tokens=10, seed=0)
     )
@@ -45,9 +45,9 @@ def test_suppressed_tokens_never_appear(model, tiny_processor, tiny_prompts):
     boosted = tok.convert_tokens_to_ids(["<|image_pad|>", "<|vision_start|>", "<|im_start|>"])
     _boost(model, boosted, 50.0)  # without suppression these would be sampled almost always
     sampling = SamplingConfig(n=4, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=1)
-    raw = HFEngine(model, tiny_processor, suppress_special=False).generate(tiny_prompts, sampling)
+    raw = HFEngine(model, tiny_processor, suppress_special=False, share_prefill=True).generate(tiny_prompts, sampling)
     assert sum(t in boosted for ids in raw.token_ids for t in ids) > 40  # the control
-    engine = HFEngine(model, tiny_processor)
+    engine = HFEngine(model, tiny_processor, share_prefill=True)
     assert set(boosted) <= set(engine.suppress_ids)
     out = engine.generate(tiny_prompts, sampling)
     banned = set(engine.suppress_ids)
@@ -57,7 +57,7 @@ def test_suppressed_tokens_never_appear(model, tiny_processor, tiny_prompts):
 
 
 def test_truncation_flags(model, tiny_processor, tiny_prompts):
-    engine = HFEngine(model, tiny_processor)
+    engine = HFEngine(model, tiny_processor, share_prefill=True)
     eos = engine.eos_token_ids
     hook = _boost(model, eos, -50.0)  # eos (almost) impossible: every completion hits the cap
     out = engine.generate(
@@ -80,7 +80,7 @@ def test_sampler_logprobs_match_token_logprobs(
 ):
     # the sampler log-probs are those of the tempered, suppressed distribution before top-p
     sharpen(model)  # so that any position mismatch between generate and training shows
-    engine = HFEngine(model, tiny_processor)
+    engine = HFEngine(model, tiny_processor, share_prefill=True)
     sampling = SamplingConfig(n=3, temperature=temperature, top_p=top_p, max_new_tokens=12, seed=3)
     out = engine.generate(tiny_prompts, sampling)
     inputs = build_policy_inputs(
@@ -88,7 +88,7 @@ def test_sampler_logprobs_match_token_logprobs(
     )
     with torch.no_grad():
         logp = token_logprobs(
-            model.eval(), inputs, temperature=temperature, suppress_ids=engine.suppress_ids
+            model.eval(), inputs, temperature=temperature, suppress_ids=engine.suppress_ids, share_prompt=True, padding_free=False
         )
     sampler = torch.zeros_like(logp)
     for row, lps in enumerate(out.logprobs):
@@ -97,7 +97,7 @@ def test_sampler_logprobs_match_token_logprobs(
 
 
 def test_seed_reproduces_and_leaves_global_rng_alone(model, tiny_processor, tiny_prompts):
-    engine = HFEngine(model, tiny_processor)
+    engine = HFEngine(model, tiny_processor, share_prefill=True)
     sampling = SamplingConfig(n=2, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=7)
     torch.manual_seed(123)
     a = engine.generate(tiny_prompts, sampling)
@@ -114,12 +114,12 @@ def test_greedy_and_sync_weights(tiny_model_dir, model, tiny_processor, tiny_pro
     with torch.no_grad():
         for p in other.parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
-    engine = HFEngine(model, tiny_processor)
+    engine = HFEngine(model, tiny_processor, share_prefill=True)
     before = engine.generate(tiny_prompts, greedy)
     assert before.logprobs is None and len(before) == 3
     engine.sync_weights(model)  # same module: nothing to do
     assert engine.generate(tiny_prompts, greedy).token_ids == before.token_ids
-    wanted = HFEngine(other, tiny_processor).generate(tiny_prompts, greedy)
+    wanted = HFEngine(other, tiny_processor, share_prefill=True).generate(tiny_prompts, greedy)
     assert wanted.token_ids != before.token_ids
     engine.sync_weights(other)  # a different module: its weights are copied in
     assert engine.generate(tiny_prompts, greedy).token_ids == wanted.token_ids
@@ -140,7 +140,7 @@ def test_shared_prefill_gives_the_same_samples(
     sampling = SamplingConfig(n=4, temperature=temperature, top_p=1.0, max_new_tokens=12, seed=11)
     try:
         full = HFEngine(model, tiny_processor, share_prefill=False).generate(tiny_prompts, sampling)
-        shared = HFEngine(model, tiny_processor).generate(tiny_prompts, sampling)
+        shared = HFEngine(model, tiny_processor, share_prefill=True).generate(tiny_prompts, sampling)
     finally:
         hook.remove()
     assert patches[1] * sampling.n == patches[0]  # the images were encoded once, not G times
@@ -163,7 +163,7 @@ def test_sampler_logprobs_vs_trainer_at_each_precision(
     from mapo.algorithm.rollout_correction import mismatch_metrics, sampler_logprobs
 
     model = sharpen(load_policy(tiny_model_dir)).to(dtype).eval()
-    engine = HFEngine(model, tiny_processor)
+    engine = HFEngine(model, tiny_processor, share_prefill=True)
     out = engine.generate(
         tiny_prompts, SamplingConfig(n=4, temperature=1.0, top_p=1.0, max_new_tokens=16, seed=3)
     )
@@ -171,7 +171,7 @@ def test_sampler_logprobs_vs_trainer_at_each_precision(
         tiny_processor, tiny_prompts, out, pad_token_id=engine.pad_token_id
     )
     with torch.no_grad():
-        logp = token_logprobs(model, inputs, suppress_ids=engine.suppress_ids)
+        logp = token_logprobs(model, inputs, suppress_ids=engine.suppress_ids, share_prompt=True, padding_free=False)
     m, _ = mismatch_metrics(logp, sampler_logprobs(out.logprobs, inputs.completion_mask),
                             inputs.completion_mask)  # fmt: skip
     assert m["mismatch/abs_log_ratio_mean"] < mean_tol

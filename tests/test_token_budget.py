@@ -121,7 +121,7 @@ def test_trimmed_micro_batches_scatter_back_to_the_full_logprobs(
                         text=[""] * 8, truncated=[False] * 8)  # fmt: skip
     pad = tiny_processor.tokenizer.pad_token_id
     inputs = build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=pad)
-    full = token_logprobs(model, inputs, share_prompt=False)
+    full = token_logprobs(model, inputs, share_prompt=False, padding_free=False)
     layout = StepLayout(
         inputs,
         micro_batch_size=8,
@@ -165,18 +165,18 @@ def _prompts(processor):
 
 
 def _module(mode: str, aggregation: str, model_dir: Path):
-    from mapo.algorithm.config import AlgorithmConfig
     from mapo.models.batching import build_policy_inputs
     from mapo.models.loading import load_policy, load_processor
     from mapo.models.micro_batching import StepLayout
+    from mapo.pipeline.quickrun import algorithm_config, optim_config
     from mapo.trainer.module import MAPOModule, StepTensors
-    from mapo.types import Completions, OptimConfig, SamplingConfig
+    from mapo.types import Completions, SamplingConfig
 
     processor = load_processor(model_dir)
     torch.manual_seed(0)
     policy = load_policy(model_dir)
     n = GROUP * PROMPTS
-    algo = AlgorithmConfig(
+    algo = algorithm_config(
         group_size=GROUP, rollout_batch_size=PROMPTS, mini_batch_size=PROMPTS,
         micro_batch_size=n, shuffle=False, kl_coef=0.0, loss_agg=aggregation,
         max_tokens_per_micro_batch=BUDGET.get(mode),
@@ -228,7 +228,7 @@ def _module(mode: str, aggregation: str, model_dir: Path):
             self.result["local_count"] = getattr(self, "local_count", 1)
 
     return Probe(
-        policy, processor, algo, OptimConfig(lr=LR, grad_clip=None), log_entropy=False,
+        policy, processor, algo, optim_config(lr=LR, grad_clip=None), log_entropy=False,
         sampling=SamplingConfig(n=algo.group_size, temperature=1.0, top_p=1.0, max_new_tokens=16),
         share_prompt=mode.endswith("shared"), padding_free="packed" in mode,
     )  # fmt: skip
@@ -342,10 +342,11 @@ def test_budget_update_equals_one_big_batch_under_deepspeed_two_ranks(
 
 @pytest.mark.parametrize("bad", [0, -5, 2.5, True, "8k"])
 def test_a_bad_budget_fails_at_config_time(bad):
-    from mapo.algorithm.config import AlgorithmConfig, ConfigError
+    from mapo.algorithm.config import ConfigError
+    from mapo.pipeline.quickrun import algorithm_config
 
     with pytest.raises(ConfigError, match="max_tokens_per_micro_batch"):
-        AlgorithmConfig(max_tokens_per_micro_batch=bad)
+        algorithm_config(max_tokens_per_micro_batch=bad)
 
 
 @pytest.mark.slow

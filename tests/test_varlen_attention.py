@@ -109,7 +109,8 @@ def test_varlen_logprobs_equal_the_padded_forward(
     inputs = _inputs(tiny_processor, tiny_prompts, special, seed=3)
     kw = dict(suppress_ids=special["suppress"], return_entropy=True)
     lp_ref, ent_ref = token_logprobs(
-        sharpen(load_policy(tiny_model_dir).eval()), inputs, share_prompt=False, **kw
+        sharpen(load_policy(tiny_model_dir).eval()), inputs, share_prompt=False,
+        padding_free=False, **kw,
     )
     calls["segmented"] = 0
     lp, ent = token_logprobs(

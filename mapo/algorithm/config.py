@@ -7,7 +7,7 @@ so a typo'd key or an impossible batch split fails in the first second of a run.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from mapo.algorithm.advantages import ADVANTAGE_ESTIMATORS
@@ -23,40 +23,37 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
-    estimator: str = (
-        "mapo"  # advantage estimator: grpo, dr_grpo, gpg, treerpo, apd, mapo, mapo_random
-    )
-    std: str = (
-        "unbiased"  # group std: "population" (paper eq. 2) or "unbiased" (EasyR1, authors' code)
-    )
-    eps: float = 1e-6  # added to the std / mean denominators
-    # Defaults equal conf/algorithm/mapo.yaml, the source of truth (tests/test_configs.py checks)
-    group_size: int = 12  # G: rollouts per prompt (paper: 12, also 8)
-    rollout_batch_size: int = 512  # prompts per RL step (paper: 512)
-    mini_batch_size: int = 128  # prompts per optimizer step (paper: 128 -> 4 updates per rollout)
-    micro_batch_size: int = 8  # rollouts per forward/backward (memory knob; no effect on math)
-    # token budget per forward/backward instead of a fixed row count (mapo/models/micro_batching.py);
-    # null keeps micro_batch_size
-    max_tokens_per_micro_batch: int | None = None
-    ppo_epochs: int = 1  # passes over the rollout batch
-    shuffle: bool = True  # shuffle rollouts across mini-batches (groups stay keyed by id)
-    clip_low: float = 0.2  # eps_low
-    clip_high: float = 0.3  # eps_high (the authors' code; DAPO: 0.28)
-    dual_clip: float | None = 3.0  # verl's clip_ratio_c (the authors' code), null disables
-    kl_coef: float = 1e-2  # beta; 0 skips the reference model (DAPO)
-    kl_estimator: str = "k3"  # k1 | k2 | k3 (low-variance, the paper's)
-    loss_agg: str = "token-mean"  # token-mean | seq-mean-token-sum | seq-mean-token-mean
-    policy_loss: str = "ppo_clip"  # ppo_clip | gspo | gspo_token | cispo | sapo (policy_losses.py)
-    sapo_tau_pos: float = 1.0  # SAPO gate temperatures by the advantage's sign
-    sapo_tau_neg: float = 1.05
-    # sampler/trainer mismatch correction (mapo/algorithm/rollout_correction.py); a mapping in YAML
-    rollout_correction: RolloutCorrection = field(default_factory=RolloutCorrection)
+    """The ``algorithm`` block of the config, key for key (conf/algorithm/mapo.yaml documents
+    each key and holds the defaults; there are none here). Every rule is checked at
+    construction."""
+
+    estimator: str  # advantage estimator: grpo, dr_grpo, gpg, treerpo, apd, mapo, mapo_random
+    std: str  # group std: "population" (paper eq. 2) or "unbiased" (EasyR1, authors' code)
+    eps: float  # added to the std / mean denominators
+    group_size: int  # G: rollouts per prompt
+    rollout_batch_size: int  # prompts per RL step
+    mini_batch_size: int  # prompts per optimizer step
+    micro_batch_size: int  # rollouts per forward/backward (memory knob; no effect on math)
+    max_tokens_per_micro_batch: int | None  # a token budget per forward instead; null: rows
+    ppo_epochs: int  # passes over the rollout batch
+    shuffle: bool  # shuffle rollouts across mini-batches (groups stay keyed by id)
+    clip_low: float  # eps_low
+    clip_high: float  # eps_high
+    dual_clip: float | None  # verl's clip_ratio_c, null disables
+    kl_coef: float  # beta; 0 skips the reference model
+    kl_estimator: str  # k1 | k2 | k3
+    loss_agg: str  # token-mean | seq-mean-token-sum | seq-mean-token-mean
+    policy_loss: str  # ppo_clip | gspo | gspo_token | cispo | sapo (policy_losses.py)
+    sapo_tau_pos: float  # SAPO gate temperatures by the advantage's sign
+    sapo_tau_neg: float
+    # sampler/trainer mismatch correction (rollout_correction.py); a mapping in YAML
+    rollout_correction: RolloutCorrection
     # DAPO dynamic sampling: keep groups whose mean overall reward lies in (filter_low, filter_high)
     # and sample more prompts until the batch is full, at most `filter_max_tries` generations.
-    filter_groups: bool = False
-    filter_low: float = 0.01
-    filter_high: float = 0.99
-    filter_max_tries: int = 3
+    filter_groups: bool
+    filter_low: float
+    filter_high: float
+    filter_max_tries: int
 
     def __post_init__(self) -> None:
         if self.estimator not in ADVANTAGE_ESTIMATORS:
@@ -171,6 +168,11 @@ def _rollout_correction_of(block: Mapping[str, Any] | None) -> RolloutCorrection
         raise ConfigError(
             f"unknown algorithm.rollout_correction keys {sorted(set(d) - known)}; "
             f"known: {sorted(known)}"
+        )
+    missing = sorted(known - set(d))
+    if missing:
+        raise ConfigError(
+            f"algorithm.rollout_correction lacks {missing}; see conf/algorithm/mapo.yaml"
         )
     return RolloutCorrection(**d)
 

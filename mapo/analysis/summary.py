@@ -41,7 +41,10 @@ def run_summary(run_dir: str | Path, overrides: Sequence[str] = ()) -> str:
     report = run_dir / REPORT_NAME
     if report.is_file():
         rows.append(
-            ("report image", f"{report}   (redraw: python -m mapo.analysis.report {run_dir} --plot)")
+            (
+                "report image",
+                f"{report}   (redraw: python -m mapo.analysis.report {run_dir} --plot)",
+            )
         )
     if (run_dir / "tensorboard").is_dir():
         rows.append(("TensorBoard", f"tensorboard --logdir {run_dir / 'tensorboard'}"))

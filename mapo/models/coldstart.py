@@ -145,7 +145,9 @@ def _train(
             inputs = build_policy_inputs(
                 processor, [prompt_of(r) for r in rows], completions, pad_token_id=pad_id
             )
-            logprobs = token_logprobs(model, inputs, suppress_ids=suppress)  # [B, L]
+            logprobs = token_logprobs(
+                model, inputs, suppress_ids=suppress, share_prompt=True, padding_free=False
+            )  # [B, L]
             mask = inputs.completion_mask  # [B, L]
             loss = -(logprobs * mask).sum() / mask.sum()  # token-mean NLL over completion tokens
             optimizer.zero_grad(set_to_none=True)

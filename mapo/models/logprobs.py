@@ -102,8 +102,8 @@ def completion_hidden_states(
     inputs: PolicyInputs,
     *,
     share_vision: bool = True,
-    share_prompt: bool = True,
-    padding_free: bool = False,
+    share_prompt: bool,  # model.share_prompt
+    padding_free: bool,  # model.padding_free
 ) -> torch.Tensor:
     """[N, L, H] final hidden states at the positions that predict the completion tokens.
 
@@ -138,7 +138,7 @@ def packs_shared_prompt(model: torch.nn.Module) -> bool:
 
 
 def packed_hidden_states(
-    model: torch.nn.Module, inputs: PolicyInputs, *, share_prompt: bool = True
+    model: torch.nn.Module, inputs: PolicyInputs, *, share_prompt: bool
 ) -> torch.Tensor:
     """[N, L, H] as ``completion_hidden_states``, from one padding-free packed sequence."""
     base = model.model
@@ -230,8 +230,8 @@ def token_logprobs(
     suppress_ids: torch.Tensor | list[int] | None = None,
     return_entropy: bool = False,
     share_vision: bool = True,
-    share_prompt: bool = True,
-    padding_free: bool = False,
+    share_prompt: bool,  # model.share_prompt
+    padding_free: bool,  # model.padding_free
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """log p(completion token) [N, L] in fp32, 0 where ``completion_mask`` is False.
 

@@ -38,3 +38,32 @@ def run(
     from mapo.pipeline.run import train
 
     return train(compose_config(overrides, run_dir=run_dir))
+
+
+def algorithm_config(name: str = "mapo", **changes: Any):
+    """``AlgorithmConfig`` of ``conf/algorithm/<name>.yaml`` with ``changes`` applied (tests,
+    benchmarks, notebooks: the YAML is the one home of the defaults)."""
+    from mapo.algorithm.config import AlgorithmConfig
+
+    return AlgorithmConfig.from_dict({**_yaml(f"algorithm/{name}.yaml"), **changes})
+
+
+def optim_config(**changes: Any):
+    """``OptimConfig`` of ``conf/optim/adamw.yaml`` with ``changes`` applied."""
+    from mapo.types import OptimConfig
+
+    values = {**_yaml("optim/adamw.yaml"), **changes}
+    return OptimConfig(**{**values, "betas": tuple(values["betas"])})
+
+
+def _yaml(path: str) -> dict[str, Any]:
+    """A config group file with its defaults list merged in first (``- mapo``, ``_self_``)."""
+    from omegaconf import OmegaConf
+
+    block = OmegaConf.to_container(OmegaConf.load(CONF_DIR / path), resolve=True)
+    merged: dict[str, Any] = {}
+    folder = path.rsplit("/", 1)[0]
+    for base in block.pop("defaults", []):
+        if base != "_self_":
+            merged.update(_yaml(f"{folder}/{base}.yaml"))
+    return {**merged, **block}

@@ -72,7 +72,7 @@ class HFEngine:
         processor,
         *,
         suppress_special: bool = True,
-        share_prefill: bool = True,
+        share_prefill: bool,  # rollout.share_prefill
     ):
         self.model = model
         self.share_prefill = share_prefill

@@ -185,9 +185,20 @@ class Evaluation(Callback):
     Results go to the logger (`val/A_S`, ...) and to <run dir>/metrics.json (`before`,
     `after`, `history`), written atomically by rank 0."""
 
-    def __init__(self, rollout: RolloutCallback, sets: EvalSets, scorer, sampling: SamplingConfig, run_dir: str | Path,
-                 *, before: bool = True, after: bool = True, every_n_steps: int = 0, batch_size: int = 256,
-                 extra: dict | None = None):  # fmt: skip
+    def __init__(
+        self,
+        rollout: RolloutCallback,
+        sets: EvalSets,
+        scorer,
+        sampling: SamplingConfig,
+        run_dir: str | Path,
+        *,
+        before: bool,  # eval.before
+        after: bool,  # eval.after
+        every_n_steps: int,  # eval.every_n_steps
+        batch_size: int,  # rollout.eval.batch_size
+        extra: dict | None = None,
+    ):
         self.rollout, self.sets, self.scorer, self.sampling = rollout, sets, scorer, sampling
         self.run_dir = Path(run_dir)
         self.before, self.after, self.every = before, after, every_n_steps

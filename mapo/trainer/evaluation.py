@@ -61,7 +61,7 @@ def evaluate(
     scorer: Scorer,
     sampling: SamplingConfig,
     *,
-    batch_size: int = 256,
+    batch_size: int,  # rollout.eval.batch_size
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
