@@ -54,22 +54,22 @@ def step_metrics(
 
     rewards = rollouts.rewards
     truncated = torch.tensor(rollouts.completions.truncated)
-    m: dict[str, float] = {}
-    m.update(reward_metrics(rewards["overall"], rewards["format"], rewards["accuracy"]))
-    m["reward/success_rate"] = float(is_success(rewards["overall"]).float().mean())
+    metrics: dict[str, float] = {}
+    metrics.update(reward_metrics(rewards["overall"], rewards["format"], rewards["accuracy"]))
+    metrics["reward/success_rate"] = float(is_success(rewards["overall"]).float().mean())
     for k in ("timeouts", "errors", "rejected", "pooled"):
         if k in rewards:
-            m[f"reward/{k}"] = float(rewards[k])
+            metrics[f"reward/{k}"] = float(rewards[k])
     if rewards.get("scored"):
-        m["reward/pooled_frac"] = float(rewards.get("pooled", 0.0)) / float(rewards["scored"])
+        metrics["reward/pooled_frac"] = float(rewards.get("pooled", 0.0)) / float(rewards["scored"])
     scalars, hists = _split_hists(advantage_metrics(advantages))
-    m.update(scalars)
-    m.update(response_metrics(lengths, truncated, None))
-    m.update({f"actor/{k}": v for k, v in update.items()})
-    m["actor/lr"] = float(module.optimizers().param_groups[0]["lr"])
-    m.update(rollouts.metrics)
-    m.update(timings)
-    return m, hists
+    metrics.update(scalars)
+    metrics.update(response_metrics(lengths, truncated, None))
+    metrics.update({f"actor/{k}": v for k, v in update.items()})
+    metrics["actor/lr"] = float(module.optimizers().param_groups[0]["lr"])
+    metrics.update(rollouts.metrics)
+    metrics.update(timings)
+    return metrics, hists
 
 
 def write_records(
