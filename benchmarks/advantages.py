@@ -72,10 +72,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     times = time_kernel(args.estimator, rewards, gids, args.repeats)
     kernel = statistics.median(times)
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"kernel {args.estimator}: {args.rollouts} rollouts in {args.groups} groups, "
-          f"{args.threads} thread(s): median {kernel * 1e3:.1f} ms over {args.repeats} "
-          f"(min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}); "
-          f"{args.rollouts / kernel / 1e6:.1f} M rollouts/s")  # fmt: skip
+    print(
+        f"kernel {args.estimator}: {args.rollouts} rollouts in {args.groups} groups, "
+        f"{args.threads} thread(s): median {kernel * 1e3:.1f} ms over {args.repeats} "
+        f"(min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}); "
+        f"{args.rollouts / kernel / 1e6:.1f} M rollouts/s"
+    )
 
     n_small = args.oracle_rollouts
     group_size = args.rollouts // args.groups
@@ -87,9 +89,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     got = compute_advantages(args.estimator, small_r, small_g, std="unbiased", eps=1e-6)
     err = float((got - torch.tensor(want, dtype=torch.float64)).abs().max())
     small_kernel = statistics.median(time_kernel(args.estimator, small_r, small_g, args.repeats))
-    print(f"loop oracle: {n_small} rollouts in {n_small // group_size} groups: {loop * 1e3:.1f} "
-          f"ms ({n_small / loop / 1e6:.3f} M rollouts/s); kernel on the same batch "
-          f"{small_kernel * 1e3:.2f} ms; max |kernel - oracle| = {err:.1e}")  # fmt: skip
+    print(
+        f"loop oracle: {n_small} rollouts in {n_small // group_size} groups: {loop * 1e3:.1f} "
+        f"ms ({n_small / loop / 1e6:.3f} M rollouts/s); kernel on the same batch "
+        f"{small_kernel * 1e3:.2f} ms; max |kernel - oracle| = {err:.1e}"
+    )
     per_rollout_speedup = (args.rollouts / kernel) / (n_small / loop)
     print(f"kernel vs loop, rollouts/s: {per_rollout_speedup:.0f}x")
     return {"kernel_s": kernel, "loop_s": loop, "speedup": per_rollout_speedup, "max_err": err}

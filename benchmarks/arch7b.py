@@ -38,25 +38,53 @@ from benchmarks.mfu import (
 from benchmarks.run_ours import StepClockCallback
 
 QWEN25_VL_7B = {
-    "text": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                 num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
-                 max_position_embeddings=128000, max_window_layers=28,
-                 rope_parameters={"rope_type": "default", "rope_theta": 1e6,
-                                  "mrope_section": [16, 24, 24]}),
-    "vision": dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
-                   out_hidden_size=3584, patch_size=14, spatial_merge_size=2,
-                   temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31]),
-}  # fmt: skip
+    "text": dict(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        max_position_embeddings=128000,
+        max_window_layers=28,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+    ),
+    "vision": dict(
+        depth=32,
+        hidden_size=1280,
+        intermediate_size=3420,
+        num_heads=16,
+        out_hidden_size=3584,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=112,
+        fullatt_block_indexes=[7, 15, 23, 31],
+    ),
+}
 # Same code path at CPU size: head_dim 32 for mrope [4, 6, 6], as the tiny model.
 SMALL = {
-    "text": dict(QWEN25_VL_7B["text"], hidden_size=128, intermediate_size=256,
-                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 vocab_size=2048, max_window_layers=2,
-                 rope_parameters={"rope_type": "default", "rope_theta": 1e6,
-                                  "mrope_section": [4, 6, 6]}),
-    "vision": dict(QWEN25_VL_7B["vision"], depth=4, hidden_size=64, intermediate_size=128,
-                   num_heads=4, out_hidden_size=128, fullatt_block_indexes=[1, 3]),
-}  # fmt: skip
+    "text": dict(
+        QWEN25_VL_7B["text"],
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=2048,
+        max_window_layers=2,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
+    ),
+    "vision": dict(
+        QWEN25_VL_7B["vision"],
+        depth=4,
+        hidden_size=64,
+        intermediate_size=128,
+        num_heads=4,
+        out_hidden_size=128,
+        fullatt_block_indexes=[1, 3],
+    ),
+}
 
 
 def build(out: Path, *, small: bool = False, seed: int = 0, dtype: str = "bfloat16") -> Path:
@@ -119,8 +147,10 @@ def gpu_memory_gb() -> dict[str, float]:
     caching allocator. Empty without CUDA."""
     if not torch.cuda.is_available():
         return {}
-    return {"gpu_peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "gpu_peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30}  # fmt: skip
+    return {
+        "gpu_peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "gpu_peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+    }
 
 
 def step_figures(m: dict, rollouts: int, n_flops: int, *, recompute: bool) -> dict[str, float]:
@@ -142,38 +172,64 @@ def time_steps(a: argparse.Namespace) -> dict:
     """RL steps of the real trainer on ``a.model``; prints and returns the timing summary."""
     from benchmarks.run_ours import run
 
-    s = Settings(size="tiny", engine=a.engine, prompts=a.prompts, group=a.group,
-                 max_new_tokens=a.max_new_tokens, beta=a.beta, warmup=a.warmup, timed=a.timed,
-                 threads=torch.get_num_threads(), coldstart=False)  # fmt: skip
+    s = Settings(
+        size="tiny",
+        engine=a.engine,
+        prompts=a.prompts,
+        group=a.group,
+        max_new_tokens=a.max_new_tokens,
+        beta=a.beta,
+        warmup=a.warmup,
+        timed=a.timed,
+        threads=torch.get_num_threads(),
+        coldstart=False,
+    )
     recompute = a.gradient_checkpointing
-    extra = [f"model.path={a.model}", f"model.dtype={a.dtype}", f"trainer={a.trainer}",
-             f"algorithm.micro_batch_size={a.micro_batch}",
-             f"model.gradient_checkpointing={str(recompute).lower()}",
-             f"model.freeze_vision={str(a.freeze_vision).lower()}",
-             f"data.min_pixels={a.min_pixels}", f"data.max_pixels={a.max_pixels}",
-             *a.override]  # fmt: skip
+    extra = [
+        f"model.path={a.model}",
+        f"model.dtype={a.dtype}",
+        f"trainer={a.trainer}",
+        f"algorithm.micro_batch_size={a.micro_batch}",
+        f"model.gradient_checkpointing={str(recompute).lower()}",
+        f"model.freeze_vision={str(a.freeze_vision).lower()}",
+        f"data.min_pixels={a.min_pixels}",
+        f"data.max_pixels={a.max_pixels}",
+        *a.override,
+    ]
     load = load_average()
     steps_jsonl = str(a.steps_jsonl) if a.steps_jsonl else None
     result, _ = run(s, *extra, callback=StepLog, callback_kwargs={"path": steps_jsonl})
     rollouts = a.prompts * a.group
     counts = param_counts_of_folder(a.model)
-    per_step = [step_figures(m, rollouts, counts["flops"], recompute=recompute)
-                for m in result["phases"]]  # fmt: skip
+    per_step = [
+        step_figures(m, rollouts, counts["flops"], recompute=recompute) for m in result["phases"]
+    ]
     median = {k: statistics.median(f[k] for f in per_step) for k in per_step[0]}
     tokens = result["mean_completion_tokens"] * rollouts
-    out = {"model": str(a.model), "trainer": a.trainer, "engine": a.engine,
-           "prompts": a.prompts, "group": a.group, "max_new_tokens": a.max_new_tokens,
-           "gradient_checkpointing": recompute, "freeze_vision": a.freeze_vision,
-           "s_per_step": result["s_per_step"], "rollouts_per_s": result["rollouts_per_s"],
-           "rollout_tokens_per_s": tokens / result["s_per_step"],
-           "mean_completion_tokens": result["mean_completion_tokens"],
-           **median, "per_step": per_step, "params": counts,
-           "flop_formula": "model 6*N*T, hardware 8*N*T with checkpointing (else 6*N*T); "
-           "N = params['flops'], T = train_tokens (benchmarks/mfu.py)",
-           "peak_tflops": H200_BF16_DENSE_TFLOPS,
-           "peak_rss_mb": peak_rss_mb(), "load": [load, load_average()],
-           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-           **gpu_memory_gb()}  # fmt: skip
+    out = {
+        "model": str(a.model),
+        "trainer": a.trainer,
+        "engine": a.engine,
+        "prompts": a.prompts,
+        "group": a.group,
+        "max_new_tokens": a.max_new_tokens,
+        "gradient_checkpointing": recompute,
+        "freeze_vision": a.freeze_vision,
+        "s_per_step": result["s_per_step"],
+        "rollouts_per_s": result["rollouts_per_s"],
+        "rollout_tokens_per_s": tokens / result["s_per_step"],
+        "mean_completion_tokens": result["mean_completion_tokens"],
+        **median,
+        "per_step": per_step,
+        "params": counts,
+        "flop_formula": "model 6*N*T, hardware 8*N*T with checkpointing (else 6*N*T); "
+        "N = params['flops'], T = train_tokens (benchmarks/mfu.py)",
+        "peak_tflops": H200_BF16_DENSE_TFLOPS,
+        "peak_rss_mb": peak_rss_mb(),
+        "load": [load, load_average()],
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        **gpu_memory_gb(),
+    }
     print(json.dumps(out, indent=2))
     return out
 

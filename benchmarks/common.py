@@ -58,8 +58,19 @@ class Settings:
         return cls(**json.loads(text))
 
 
-_CLI_FIELDS = ("size", "engine", "prompts", "group", "max_new_tokens", "beta", "updates",
-               "warmup", "timed", "threads", "coldstart")  # fmt: skip
+_CLI_FIELDS = (
+    "size",
+    "engine",
+    "prompts",
+    "group",
+    "max_new_tokens",
+    "beta",
+    "updates",
+    "warmup",
+    "timed",
+    "threads",
+    "coldstart",
+)
 
 
 def settings_parser(description: str) -> argparse.ArgumentParser:
@@ -76,9 +87,13 @@ def settings_parser(description: str) -> argparse.ArgumentParser:
     ap.add_argument("--warmup", type=int, default=d.warmup)
     ap.add_argument("--timed", type=int, default=d.timed)
     ap.add_argument("--threads", type=int, default=d.threads)
-    ap.add_argument("--no-coldstart", dest="coldstart", action="store_false",
-                    help="use the raw built model (no SFT warm-up): completions run to "
-                    "max_new_tokens on both sides")  # fmt: skip
+    ap.add_argument(
+        "--no-coldstart",
+        dest="coldstart",
+        action="store_false",
+        help="use the raw built model (no SFT warm-up): completions run to "
+        "max_new_tokens on both sides",
+    )
     return ap
 
 

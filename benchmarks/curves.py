@@ -31,12 +31,20 @@ from mapo.algorithm.rollout_correction import MODES
 METHODS = {"mapo": "MAPO", "grpo": "GRPO", "dapo": "DAPO", "apd": "APD only", "mapo_rand": "Rand"}
 # MAPO's advantage under each policy loss (conf/experiment/synth_emo_mapo_<loss>.yaml: four
 # updates per rollout batch, so the ratio leaves 1 and the losses differ).
-LOSSES = {"mapo_ppo_clip": "PPO-clip", "mapo_gspo": "GSPO", "mapo_gspo_token": "GSPO-token",
-          "mapo_cispo": "CISPO", "mapo_sapo": "SAPO"}  # fmt: skip
+LOSSES = {
+    "mapo_ppo_clip": "PPO-clip",
+    "mapo_gspo": "GSPO",
+    "mapo_gspo_token": "GSPO-token",
+    "mapo_cispo": "CISPO",
+    "mapo_sapo": "SAPO",
+}
 # MAPO's advantage under each algorithm.rollout_correction mode (docs/rollout_correction.md)
 CORRECTIONS = {f"mapo_rc_{m}": f"MAPO + {m}" for m in MODES}
-SUITES = {"methods": (METHODS, ""), "losses": (LOSSES, "_losses"),
-          "corrections": (CORRECTIONS, "_corrections")}  # runs, file-name suffix  # fmt: skip
+SUITES = {
+    "methods": (METHODS, ""),
+    "losses": (LOSSES, "_losses"),
+    "corrections": (CORRECTIONS, "_corrections"),
+}  # runs, file-name suffix
 LABELS = {**METHODS, **LOSSES, **CORRECTIONS}
 
 
@@ -59,13 +67,30 @@ def run_one(method: str, seed: int, a: argparse.Namespace) -> Path:
     tag = f"steps={a.steps} every={a.every}"
     if finished(method, seed, a):
         return out
-    cmd = [sys.executable, "train.py", *experiment_args(method), f"seed={seed}",
-           f"steps={a.steps}", f"eval.every_n_steps={a.every}", "eval.before=true",
-           "eval.after=false", "export_hf=false", "logger=none", "callbacks.progress_bar=null",
-           "callbacks.model_checkpoint=null", "trainer.enable_checkpointing=false",
-           "+trainer.enable_progress_bar=false", f"hydra.run.dir={out}"]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")  # fmt: skip
+    cmd = [
+        sys.executable,
+        "train.py",
+        *experiment_args(method),
+        f"seed={seed}",
+        f"steps={a.steps}",
+        f"eval.every_n_steps={a.every}",
+        "eval.before=true",
+        "eval.after=false",
+        "export_hf=false",
+        "logger=none",
+        "callbacks.progress_bar=null",
+        "callbacks.model_checkpoint=null",
+        "trainer.enable_checkpointing=false",
+        "+trainer.enable_progress_bar=false",
+        f"hydra.run.dir={out}",
+    ]
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(a.threads),
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        PYTHONWARNINGS="ignore",
+    )
     out.mkdir(parents=True, exist_ok=True)
     clock = time.perf_counter()
     with open(out / "train.log", "w") as log:
@@ -75,8 +100,10 @@ def run_one(method: str, seed: int, a: argparse.Namespace) -> Path:
             f"{method} seed {seed} failed (exit {proc.returncode}); see {out}/train.log"
         )
     (out / "DONE").write_text(f"{tag} {time.perf_counter() - clock:.1f} s\n")
-    print(f"  {method} seed {seed}: {time.perf_counter() - clock:.0f} s, load {load_average()}",
-          flush=True)  # fmt: skip
+    print(
+        f"  {method} seed {seed}: {time.perf_counter() - clock:.0f} s, load {load_average()}",
+        flush=True,
+    )
     return out
 
 
@@ -111,11 +138,19 @@ def summarise(runs: dict[str, list[dict]], window: int) -> list[dict]:
             steps = sorted(r["frac_p01"])
             first.append(np.mean([r["frac_p01"][k] for k in steps[:window]]))
             last.append(np.mean([r["frac_p01"][k] for k in steps[-window:]]))
-        rows.append({"method": LABELS[method], "seeds": len(seeds),
-                     "final_step": seeds[0]["accuracy"][-1]["step"],
-                     "A_S": (final_s.mean(), final_s.std()), "A_T": (final_t.mean(), final_t.std()),
-                     "best_A_S": (best_s.mean(), best_s.std()), "steps_to_0.8": to_08,
-                     "p01_start": float(np.mean(first)), "p01_end": float(np.mean(last))})  # fmt: skip
+        rows.append(
+            {
+                "method": LABELS[method],
+                "seeds": len(seeds),
+                "final_step": seeds[0]["accuracy"][-1]["step"],
+                "A_S": (final_s.mean(), final_s.std()),
+                "A_T": (final_t.mean(), final_t.std()),
+                "best_A_S": (best_s.mean(), best_s.std()),
+                "steps_to_0.8": to_08,
+                "p01_start": float(np.mean(first)),
+                "p01_end": float(np.mean(last)),
+            }
+        )
     return rows
 
 
@@ -140,11 +175,13 @@ def table_md(rows: list[dict], a: argparse.Namespace) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['seeds']} | {r['final_step']} | {pm(r['A_S'])} | "
-                     f"{pm(r['A_T'])} | {pm(r['best_A_S'])} | "
-                     f"{', '.join('-' if x is None else str(x) for x in r['steps_to_0.8'])} | "
-                     f"{r['p01_start']:.2f} | "
-                     f"{r['p01_end']:.2f} |")  # fmt: skip
+        lines.append(
+            f"| {r['method']} | {r['seeds']} | {r['final_step']} | {pm(r['A_S'])} | "
+            f"{pm(r['A_T'])} | {pm(r['best_A_S'])} | "
+            f"{', '.join('-' if x is None else str(x) for x in r['steps_to_0.8'])} | "
+            f"{r['p01_start']:.2f} | "
+            f"{r['p01_end']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -185,9 +222,13 @@ def _smooth(x, k: int):
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--suite", choices=list(SUITES), default="methods",
-                    help="methods: the advantage estimators; losses: MAPO under each policy "
-                         "loss; corrections: MAPO under each rollout-correction mode")  # fmt: skip
+    ap.add_argument(
+        "--suite",
+        choices=list(SUITES),
+        default="methods",
+        help="methods: the advantage estimators; losses: MAPO under each policy "
+        "loss; corrections: MAPO under each rollout-correction mode",
+    )
     ap.add_argument("--methods", nargs="+", choices=list(LABELS), help="default: the suite's")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=200)
@@ -197,14 +238,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, help="default: outputs/curves[_losses]")
     ap.add_argument("--docs", type=Path, default=ROOT / "docs")
-    ap.add_argument("--finished-only", action="store_true",
-                    help="train nothing: summarise the runs of this sweep that finished")  # fmt: skip
+    ap.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="train nothing: summarise the runs of this sweep that finished",
+    )
     a = ap.parse_args(argv)
     runs_of, a.suffix = SUITES[a.suite]
     a.methods = a.methods or list(runs_of)
     a.out = a.out or ROOT / "outputs" / f"curves{a.suffix}"
-    print(f"curves: {len(a.methods)} methods x {len(a.seeds)} seeds x {a.steps} steps, "
-          f"{a.jobs} at a time; load average {load_average()}", flush=True)  # fmt: skip
+    print(
+        f"curves: {len(a.methods)} methods x {len(a.seeds)} seeds x {a.steps} steps, "
+        f"{a.jobs} at a time; load average {load_average()}",
+        flush=True,
+    )
     jobs = [(m, s) for s in a.seeds for m in a.methods]  # seed-major: early seeds finish first
     if a.finished_only:
         jobs = [(m, s) for m, s in jobs if finished(m, s, a)]
@@ -224,8 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     text = table_md(summarise(runs, a.window), a)
     md.write_text(text)
     print(text)
-    print(f"wrote {png}, {md}, "
-          f"{a.out / 'curves.json'}; load average {load_average()}")  # fmt: skip
+    print(f"wrote {png}, {md}, {a.out / 'curves.json'}; load average {load_average()}")
 
 
 if __name__ == "__main__":

@@ -32,8 +32,12 @@ def param_counts(model: torch.nn.Module) -> dict[str, int]:
     tower = vision_tower(model)
     vision = sum(p.numel() for p in tower.parameters()) if tower is not None else 0
     embedding = model.get_input_embeddings().weight.numel()
-    return {"total": total, "vision": vision, "embedding": embedding,
-            "flops": total - vision - embedding}  # fmt: skip
+    return {
+        "total": total,
+        "vision": vision,
+        "embedding": embedding,
+        "flops": total - vision - embedding,
+    }
 
 
 def param_counts_of_folder(path: str | Path) -> dict[str, int]:
@@ -48,8 +52,10 @@ def param_counts_of_folder(path: str | Path) -> dict[str, int]:
 
 def training_flops(n_params: int, tokens: float, *, recompute: bool) -> dict[str, float]:
     """Model and hardware FLOPs of one forward + backward over ``tokens`` tokens."""
-    return {"model_flops": 6.0 * n_params * tokens,
-            "hardware_flops": (8.0 if recompute else 6.0) * n_params * tokens}  # fmt: skip
+    return {
+        "model_flops": 6.0 * n_params * tokens,
+        "hardware_flops": (8.0 if recompute else 6.0) * n_params * tokens,
+    }
 
 
 def utilisation(flops: float, seconds: float, peak_tflops: float = H200_BF16_DENSE_TFLOPS) -> float:

@@ -86,8 +86,12 @@ def breakdown(wall: float, m: dict[str, float], w: dict[str, float]) -> dict[str
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = settings_parser(__doc__.split("\n\n")[0])
-    ap.add_argument("--no-share-prompt", dest="share_prompt", action="store_false",
-                    help="model.share_prompt=false: every rollout runs its whole prompt")  # fmt: skip
+    ap.add_argument(
+        "--no-share-prompt",
+        dest="share_prompt",
+        action="store_false",
+        help="model.share_prompt=false: every rollout runs its whole prompt",
+    )
     a = ap.parse_args(argv)
     s = settings_from_args(a, share_prompt=a.share_prompt)
     os.environ.setdefault("OMP_NUM_THREADS", str(s.threads))
@@ -101,11 +105,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ]
     wall = statistics.mean(walls)
     mean = {k: statistics.mean(st[k] for st in steps) for k in steps[0]}
-    print(f"overhead: {s.size} VLM, engine {s.engine}, {s.prompts} prompts x G={s.group}, "
-          f"max_new_tokens {s.max_new_tokens}, beta {s.beta}, {s.updates} update(s), "
-          f"{s.threads} thread(s), shared prompt pass {s.share_prompt}, mean of {len(steps)} "
-          f"steps after {s.warmup} warm-up; "
-          f"load average {load} -> {load_average()}")  # fmt: skip
+    print(
+        f"overhead: {s.size} VLM, engine {s.engine}, {s.prompts} prompts x G={s.group}, "
+        f"max_new_tokens {s.max_new_tokens}, beta {s.beta}, {s.updates} update(s), "
+        f"{s.threads} thread(s), shared prompt pass {s.share_prompt}, mean of {len(steps)} "
+        f"steps after {s.warmup} warm-up; "
+        f"load average {load} -> {load_average()}"
+    )
     print(f"  {'phase':36s} {'ms/step':>9s} {'share':>7s}")
     for k, v in mean.items():
         print(f"  {k:36s} {v * 1e3:9.1f} {v / wall:7.1%}")

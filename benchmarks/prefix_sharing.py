@@ -50,11 +50,18 @@ def _fwd_bwd(
         policy.zero_grad()
         clock = time.perf_counter()
         with torch.no_grad():
-            token_logprobs(policy, inputs, suppress_ids=suppress, share_prompt=share, padding_free=False)
+            token_logprobs(
+                policy, inputs, suppress_ids=suppress, share_prompt=share, padding_free=False
+            )
         fwd.append(time.perf_counter() - clock)
         clock = time.perf_counter()
         logp = token_logprobs(
-            policy, inputs, suppress_ids=suppress, return_entropy=True, share_prompt=share, padding_free=False
+            policy,
+            inputs,
+            suppress_ids=suppress,
+            return_entropy=True,
+            share_prompt=share,
+            padding_free=False,
         )[0]
         (logp.sum() / inputs.completion_mask.sum()).backward()
         full.append(time.perf_counter() - clock)
@@ -76,9 +83,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(a.threads)
     policy, inputs, suppress = _batch(a.size, a.prompts, a.group, a.max_new_tokens)
     n, width = inputs.input_ids.shape
-    print(f"prefix sharing: {a.size} VLM, {a.prompts} prompts x G={a.group}: rows {n}, "
-          f"P={inputs.prompt_len}, L={inputs.completion_len}; {a.threads} thread(s); "
-          f"load average {load_average()}")  # fmt: skip
+    print(
+        f"prefix sharing: {a.size} VLM, {a.prompts} prompts x G={a.group}: rows {n}, "
+        f"P={inputs.prompt_len}, L={inputs.completion_len}; {a.threads} thread(s); "
+        f"load average {load_average()}"
+    )
     times = {}
     for name in ("full", "shared", "full ", "shared "):  # alternate: load noise hits both
         share = name.strip() == "shared"
@@ -88,19 +97,24 @@ def main(argv: list[str] | None = None) -> None:
             ref_logp, ref_grads = logp, grads
         elif name == "shared":
             err = float((logp - ref_logp).abs().max())
-            gerr = max(float((g - h).abs().max() / h.abs().max().clamp_min(1e-12))
-                       for g, h in zip(grads, ref_grads))  # fmt: skip
-            print(f"  max |log-prob difference| {err:.2e}; max relative grad difference "
-                  f"{gerr:.2e}")  # fmt: skip
+            gerr = max(
+                float((g - h).abs().max() / h.abs().max().clamp_min(1e-12))
+                for g, h in zip(grads, ref_grads)
+            )
+            print(f"  max |log-prob difference| {err:.2e}; max relative grad difference {gerr:.2e}")
     for name, runs in times.items():
         fwd = statistics.median(r[0] for r in runs)
         full = statistics.median(r[1] for r in runs)
-        print(f"  {name:7s} no-grad forward {fwd * 1e3:8.1f} ms   forward+backward "
-              f"{full * 1e3:8.1f} ms")  # fmt: skip
+        print(
+            f"  {name:7s} no-grad forward {fwd * 1e3:8.1f} ms   forward+backward "
+            f"{full * 1e3:8.1f} ms"
+        )
     f, s = times["full"], times["shared"]
-    print(f"  speed-up: forward {statistics.median(r[0] for r in f) / statistics.median(r[0] for r in s):.2f}x, "
-          f"forward+backward {statistics.median(r[1] for r in f) / statistics.median(r[1] for r in s):.2f}x; "
-          f"load average {load_average()}")  # fmt: skip
+    print(
+        f"  speed-up: forward {statistics.median(r[0] for r in f) / statistics.median(r[0] for r in s):.2f}x, "
+        f"forward+backward {statistics.median(r[1] for r in f) / statistics.median(r[1] for r in s):.2f}x; "
+        f"load average {load_average()}"
+    )
 
 
 if __name__ == "__main__":

@@ -59,11 +59,14 @@ def run(
     result = summary(cb.clock.step_times(), s.warmup, s.prompts * s.group)
     timed = cb.metrics[s.warmup :]
     result.update(
-        side="ours", engine=s.engine, share_prompt=s.share_prompt, total_s=total,
+        side="ours",
+        engine=s.engine,
+        share_prompt=s.share_prompt,
+        total_s=total,
         threads=torch.get_num_threads(),
         mean_completion_tokens=sum(m["response_length/mean"] for m in timed) / len(timed),
         phases=timed,
-    )  # fmt: skip
+    )
     return result, cb
 
 

@@ -42,8 +42,14 @@ def build_dataset(rows: list[dict], template_name: str):
         if len(row["images"]) != 1:
             raise ValueError(f"row {row['id']}: the benchmark expects one image per prompt")
         image = resize_image(decode_image(row["images"][0]), min_pixels=3136, max_pixels=12544)
-        records.append({"prompt": build_messages(row, template), "image": image,
-                        "answer": row["answer"], "task": row["task"]})  # fmt: skip
+        records.append(
+            {
+                "prompt": build_messages(row, template),
+                "image": image,
+                "answer": row["answer"],
+                "task": row["task"],
+            }
+        )
     return Dataset.from_list(records)
 
 
@@ -75,10 +81,12 @@ def engine_args(s: Settings, model_path, suppress_ids: list[int]) -> dict:
         vllm_generation.LLM, dtype=VLLM_DTYPE, limit_mm_per_prompt={"image": 1, "video": 0}
     )
     return {
-        "use_vllm": True, "vllm_mode": "colocate", "vllm_importance_sampling_correction": False,
+        "use_vllm": True,
+        "vllm_mode": "colocate",
+        "vllm_importance_sampling_correction": False,
         "vllm_max_model_length": 4096,  # conf/rollout/vllm.yaml max_model_len
         "generation_kwargs": stop_and_suppress_params(model_path),
-    }  # fmt: skip
+    }
 
 
 def main(s: Settings) -> None:
@@ -101,34 +109,67 @@ def main(s: Settings) -> None:
         processor = load_processor(model_path)
         policy = load_policy(model_path)
         args = GRPOConfig(
-            output_dir=out, use_cpu=True, bf16=False, fp16=False, report_to="none",
-            save_strategy="no", logging_steps=1, disable_tqdm=True, seed=s.seed,
-            max_steps=s.steps * s.updates, dataloader_num_workers=0, remove_unused_columns=False,
+            output_dir=out,
+            use_cpu=True,
+            bf16=False,
+            fp16=False,
+            report_to="none",
+            save_strategy="no",
+            logging_steps=1,
+            disable_tqdm=True,
+            seed=s.seed,
+            max_steps=s.steps * s.updates,
+            dataloader_num_workers=0,
+            remove_unused_columns=False,
             per_device_train_batch_size=s.prompts * s.group // s.updates,
-            steps_per_generation=s.updates, gradient_accumulation_steps=1,
-            num_generations=s.group, max_completion_length=s.max_new_tokens,
-            temperature=1.0, top_p=1.0, top_k=0, beta=s.beta, epsilon=0.2, loss_type="dapo",
-            scale_rewards="group", learning_rate=s.lr, lr_scheduler_type="constant",
-            warmup_steps=0, weight_decay=1e-2, adam_beta1=0.9, adam_beta2=0.99,
-            max_grad_norm=1.0, log_completions=False,
+            steps_per_generation=s.updates,
+            gradient_accumulation_steps=1,
+            num_generations=s.group,
+            max_completion_length=s.max_new_tokens,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            beta=s.beta,
+            epsilon=0.2,
+            loss_type="dapo",
+            scale_rewards="group",
+            learning_rate=s.lr,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            weight_decay=1e-2,
+            adam_beta1=0.9,
+            adam_beta2=0.99,
+            max_grad_norm=1.0,
+            log_completions=False,
             gradient_checkpointing=s.trl_gradient_checkpointing,
             **engine_args(s, model_path, policy_suppressed_ids(policy, processor)),
-        )  # fmt: skip
+        )
         trainer = GRPOTrainer(
-            model=policy, reward_funcs=reward_fn, args=args,
-            train_dataset=build_dataset(rows, "emotion_short"), processing_class=processor,
+            model=policy,
+            reward_funcs=reward_fn,
+            args=args,
+            train_dataset=build_dataset(rows, "emotion_short"),
+            processing_class=processor,
             callbacks=[Clock()],
-        )  # fmt: skip
+        )
         torch.set_num_threads(s.threads)  # nothing above may have changed it
         start = time.perf_counter()
         trainer.train()
         total = time.perf_counter() - start
-        lengths = [h["completions/mean_length"] for h in trainer.state.log_history
-                   if "completions/mean_length" in h]  # fmt: skip
+        lengths = [
+            h["completions/mean_length"]
+            for h in trainer.state.log_history
+            if "completions/mean_length" in h
+        ]
     # one RL step = `updates` optimizer steps (the clock ticks per optimizer step)
     result = summary(clock.step_times(every=s.updates), s.warmup, s.prompts * s.group)
-    result.update(side="trl", engine=s.trl_engine, total_s=total, threads=torch.get_num_threads(),
-                  mean_completion_tokens=sum(lengths[s.warmup:]) / max(1, len(lengths[s.warmup:])))  # fmt: skip
+    result.update(
+        side="trl",
+        engine=s.trl_engine,
+        total_s=total,
+        threads=torch.get_num_threads(),
+        mean_completion_tokens=sum(lengths[s.warmup :]) / max(1, len(lengths[s.warmup :])),
+    )
     emit(result)
 
 

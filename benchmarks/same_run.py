@@ -53,9 +53,11 @@ def compare(before: Path, after: Path) -> list[str]:
         if not da.equals(db):
             cols = [c for c in da.columns if c not in db or not da[c].equals(db[c])]
             diffs.append(f"records/{name}: columns {cols or list(db.columns)} differ")
-    print(f"compared {len(keys)} metrics.json keys and {len(files_a)} records files "
-          f"({len(pd.read_parquet(before / 'records' / files_a[0]).columns) if files_a else 0} "
-          "columns)")  # fmt: skip
+    print(
+        f"compared {len(keys)} metrics.json keys and {len(files_a)} records files "
+        f"({len(pd.read_parquet(before / 'records' / files_a[0]).columns) if files_a else 0} "
+        "columns)"
+    )
     return diffs
 
 

@@ -107,8 +107,12 @@ def run_mode(mode: str, ckpt: bool, w: dict, steps: int) -> dict:
         computed = real = 0
         for sub in subs:
             cache = share_now and not pack and can_share_prompt(model, sub)
-            c, r = positions(sub, shared_cache=cache, packed=pack or (share_now and ckpt
-                             and phase == "update"), share=share_now)  # fmt: skip
+            c, r = positions(
+                sub,
+                shared_cache=cache,
+                packed=pack or (share_now and ckpt and phase == "update"),
+                share=share_now,
+            )
             computed, real = computed + c, real + r
         times = []
         for _ in range(steps):
@@ -121,13 +125,18 @@ def run_mode(mode: str, ckpt: bool, w: dict, steps: int) -> dict:
                     continue
                 logp = token_logprobs(model, sub, **kw)
                 frozen = logp.detach()  # old and reference log-probs (values only matter)
-                loss, _ = policy_loss(logp, frozen, adv[mb.rows], sub.completion_mask, cfg,
-                                      ref_logp=frozen, norm=norm)  # fmt: skip
+                loss, _ = policy_loss(
+                    logp, frozen, adv[mb.rows], sub.completion_mask, cfg, ref_logp=frozen, norm=norm
+                )
                 loss.backward()
             model.zero_grad(set_to_none=True)
             times.append(time.perf_counter() - start)
-        out[phase] = {"s": times[-1], "computed": computed, "real": real,
-                      "padding": 1 - real / computed}  # fmt: skip
+        out[phase] = {
+            "s": times[-1],
+            "computed": computed,
+            "real": real,
+            "padding": 1 - real / computed,
+        }
     out["useful_tokens"] = int(inputs.attention_mask.sum())
     return out
 
@@ -190,12 +199,16 @@ def main(argv: list[str] | None = None) -> None:
                 runs.setdefault(f"{mode}:{ckpt}", []).append(_spawn(f"{mode}:{ckpt}", args))
     rows = [_row(name, results) for name, results in runs.items()]
     print(f"load average before / after: {load} / {load_average()}")
-    print(f"{'mode':<14}{'ckpt':<5}{'mbs':>4}{'computed':>10}{'real':>9}{'pad':>7}"
-          f"{'logp s':>8}{'update s':>9}{'rss MB':>8}")  # fmt: skip
+    print(
+        f"{'mode':<14}{'ckpt':<5}{'mbs':>4}{'computed':>10}{'real':>9}{'pad':>7}"
+        f"{'logp s':>8}{'update s':>9}{'rss MB':>8}"
+    )
     for r in rows:
-        print(f"{r['mode']:<14}{r['ckpt']:<5}{r['micro_batches']:>4}{r['computed']:>10}"
-              f"{r['real']:>9}{r['padding']:>7.1%}{r['logprobs_s']:>8.2f}{r['update_s']:>9.2f}"
-              f"{r['peak_rss_mb']:>8.0f}")  # fmt: skip
+        print(
+            f"{r['mode']:<14}{r['ckpt']:<5}{r['micro_batches']:>4}{r['computed']:>10}"
+            f"{r['real']:>9}{r['padding']:>7.1%}{r['logprobs_s']:>8.2f}{r['update_s']:>9.2f}"
+            f"{r['peak_rss_mb']:>8.0f}"
+        )
     if not args.no_generation:
         _generation(args)
     on = [r for r in rows if r["ckpt"] == "on"]
@@ -204,11 +217,13 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("the summary compares with fixed8, checkpointing on: include both")
     best = min(on, key=lambda r: r["logprobs_s"] + r["update_s"])
     total = base["logprobs_s"] + base["update_s"], best["logprobs_s"] + best["update_s"]
-    print(f"best with checkpointing on: {best['mode']}: log-probs + update {total[1]:.2f} s vs "
-          f"fixed8 {total[0]:.2f} s ({total[0] / total[1]:.2f}x; update alone "
-          f"{base['update_s'] / best['update_s']:.2f}x), padding {best['padding']:.1%} vs "
-          f"{base['padding']:.1%}, peak RSS {best['peak_rss_mb']:.0f} vs "
-          f"{base['peak_rss_mb']:.0f} MB")  # fmt: skip
+    print(
+        f"best with checkpointing on: {best['mode']}: log-probs + update {total[1]:.2f} s vs "
+        f"fixed8 {total[0]:.2f} s ({total[0] / total[1]:.2f}x; update alone "
+        f"{base['update_s'] / best['update_s']:.2f}x), padding {best['padding']:.1%} vs "
+        f"{base['padding']:.1%}, peak RSS {best['peak_rss_mb']:.0f} vs "
+        f"{base['peak_rss_mb']:.0f} MB"
+    )
     print(RESULT_PREFIX + json.dumps({"rows": rows}))
     print(f"padding {best['padding']:.4f}")
 
@@ -218,8 +233,10 @@ def _generation(args) -> None:
     import tempfile
 
     gen = _spawn("hf", args)
-    print(f"generation hf: {gen['s']:.2f} s for {gen['tokens']} tokens "
-          f"(lengths forced: {gen['lengths_match']})")  # fmt: skip
+    print(
+        f"generation hf: {gen['s']:.2f} s for {gen['tokens']} tokens "
+        f"(lengths forced: {gen['lengths_match']})"
+    )
     if not Path(args.vllm_python).exists():
         print(f"generation vllm: not run ({args.vllm_python} absent)")
         return
@@ -230,21 +247,26 @@ def _generation(args) -> None:
         except RuntimeError as err:
             print(f"generation vllm: failed: {str(err)[-600:]}")
             return
-    print(f"generation vllm: {gen['s']:.2f} s for {gen['tokens']} tokens "
-          f"(lengths forced: {gen['lengths_match']})")  # fmt: skip
+    print(
+        f"generation vllm: {gen['s']:.2f} s for {gen['tokens']} tokens "
+        f"(lengths forced: {gen['lengths_match']})"
+    )
 
 
 def _row(name: str, results: list[dict]) -> dict:
     first = results[0]
     med = statistics.median
     return {
-        "mode": first["mode"], "ckpt": "on" if first["ckpt"] else "off",
-        "micro_batches": first["micro_batches"], "computed": first["update"]["computed"],
-        "real": first["update"]["real"], "padding": first["update"]["padding"],
+        "mode": first["mode"],
+        "ckpt": "on" if first["ckpt"] else "off",
+        "micro_batches": first["micro_batches"],
+        "computed": first["update"]["computed"],
+        "real": first["update"]["real"],
+        "padding": first["update"]["padding"],
         "logprobs_s": med(r["logprobs"]["s"] for r in results),
         "update_s": med(r["update"]["s"] for r in results),
         "peak_rss_mb": med(r["peak_rss_mb"] for r in results),
-    }  # fmt: skip
+    }
 
 
 if __name__ == "__main__":

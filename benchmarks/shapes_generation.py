@@ -44,18 +44,27 @@ def hf_generation(w: dict) -> dict:
     start = time.perf_counter()
     with torch.no_grad():
         out = model.generate(
-            input_ids=enc["input_ids"][rows], attention_mask=enc["attention_mask"][rows],
-            pixel_values=torch.cat(per_row_pixels), image_grid_thw=torch.stack(grids),
-            mm_token_type_ids=enc["mm_token_type_ids"][rows], do_sample=True,
-            max_new_tokens=int(target.max()), logits_processor=LogitsProcessorList([ForceLength()]),
-            eos_token_id=eos, pad_token_id=processor.tokenizer.pad_token_id,
-        )  # fmt: skip
+            input_ids=enc["input_ids"][rows],
+            attention_mask=enc["attention_mask"][rows],
+            pixel_values=torch.cat(per_row_pixels),
+            image_grid_thw=torch.stack(grids),
+            mm_token_type_ids=enc["mm_token_type_ids"][rows],
+            do_sample=True,
+            max_new_tokens=int(target.max()),
+            logits_processor=LogitsProcessorList([ForceLength()]),
+            eos_token_id=eos,
+            pad_token_id=processor.tokenizer.pad_token_id,
+        )
     seconds = time.perf_counter() - start
     new = out[:, enc["input_ids"].shape[1] :]
     ended = (new == eos).any(-1)
     first_eos = (new == eos).int().argmax(-1) + 1  # length of each row, eos included
-    return {"engine": "hf", "s": seconds, "tokens": int(target.sum()),
-            "lengths_match": bool(ended.all() and (first_eos == target).all())}  # fmt: skip
+    return {
+        "engine": "hf",
+        "s": seconds,
+        "tokens": int(target.sum()),
+        "lengths_match": bool(ended.all() and (first_eos == target).all()),
+    }
 
 
 def save_model(folder: Path, w: dict) -> Path:
@@ -78,10 +87,13 @@ def vllm_generation(folder: Path, w: dict) -> dict:
     processor = load_processor(folder)
     prompts, lengths = prompts_and_lengths(processor, w)
     llm = vllm.LLM(
-        model=str(folder), dtype="float32", max_model_len=4096, seed=0,
+        model=str(folder),
+        dtype="float32",
+        max_model_len=4096,
+        seed=0,
         limit_mm_per_prompt={"image": 1, "video": 0},
         mm_processor_kwargs={"min_pixels": w["pixels"][0], "max_pixels": w["pixels"][1]},
-    )  # fmt: skip
+    )
     requests, params = [], []
     for i, k in enumerate(lengths):
         prompt = prompts[i // w["group"]]

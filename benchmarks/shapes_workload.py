@@ -7,25 +7,55 @@ from __future__ import annotations
 import torch
 
 DIMS = {
-    "text": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=2,
-                 num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=8192,
-                 max_window_layers=2,
-                 rope_parameters={"rope_type": "default", "rope_theta": 1e6,
-                                  "mrope_section": [4, 6, 6]}),
-    "vision": dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=4,
-                   out_hidden_size=256, patch_size=14, spatial_merge_size=2,
-                   temporal_patch_size=2, window_size=112, fullatt_block_indexes=[1]),
-}  # fmt: skip
+    "text": dict(
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        max_window_layers=2,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
+    ),
+    "vision": dict(
+        depth=2,
+        hidden_size=128,
+        intermediate_size=256,
+        num_heads=4,
+        out_hidden_size=256,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=112,
+        fullatt_block_indexes=[1],
+    ),
+}
 MIN_PIXELS, MAX_PIXELS = 512 * 512, 2048 * 2048  # conf/data/geo3k.yaml
 IMAGE_SIZES = [(640, 480), (512, 512), (600, 600), (800, 450), (480, 640)]
 
 
 def workload(quick: bool) -> dict:
     if quick:
-        return dict(prompts=2, group=4, median=12, cap=48, text=(20, 40), budget=300, size=0.2,
-                    pixels=(56 * 56, 112 * 112))  # fmt: skip
-    return dict(prompts=2, group=8, median=200, cap=1024, text=(100, 400), budget=8192, size=1.0,
-                pixels=(MIN_PIXELS, MAX_PIXELS))  # fmt: skip
+        return dict(
+            prompts=2,
+            group=4,
+            median=12,
+            cap=48,
+            text=(20, 40),
+            budget=300,
+            size=0.2,
+            pixels=(56 * 56, 112 * 112),
+        )
+    return dict(
+        prompts=2,
+        group=8,
+        median=200,
+        cap=1024,
+        text=(100, 400),
+        budget=8192,
+        size=1.0,
+        pixels=(MIN_PIXELS, MAX_PIXELS),
+    )
 
 
 def build(pixels: tuple[int, int] = (MIN_PIXELS, MAX_PIXELS), seed: int = 0):
@@ -43,12 +73,20 @@ def build(pixels: tuple[int, int] = (MIN_PIXELS, MAX_PIXELS), seed: int = 0):
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     eot, im_end = ids["<|endoftext|>"], ids["<|im_end|>"]
     config = Qwen2_5_VLConfig(
-        text_config=dict(DIMS["text"], vocab_size=len(tok), bos_token_id=eot,
-                         eos_token_id=im_end, pad_token_id=eot),  # fmt: skip
-        vision_config=DIMS["vision"], image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False,
-    )  # fmt: skip
+        text_config=dict(
+            DIMS["text"],
+            vocab_size=len(tok),
+            bos_token_id=eot,
+            eos_token_id=im_end,
+            pad_token_id=eot,
+        ),
+        vision_config=DIMS["vision"],
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
     config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config)
@@ -96,7 +134,11 @@ def batch(processor, w: dict, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     ids = [allowed[torch.randint(len(allowed), (k,), generator=gen)].tolist() for k in lengths]
     n = len(lengths)
-    comps = Completions(prompt_index=[i // w["group"] for i in range(n)], token_ids=ids,
-                        text=[""] * n, truncated=[False] * n)  # fmt: skip
+    comps = Completions(
+        prompt_index=[i // w["group"] for i in range(n)],
+        token_ids=ids,
+        text=[""] * n,
+        truncated=[False] * n,
+    )
     inputs = build_policy_inputs(processor, prompts, comps, pad_token_id=tok.pad_token_id)
     return inputs, torch.randn(n, generator=gen)

@@ -54,8 +54,9 @@ def _module_class():
         def training_step(self, batch, batch_idx):
             from mapo.rollout.vllm import VLLMEngine
 
-            engine = VLLMEngine(self.model_dir, max_model_len=256, enforce_eager=True,
-                                sync_bucket_mb=self.bucket_mb)  # fmt: skip
+            engine = VLLMEngine(
+                self.model_dir, max_model_len=256, enforce_eager=True, sync_bucket_mb=self.bucket_mb
+            )
             engine.sync_weights(self.policy)  # warm-up: first-call allocations
             extra, seconds = [], []
             for _ in range(self.repeats):
@@ -67,10 +68,13 @@ def _module_class():
                 extra.append((_status_kb("VmHWM") - before) / 1024)
             full = sum(p.ds_numel * p.element_size() for p in self.policy.parameters())
             self.result = {
-                "rank": self.global_rank, "bucket_mb": self.bucket_mb,
-                "model_mb": full / 2**20, "extra_peak_mb": extra, "sync_s": seconds,
+                "rank": self.global_rank,
+                "bucket_mb": self.bucket_mb,
+                "model_mb": full / 2**20,
+                "extra_peak_mb": extra,
+                "sync_s": seconds,
                 "rss_mb": _status_kb("VmRSS") / 1024,
-            }  # fmt: skip
+            }
             print("SYNC_MEMORY " + json.dumps(self.result), flush=True)
 
         def configure_optimizers(self):
@@ -98,10 +102,15 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     model_dir = str(tiny_model_path(Path(args.cache), seed=0, size=args.size))
     trainer = pl.Trainer(
-        accelerator="cpu", devices=2, strategy=CPUDeepSpeedStrategy(stage=3, process_group_backend="gloo"),
-        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        accelerator="cpu",
+        devices=2,
+        strategy=CPUDeepSpeedStrategy(stage=3, process_group_backend="gloo"),
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
         enable_model_summary=False,
-    )  # fmt: skip
+    )
     bucket = args.bucket_mb if args.bucket_mb > 0 else None
     trainer.fit(_module_class()(model_dir, bucket, args.repeats))
 

@@ -44,9 +44,15 @@ WORKERS = {
 
 def worker_env(side: str, s: Settings) -> dict[str, str]:
     """The environment of one worker: `s.threads` threads for torch, BLAS and vLLM alike."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(s.threads), MKL_NUM_THREADS=str(s.threads),
-               TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               PYTHONWARNINGS="ignore")  # fmt: skip
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(s.threads),
+        MKL_NUM_THREADS=str(s.threads),
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONWARNINGS="ignore",
+    )
     engine = s.trl_engine if side == "trl" else s.engine
     if engine == "vllm":  # vLLM's CPU worker binds its own OMP threads
         env["VLLM_CPU_OMP_THREADS_BIND"] = "0" if s.threads == 1 else f"0-{s.threads - 1}"
@@ -60,9 +66,14 @@ def run_worker(side: str, s: Settings, python: str, timeout: float) -> dict:
         s = replace(s, share_prompt=False)
     load = load_average()
     clock = time.perf_counter()
-    proc = subprocess.run([python, "-m", WORKERS[side], s.to_json()], cwd=ROOT,
-                          env=worker_env(side, s), capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    proc = subprocess.run(
+        [python, "-m", WORKERS[side], s.to_json()],
+        cwd=ROOT,
+        env=worker_env(side, s),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         raise RuntimeError(
             f"{side} worker failed (exit {proc.returncode}); last output:\n"
@@ -96,34 +107,51 @@ def compare(
         for side in sides:
             r = run_worker(side, s, pythons[side], timeout)
             runs[side].append(r)
-            print(f"  round {i + 1}/{rounds} {side:8s}: {r['s_per_step']:.3f} s/step, "
-                  f"{r['rollouts_per_s']:.1f} rollouts/s, peak RSS {r['peak_rss_mb']:.0f} MB, "
-                  f"{r['mean_completion_tokens']:.1f} tokens/completion, "
-                  f"load {r['load_before']}", flush=True)  # fmt: skip
+            print(
+                f"  round {i + 1}/{rounds} {side:8s}: {r['s_per_step']:.3f} s/step, "
+                f"{r['rollouts_per_s']:.1f} rollouts/s, peak RSS {r['peak_rss_mb']:.0f} MB, "
+                f"{r['mean_completion_tokens']:.1f} tokens/completion, "
+                f"load {r['load_before']}",
+                flush=True,
+            )
     agg = {side: aggregate(rs) for side, rs in runs.items()}
     trl = agg["trl"]["s_per_step"]
     ratios = {side: trl / a["s_per_step"] for side, a in agg.items() if side != "trl"}
-    paired = {side: [t["s_per_step"] / o["s_per_step"] for o, t in zip(runs[side], runs["trl"])]
-              for side in ratios}  # fmt: skip
-    return {"settings": json.loads(s.to_json()), "sides": agg, "runs": runs,
-            "ratio": ratios["ours"], "ratios": ratios, "paired_ratios": paired,
-            "load_after": load_average()}  # fmt: skip
+    paired = {
+        side: [t["s_per_step"] / o["s_per_step"] for o, t in zip(runs[side], runs["trl"])]
+        for side in ratios
+    }
+    return {
+        "settings": json.loads(s.to_json()),
+        "sides": agg,
+        "runs": runs,
+        "ratio": ratios["ours"],
+        "ratios": ratios,
+        "paired_ratios": paired,
+        "load_after": load_average(),
+    }
 
 
 def report(res: dict) -> None:
     s = res["settings"]
-    print(f"{s['size']} VLM, {s['prompts']} prompts x G={s['group']}, max_new_tokens "
-          f"{s['max_new_tokens']}, beta {s['beta']}, {s['updates']} update(s)/rollout batch, "
-          f"{s['threads']} thread(s), {s['warmup']} warm-up + {s['timed']} timed steps; "
-          f"our engine: {s['engine']}, TRL's: {s['trl_engine']} (gradient checkpointing "
-          f"{'on' if s['trl_gradient_checkpointing'] else 'off'}); "
-          f"cold-started: {s['coldstart']}")  # fmt: skip
-    print(f"  {'side':8s} {'s/step':>8s} {'rollouts/s':>11s} {'peak RSS MB':>12s} "
-          f"{'tok/compl':>10s}  round medians (s/step)")  # fmt: skip
+    print(
+        f"{s['size']} VLM, {s['prompts']} prompts x G={s['group']}, max_new_tokens "
+        f"{s['max_new_tokens']}, beta {s['beta']}, {s['updates']} update(s)/rollout batch, "
+        f"{s['threads']} thread(s), {s['warmup']} warm-up + {s['timed']} timed steps; "
+        f"our engine: {s['engine']}, TRL's: {s['trl_engine']} (gradient checkpointing "
+        f"{'on' if s['trl_gradient_checkpointing'] else 'off'}); "
+        f"cold-started: {s['coldstart']}"
+    )
+    print(
+        f"  {'side':8s} {'s/step':>8s} {'rollouts/s':>11s} {'peak RSS MB':>12s} "
+        f"{'tok/compl':>10s}  round medians (s/step)"
+    )
     for side, a in res["sides"].items():
         rounds = ", ".join(f"{x:.3f}" for x in a["round_medians"])
-        print(f"  {side:8s} {a['s_per_step']:8.3f} {a['rollouts_per_s']:11.1f} "
-              f"{a['peak_rss_mb']:12.0f} {a['mean_completion_tokens']:10.1f}  {rounds}")  # fmt: skip
+        print(
+            f"  {side:8s} {a['s_per_step']:8.3f} {a['rollouts_per_s']:11.1f} "
+            f"{a['peak_rss_mb']:12.0f} {a['mean_completion_tokens']:10.1f}  {rounds}"
+        )
     for side, ratio in res["ratios"].items():
         pr = ", ".join(f"{x:.2f}" for x in res["paired_ratios"][side])
         print(f"  {side} / trl throughput: {ratio:.2f} (per round: {pr})")
@@ -132,9 +160,12 @@ def report(res: dict) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = settings_parser(__doc__.split("\n\n")[0])
-    ap.add_argument("--with-full-pass", action="store_true",
-                    help="also alternate 'ours-full': ours with model.share_prompt=false "
-                    "(each rollout runs its whole prompt, as before the shared pass)")  # fmt: skip
+    ap.add_argument(
+        "--with-full-pass",
+        action="store_true",
+        help="also alternate 'ours-full': ours with model.share_prompt=false "
+        "(each rollout runs its whole prompt, as before the shared pass)",
+    )
     ap.add_argument("--rounds", type=int, default=3, help="alternating ours/TRL pairs")
     ap.add_argument(
         "--trl-engine",
@@ -156,8 +187,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def settings(a: argparse.Namespace) -> Settings:
     """The Settings of a comparison: TRL's engine is ours unless --trl-engine says otherwise."""
-    return settings_from_args(a, trl_engine=a.trl_engine or a.engine,
-                              trl_gradient_checkpointing=a.trl_gradient_checkpointing)  # fmt: skip
+    return settings_from_args(
+        a,
+        trl_engine=a.trl_engine or a.engine,
+        trl_gradient_checkpointing=a.trl_gradient_checkpointing,
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:

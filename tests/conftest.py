@@ -109,22 +109,39 @@ def write_fake_run(run_dir: Path, *, steps: int = 12, groups: int = 8, g: int = 
         gids = torch.arange(groups).repeat_interleave(g) + 1000 * step
         result = compute_advantages_with_stats("mapo", r, gids, std="population", eps=1e-6)
         n = len(r)
-        writer.write(step, records_table(
-            step=step, group_ids=gids, prompt_ids=[f"q{int(i)}" for i in gids],
-            sources=["synth_emo"] * n,
-            rewards={"overall": r, "format": torch.ones(n), "accuracy": r},
-            result=result, estimator="mapo", response_lengths=torch.full((n,), 9),
-            truncated=torch.zeros(n, dtype=torch.bool), std="population", eps=1e-6
-        ))  # fmt: skip
+        writer.write(
+            step,
+            records_table(
+                step=step,
+                group_ids=gids,
+                prompt_ids=[f"q{int(i)}" for i in gids],
+                sources=["synth_emo"] * n,
+                rewards={"overall": r, "format": torch.ones(n), "accuracy": r},
+                result=result,
+                estimator="mapo",
+                response_lengths=torch.full((n,), 9),
+                truncated=torch.zeros(n, dtype=torch.bool),
+                std="population",
+                eps=1e-6,
+            ),
+        )
 
     def block(a_s: float, webemo: float, emotion6: float) -> dict:
         a_t = (webemo + emotion6) / 2
-        return {"A_S": a_s, "A_T": a_t, "A_avg": (a_s + a_t) / 2, "in_domain": "synth_emo",
-                "out_of_domain": ["synth_webemo", "synth_emotion6"],
-                "datasets": {"synth_emo": a_s, "synth_webemo": webemo, "synth_emotion6": emotion6}}  # fmt: skip
+        return {
+            "A_S": a_s,
+            "A_T": a_t,
+            "A_avg": (a_s + a_t) / 2,
+            "in_domain": "synth_emo",
+            "out_of_domain": ["synth_webemo", "synth_emotion6"],
+            "datasets": {"synth_emo": a_s, "synth_webemo": webemo, "synth_emotion6": emotion6},
+        }
 
-    metrics = {"before": block(0.125, 0.25, 0.125), "after": block(0.875, 0.75, 0.375),
-               "config": {"experiment_name": "fake_mapo", "estimator": "mapo"}}  # fmt: skip
+    metrics = {
+        "before": block(0.125, 0.25, 0.125),
+        "after": block(0.875, 0.75, 0.375),
+        "config": {"experiment_name": "fake_mapo", "estimator": "mapo"},
+    }
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     return run_dir
 

@@ -8,9 +8,17 @@ SAPO's published temperatures.
 from mapo.algorithm.loss_config import LossConfig
 from mapo.algorithm.rollout_correction import RolloutCorrection
 
-PLAIN = dict(clip_low=0.2, clip_high=0.2, dual_clip=None, kl_coef=0.0, kl_estimator="k3",
-             loss_agg="token-mean", policy_loss="ppo_clip", sapo_tau_pos=1.0,
-             sapo_tau_neg=1.05)  # fmt: skip
+PLAIN = dict(
+    clip_low=0.2,
+    clip_high=0.2,
+    dual_clip=None,
+    kl_coef=0.0,
+    kl_estimator="k3",
+    loss_agg="token-mean",
+    policy_loss="ppo_clip",
+    sapo_tau_pos=1.0,
+    sapo_tau_neg=1.05,
+)
 
 
 def plain_loss(**changes) -> LossConfig:

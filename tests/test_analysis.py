@@ -41,12 +41,18 @@ def records(steps, estimator="mapo", std="population"):
         result = compute_advantages_with_stats(estimator, r, gids, std=std, eps=1e-6)
         n = len(r)
         table = records_table(
-            step=step, group_ids=gids, prompt_ids=[f"q{int(g)}" for g in gids],
+            step=step,
+            group_ids=gids,
+            prompt_ids=[f"q{int(g)}" for g in gids],
             sources=["geo3k"] * n,
             rewards={"overall": r, "format": torch.ones(n), "accuracy": (r == 1).double()},
-            result=result, estimator=estimator, response_lengths=torch.full((n,), 7),
-            truncated=torch.zeros(n, dtype=torch.bool), std=std, eps=1e-6
-        )  # fmt: skip
+            result=result,
+            estimator=estimator,
+            response_lengths=torch.full((n,), 7),
+            truncated=torch.zeros(n, dtype=torch.bool),
+            std=std,
+            eps=1e-6,
+        )
         frames.append(pd.DataFrame(table))
     return pd.concat(frames, ignore_index=True)
 

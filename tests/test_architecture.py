@@ -149,3 +149,33 @@ def test_the_check_catches_an_upward_import(tmp_path, monkeypatch, source, expec
     with pytest.raises(AssertionError, match="upward imports") as info:
         test_imports_run_only_downward()
     assert expected in str(info.value)
+
+
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 60
+
+
+def _oversized(root: Path) -> list[str]:
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        source = path.read_text()
+        if len(source.splitlines()) > MAX_FILE_LINES:
+            out.append(f"{path.relative_to(root)}: {len(source.splitlines())} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    out.append(
+                        f"{path.relative_to(root)}:{node.lineno} {node.name}: {length} lines"
+                    )
+    return out
+
+
+def test_files_and_functions_stay_small():
+    """Every file under 400 lines and every function under 60, so each reads in one sitting."""
+    assert _oversized(PKG) == []
+
+
+def test_the_size_rule_can_fail(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(61))
+    (tmp_path / "big.py").write_text(f"def f():\n{body}\n")
+    assert _oversized(tmp_path) == ["big.py:1 f: 62 lines"]

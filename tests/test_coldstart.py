@@ -91,11 +91,27 @@ def test_threads_are_restored():
 
 def test_coldstart_refuses_bad_settings_and_existing_output(tmp_path, emo_train):
     with pytest.raises(ValueError, match="steps, batch_size, lr"):
-        cs.coldstart("unused", emo_train, template="emotion", out_dir=tmp_path / "x",
-                     steps=0, batch_size=8, lr=1e-3, seed=0)  # fmt: skip
+        cs.coldstart(
+            "unused",
+            emo_train,
+            template="emotion",
+            out_dir=tmp_path / "x",
+            steps=0,
+            batch_size=8,
+            lr=1e-3,
+            seed=0,
+        )
     with pytest.raises(FileExistsError, match="coldstarted_model_path"):
-        cs.coldstart("unused", emo_train, template="emotion", out_dir=tmp_path,
-                     steps=1, batch_size=8, lr=1e-3, seed=0)  # fmt: skip
+        cs.coldstart(
+            "unused",
+            emo_train,
+            template="emotion",
+            out_dir=tmp_path,
+            steps=1,
+            batch_size=8,
+            lr=1e-3,
+            seed=0,
+        )
 
 
 # --- training -----------------------------------------------------------------------------
@@ -144,9 +160,12 @@ def test_cache_reuses_the_folder(warm_dir, tiny_model_dir, emo_train, warm_cache
     assert (warm_dir / "model.safetensors").stat().st_mtime_ns == mtime
     with pytest.raises(AssertionError, match="retrained"):  # other settings: another folder
         cs.coldstarted_model_path(
-            tiny_model_dir, emo_train, template="emotion", cache_dir=warm_cache,
+            tiny_model_dir,
+            emo_train,
+            template="emotion",
+            cache_dir=warm_cache,
             **{**TEST_SETTINGS, "seed": 1},
-        )  # fmt: skip
+        )
     assert not list(warm_cache.glob(".coldstart-*"))  # no temp folders left behind
 
 

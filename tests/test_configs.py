@@ -20,9 +20,23 @@ def compose_cfg(overrides=(), tmp_path=None):
 
 
 def test_there_are_paper_and_cpu_experiments():
-    for name in ("emoset_mapo", "emoset_grpo", "emoset_dapo", "geo3k_mapo", "geo3k_grpo", "geo3k_dapo",
-                 "emoset_apd", "emoset_mapo_rand", "geo3k_apd", "geo3k_mapo_rand", "emoset_mapo_g8",
-                 "synth_emo_mapo", "synth_emo_grpo", "synth_emo_dapo", "synth_math_mapo"):  # fmt: skip
+    for name in (
+        "emoset_mapo",
+        "emoset_grpo",
+        "emoset_dapo",
+        "geo3k_mapo",
+        "geo3k_grpo",
+        "geo3k_dapo",
+        "emoset_apd",
+        "emoset_mapo_rand",
+        "geo3k_apd",
+        "geo3k_mapo_rand",
+        "emoset_mapo_g8",
+        "synth_emo_mapo",
+        "synth_emo_grpo",
+        "synth_emo_dapo",
+        "synth_math_mapo",
+    ):
         assert name in EXPERIMENTS
 
 
@@ -137,15 +151,27 @@ def test_the_yaml_instantiates_the_settings(tmp_path):
     settings = validate(cfg)
     a, r = cfg.algorithm, cfg.rollout
     assert settings.algo.loss_config() == LossConfig(
-        clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip, kl_coef=a.kl_coef,
-        kl_estimator=a.kl_estimator, loss_agg=a.loss_agg, policy_loss=a.policy_loss,
-        sapo_tau_pos=a.sapo_tau_pos, sapo_tau_neg=a.sapo_tau_neg,
-    )  # fmt: skip
+        clip_low=a.clip_low,
+        clip_high=a.clip_high,
+        dual_clip=a.dual_clip,
+        kl_coef=a.kl_coef,
+        kl_estimator=a.kl_estimator,
+        loss_agg=a.loss_agg,
+        policy_loss=a.policy_loss,
+        sapo_tau_pos=a.sapo_tau_pos,
+        sapo_tau_neg=a.sapo_tau_neg,
+    )
     assert settings.sampling == SamplingConfig(
-        n=a.group_size, temperature=r.temperature, top_p=r.top_p,
-        max_new_tokens=r.max_new_tokens, seed=None,
-    )  # fmt: skip
+        n=a.group_size,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        max_new_tokens=r.max_new_tokens,
+        seed=None,
+    )
     assert settings.eval_sampling == SamplingConfig(
-        n=1, temperature=r.eval.temperature, top_p=r.eval.top_p,
-        max_new_tokens=r.eval.max_new_tokens, seed=cfg.seed,
-    )  # fmt: skip
+        n=1,
+        temperature=r.eval.temperature,
+        top_p=r.eval.top_p,
+        max_new_tokens=r.eval.max_new_tokens,
+        seed=cfg.seed,
+    )

@@ -32,8 +32,9 @@ def _emit(message: str, category: type[Warning], module: str) -> list[str]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         filter_warnings()
-        warnings.warn_explicit(message, category, f"{module.replace('.', '/')}.py", 1,
-                               module=module)  # fmt: skip
+        warnings.warn_explicit(
+            message, category, f"{module.replace('.', '/')}.py", 1, module=module
+        )
     return [str(w.message) for w in caught]
 
 
@@ -60,8 +61,9 @@ def hydra_like_logging():
     import lightning.pytorch  # noqa: F401
 
     names = ("", "lightning", "lightning.pytorch", "lightning.fabric")
-    saved = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).propagate)
-             for n in names}  # fmt: skip
+    saved = {
+        n: (list(logging.getLogger(n).handlers), logging.getLogger(n).propagate) for n in names
+    }
     level = root.level
     out = io.StringIO()
     for h in list(root.handlers):
@@ -109,8 +111,14 @@ def _env() -> dict:
 
 
 def test_progress_in_a_pipe_is_a_few_plain_lines():
-    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                         env=_env(), timeout=120, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+        check=True,
+    ).stdout
     lines = out.splitlines()
     assert len(lines) == 4, out  # 25 %, 50 %, 75 % and the final line
     assert lines[0].startswith("demo phase: 2/8 steps, loss 0.500 (")
@@ -121,8 +129,9 @@ def test_progress_in_a_pipe_is_a_few_plain_lines():
 
 def _run_in_pty(argv: list[str], timeout: float = 120) -> bytes:
     master, slave = pty.openpty()
-    proc = subprocess.Popen(argv, stdout=slave, stderr=slave, stdin=slave, env=_env(),
-                            close_fds=True)  # fmt: skip
+    proc = subprocess.Popen(
+        argv, stdout=slave, stderr=slave, stdin=slave, env=_env(), close_fds=True
+    )
     os.close(slave)
     chunks = []
     while True:
@@ -160,7 +169,13 @@ BAR_CHOICE = (
 
 def test_rl_progress_bar_is_rich_in_a_terminal_and_plain_in_a_pipe():
     in_pty = _run_in_pty([sys.executable, "-c", BAR_CHOICE]).decode()
-    piped = subprocess.run([sys.executable, "-c", BAR_CHOICE], capture_output=True, text=True,
-                           env=_env(), timeout=120, check=True).stdout  # fmt: skip
+    piped = subprocess.run(
+        [sys.executable, "-c", BAR_CHOICE],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+        check=True,
+    ).stdout
     assert in_pty.strip().endswith("RLProgressBar") and "Plain" not in in_pty
     assert piped.strip() == "PlainRLProgressBar"

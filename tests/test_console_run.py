@@ -16,10 +16,16 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 # The same tiny settings as tests/test_train_e2e.py, so the cold-started model is shared.
 OVERRIDES = [
-    "debug=fast", "algorithm.rollout_batch_size=4", "algorithm.mini_batch_size=2",
-    "algorithm.micro_batch_size=4", "algorithm.group_size=4", "model.coldstart.steps=20",
-    "data.eval_limit=8", "steps=3", "eval.before=true",
-]  # fmt: skip
+    "debug=fast",
+    "algorithm.rollout_batch_size=4",
+    "algorithm.mini_batch_size=2",
+    "algorithm.micro_batch_size=4",
+    "algorithm.group_size=4",
+    "model.coldstart.steps=20",
+    "data.eval_limit=8",
+    "steps=3",
+    "eval.before=true",
+]
 PREFIX = re.compile(r"^(\[[^\]]*\]\[[^\]]*\]\[[A-Z]+\] - |(INFO|WARNING|ERROR): )")
 
 
@@ -32,9 +38,13 @@ def _message(line: str) -> str:
 def piped_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("piped") / "run"
     proc = subprocess.run(
-        [sys.executable, "train.py", *OVERRIDES, f"hydra.run.dir={run}"], cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1500,
-    )  # fmt: skip
+        [sys.executable, "train.py", *OVERRIDES, f"hydra.run.dir={run}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:]
     return run, proc.stdout
 
@@ -52,12 +62,17 @@ def test_every_line_once_and_no_filtered_warning(piped_run):
 
 def test_plain_progress_lines_and_summary(piped_run):
     run, out = piped_run
-    for expected in ("evaluation before: 24 prompts in", "evaluation after: 24 prompts in",
-                     "RL step 3/3  reward", f"exporting the policy to {run / 'hf_model'}: done in",
-                     f"Run finished: {run}", "| synth_emo_mapo (before) |",
-                     f"tensorboard --logdir {run / 'tensorboard'}",
-                     f"report image    {run / 'report.png'}",
-                     f"hydra.run.dir={run} ckpt_path=last"):  # fmt: skip
+    for expected in (
+        "evaluation before: 24 prompts in",
+        "evaluation after: 24 prompts in",
+        "RL step 3/3  reward",
+        f"exporting the policy to {run / 'hf_model'}: done in",
+        f"Run finished: {run}",
+        "| synth_emo_mapo (before) |",
+        f"tensorboard --logdir {run / 'tensorboard'}",
+        f"report image    {run / 'report.png'}",
+        f"hydra.run.dir={run} ckpt_path=last",
+    ):
         assert expected in out, (expected, out)
 
 

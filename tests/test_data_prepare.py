@@ -136,14 +136,29 @@ def test_emoset_missing_image_names_json_row_and_id_or_is_skipped(tmp_path):
 def test_mathvista_multiple_choice_answer_becomes_the_letter(tmp_path):
     common = {"unit": None, "precision": None, "answer_type": "text", "metadata": None}
     records = [
-        {"pid": "1", "question": "Angle?", "image": "images/1.jpg",
-         "decoded_image": hf_image(path="images/1.jpg"), "choices": ["30", "60"],
-         "answer": "60", "question_type": "multi_choice", "query": "Hint: letter.\nAngle?",
-         **common},
-        {"pid": "2", "question": "Sum?", "image": "images/2.jpg", "decoded_image": None,
-         "choices": None, "answer": "7", "question_type": "free_form", "query": "Sum?",
-         **common},
-    ]  # fmt: skip
+        {
+            "pid": "1",
+            "question": "Angle?",
+            "image": "images/1.jpg",
+            "decoded_image": hf_image(path="images/1.jpg"),
+            "choices": ["30", "60"],
+            "answer": "60",
+            "question_type": "multi_choice",
+            "query": "Hint: letter.\nAngle?",
+            **common,
+        },
+        {
+            "pid": "2",
+            "question": "Sum?",
+            "image": "images/2.jpg",
+            "decoded_image": None,
+            "choices": None,
+            "answer": "7",
+            "question_type": "free_form",
+            "query": "Sum?",
+            **common,
+        },
+    ]
     (tmp_path / "raw" / "images").mkdir(parents=True)
     (tmp_path / "raw" / "images" / "2.jpg").write_bytes(jpeg())  # from images.zip
     write_parquet(tmp_path / "raw" / "data" / "testmini-00000-of-00001-abc.parquet", records)
@@ -157,11 +172,20 @@ def test_mathvista_multiple_choice_answer_becomes_the_letter(tmp_path):
 
 def test_mathverse(tmp_path):
     records = [
-        {"sample_index": 11, "problem_index": "1", "problem_version": "Vision Only",
-         "question": "", "image": hf_image(), "answer": "A", "question_type": "multi-choice",
-         "metadata": None, "query_wo": "q", "query_cot": "Please answer.\nChoices: A:1 B:2",
-         "question_for_eval": "q"},
-    ]  # fmt: skip
+        {
+            "sample_index": 11,
+            "problem_index": "1",
+            "problem_version": "Vision Only",
+            "question": "",
+            "image": hf_image(),
+            "answer": "A",
+            "question_type": "multi-choice",
+            "metadata": None,
+            "query_wo": "q",
+            "query_cot": "Please answer.\nChoices: A:1 B:2",
+            "question_for_eval": "q",
+        },
+    ]
     write_parquet(tmp_path / "raw" / "testmini.parquet", records)
     write_parquet(tmp_path / "raw" / "testmini_text_only.parquet", [{"x": 1}])
     result = prepare("mathverse", tmp_path / "raw", tmp_path / "out", progress=False)
@@ -173,11 +197,23 @@ def test_mathverse(tmp_path):
 def test_mathvision_lists_options_in_the_problem(tmp_path):
     base = {"image": "images/1.jpg", "solution": None, "level": 2, "subject": "angle"}
     records = [
-        {"id": "1", "question": "<image1>Which one?", "options": ["a", "b"], "answer": "B",
-         "decoded_image": hf_image(), **base},
-        {"id": "2", "question": "How many?<image1>", "options": [], "answer": "4",
-         "decoded_image": hf_image(), **base},
-    ]  # fmt: skip
+        {
+            "id": "1",
+            "question": "<image1>Which one?",
+            "options": ["a", "b"],
+            "answer": "B",
+            "decoded_image": hf_image(),
+            **base,
+        },
+        {
+            "id": "2",
+            "question": "How many?<image1>",
+            "options": [],
+            "answer": "4",
+            "decoded_image": hf_image(),
+            **base,
+        },
+    ]
     for split in ("test", "testmini"):
         write_parquet(tmp_path / "raw" / "data" / f"{split}-00000-of-00001.parquet", records)
     result = prepare("mathvision", tmp_path / "raw", tmp_path / "out", progress=False)

@@ -31,28 +31,59 @@ def write(path, data: bytes | str):
 
 MATHV_ROWS = [  # real rows of data/test.jsonl (ids 528, 2, 15, 33, 19) and a letters-as-answers one
     {"id": "528", "question": "<image1>", "options": [], "answer": "15"},
-    {"id": "2", "question": "Which bike is most expensive?\n<image1>",
-     "options": ["A", "B", "C", "D", "E"], "answer": "A"},
-    {"id": "15", "question": "Emily celebrated her birthday on Thursday, and her sister Liepa 8 "
-     "days earlier. Which weekday was that?\n<image1>",
-     "options": ["Wednesday", "Thursday", "Friday", "Tuesday", "Sunday"], "answer": "A"},
-    {"id": "33", "question": "When the ant <image1> walks from home <image2> along the arrows, he "
-     "gets to the ladybird <image3>.\nWhich animal does the ant <image1> get to?\n<image6>\n"
-     "<image7>", "options": ["A", "B", "C", "D", "E"], "answer": "A"},
-    {"id": "19", "question": "How many mandarins has Eve got? <image1>",
-     "options": ["$2+4+3$", "$2 \\cdot 4+3$", "$2+4 \\cdot 3$", "$2 \\cdot 4 \\cdot 3$",
-                 "$2+4-3$"], "answer": "D"},
-    {"id": "1234", "question": "Which letters are vowels?\n<image1>",
-     "options": ["A", "B", "D", "F", "G"], "answer": "A"},
-]  # fmt: skip
+    {
+        "id": "2",
+        "question": "Which bike is most expensive?\n<image1>",
+        "options": ["A", "B", "C", "D", "E"],
+        "answer": "A",
+    },
+    {
+        "id": "15",
+        "question": "Emily celebrated her birthday on Thursday, and her sister Liepa 8 "
+        "days earlier. Which weekday was that?\n<image1>",
+        "options": ["Wednesday", "Thursday", "Friday", "Tuesday", "Sunday"],
+        "answer": "A",
+    },
+    {
+        "id": "33",
+        "question": "When the ant <image1> walks from home <image2> along the arrows, he "
+        "gets to the ladybird <image3>.\nWhich animal does the ant <image1> get to?\n<image6>\n"
+        "<image7>",
+        "options": ["A", "B", "C", "D", "E"],
+        "answer": "A",
+    },
+    {
+        "id": "19",
+        "question": "How many mandarins has Eve got? <image1>",
+        "options": [
+            "$2+4+3$",
+            "$2 \\cdot 4+3$",
+            "$2+4 \\cdot 3$",
+            "$2 \\cdot 4 \\cdot 3$",
+            "$2+4-3$",
+        ],
+        "answer": "D",
+    },
+    {
+        "id": "1234",
+        "question": "Which letters are vowels?\n<image1>",
+        "options": ["A", "B", "D", "F", "G"],
+        "answer": "A",
+    },
+]
 
 
 def mathvision_release(root):
     for split in ("test", "testmini"):
         lines = []
         for r in MATHV_ROWS:
-            full = {**r, "solution": None, "level": 2, "subject": "arithmetic",
-                    "image": f"images/{r['id']}.jpg"}  # fmt: skip
+            full = {
+                **r,
+                "solution": None,
+                "level": 2,
+                "subject": "arithmetic",
+                "image": f"images/{r['id']}.jpg",
+            }
             lines.append(json.dumps(full, ensure_ascii=False))
         write(root / "data" / f"{split}.jsonl", "\n".join(lines) + "\n")
     for r in MATHV_ROWS:
@@ -75,8 +106,10 @@ def test_mathvision_release_as_published(tmp_path):
         "Which bike is most expensive?\n"
         "The options A, B, C, D, E are shown in the image; answer with the option's letter."
     )
-    assert rows["15"]["problem"].endswith("Which weekday was that?\nChoices:\n(A) Wednesday\n"
-                                          "(B) Thursday\n(C) Friday\n(D) Tuesday\n(E) Sunday")  # fmt: skip
+    assert rows["15"]["problem"].endswith(
+        "Which weekday was that?\nChoices:\n(A) Wednesday\n"
+        "(B) Thursday\n(C) Friday\n(D) Tuesday\n(E) Sunday"
+    )
     assert rows["33"]["problem"].startswith(
         "When the ant walks from home along the arrows, he gets to the ladybird.\n"
         "Which animal does the ant get to?\n"
@@ -113,8 +146,14 @@ def test_mathvision_missing_image_names_the_jsonl_row(tmp_path):
 
 def test_geo3k_hub_revision_without_ids_gets_stable_ids(tmp_path):
     def shard(split, rows, k=0, n=1):
-        records = [{"images": [{"bytes": image_bytes("PNG"), "path": None}],
-                    "problem": f"<image>Find x. ({split} {i})", "answer": str(i)} for i in rows]  # fmt: skip
+        records = [
+            {
+                "images": [{"bytes": image_bytes("PNG"), "path": None}],
+                "problem": f"<image>Find x. ({split} {i})",
+                "answer": str(i),
+            }
+            for i in rows
+        ]
         path = tmp_path / "raw" / "data" / f"{split}-0000{k}-of-0000{n}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_pylist(records), path)
@@ -137,15 +176,29 @@ def test_geo3k_hub_revision_without_ids_gets_stable_ids(tmp_path):
 def intergps_problem(folder, pid, answer="B", split="test"):
     """One problem folder of Geometry3K as InterGPS releases it (data/geometry3k/<split>/<id>)."""
     data = {
-        "problem_text": f"Find m \\angle {pid}.", "choices": ["30", "40", "60", "80"],
-        "answer": answer, "detailed_solution": " ", "problem_type_graph": ["Circle"],
-        "problem_type_goal": ["Angle"], "source": "textbook2_chapter10.pdf page 21",
-        "comment": "", "id": pid, "annot_id": "Ran_2020-03-28_03_32_46", "is_standard": False,
-        "compact_choices": ["30", "40", "60", "80"], "precise_value": [30.0, 40.0, 60.0, 80.0],
-        "rough_value": [30, 40, 60, 80], "compact_text": f"Find m \\angle {pid}.",
-        "annotat_text": f"Find $m \\angle {pid}$", "unit": "", "img_width": 24,
-        "img_height": 16, "data_type": split, "date": "Fri Sep 18 22:23:14 2020", "system": "linux",
-    }  # fmt: skip
+        "problem_text": f"Find m \\angle {pid}.",
+        "choices": ["30", "40", "60", "80"],
+        "answer": answer,
+        "detailed_solution": " ",
+        "problem_type_graph": ["Circle"],
+        "problem_type_goal": ["Angle"],
+        "source": "textbook2_chapter10.pdf page 21",
+        "comment": "",
+        "id": pid,
+        "annot_id": "Ran_2020-03-28_03_32_46",
+        "is_standard": False,
+        "compact_choices": ["30", "40", "60", "80"],
+        "precise_value": [30.0, 40.0, 60.0, 80.0],
+        "rough_value": [30, 40, 60, 80],
+        "compact_text": f"Find m \\angle {pid}.",
+        "annotat_text": f"Find $m \\angle {pid}$",
+        "unit": "",
+        "img_width": 24,
+        "img_height": 16,
+        "data_type": split,
+        "date": "Fri Sep 18 22:23:14 2020",
+        "system": "linux",
+    }
     write(folder / "data.json", json.dumps(data, indent=2))
     write(folder / "img_diagram.png", image_bytes("PNG"))
     write(folder / "img_diagram_point.png", image_bytes("PNG"))
@@ -178,8 +231,10 @@ def test_geo3k_intergps_bad_answer_letter_names_the_folder(tmp_path):
 
 # --- Emotion6: Emotion6.zip, images/<emotion>/<n>.jpg + ground_truth.txt (ReadMe.txt) -----------
 
-E6_HEADER = ("[image_filename]\t[valence]\t[arousal]\t[prob. anger]\t[prob. disgust]\t[prob. fear]"
-             "\t[prob. joy]\t[prob. sadness]\t[prob. surprise]\t[prob. neutral]")  # fmt: skip
+E6_HEADER = (
+    "[image_filename]\t[valence]\t[arousal]\t[prob. anger]\t[prob. disgust]\t[prob. fear]"
+    "\t[prob. joy]\t[prob. sadness]\t[prob. surprise]\t[prob. neutral]"
+)
 E6_LINES = [  # the ReadMe's example line first; then argmax != folder, neutral, a tie
     "disgust/1.jpg\t2.5\t3.8\t0.133333\t0.7\t0\t0.0666667\t0.1\t0\t0",
     "fear/7.jpg\t3.1\t6.2\t0\t0\t0.2\t0\t0.7\t0.1\t0",
@@ -200,9 +255,11 @@ def test_emotion6_release_labels_from_folder(tmp_path):
     result = prepare("emotion6", tmp_path / "Emotion6", tmp_path / "o", progress=False)
     rows = load_split(result.paths["test"])
     assert [(r["id"], r["answer"]) for r in rows] == [
-        ("disgust/1.jpg", "disgust"), ("fear/7.jpg", "fear"), ("joy/3.jpg", "joy"),
+        ("disgust/1.jpg", "disgust"),
+        ("fear/7.jpg", "fear"),
+        ("joy/3.jpg", "joy"),
         ("surprise/2.jpg", "surprise"),
-    ]  # fmt: skip
+    ]
     assert rows[0]["choices"] == list(EMOTION6_LABELS) and result.skipped["test"] == {}
     assert result.notes == ["gold label = its folder (--label-source folder)"]
 
@@ -213,8 +270,10 @@ def test_emotion6_release_labels_from_votes(tmp_path):
     result = prepare("emotion6", src, tmp_path / "o", label_source="argmax", progress=False)
     rows = load_split(result.paths["test"])
     assert [(r["id"], r["answer"]) for r in rows] == [
-        ("disgust/1.jpg", "disgust"), ("fear/7.jpg", "sadness"), ("joy/3.jpg", "neutral"),
-    ]  # fmt: skip
+        ("disgust/1.jpg", "disgust"),
+        ("fear/7.jpg", "sadness"),
+        ("joy/3.jpg", "neutral"),
+    ]
     assert rows[0]["choices"] == [*EMOTION6_LABELS, "neutral"]
     assert result.skipped["test"] == {"tied_votes": 1}
     assert result.changed["test"] == {"label_argmax_not_folder": 2}
@@ -240,16 +299,32 @@ def test_emotion6_not_a_release_or_json_says_what_it_expects(tmp_path):
 # --- WEBEmo: category.txt, train25.txt, test25.txt (URL lists; images downloaded by the user) ----
 
 WEBEMO_CATEGORIES = [  # as the release lists them, with its spellings (index = line number - 1)
-    ("affection", "love", "+"), ("cheerfullness", "joy", "+"), ("confusion", "sadness", "-"),
-    ("contentment", "joy", "+"), ("disappointment", "sadness", "-"), ("disgust", "anger", "-"),
-    ("enthrallment", "joy", "+"), ("envy", "anger", "-"), ("exasperation", "anger", "-"),
-    ("gratitude", "love", "+"), ("horror", "fear", "-"), ("irritabilty", "anger", "-"),
-    ("lust", "love", "+"), ("neglect", "sadness", "-"), ("nervousness", "fear", "-"),
-    ("optimism", "joy", "+"), ("pride", "joy", "+"), ("rage", "anger", "-"),
-    ("relief", "joy", "+"), ("sadness", "sadness", "-"), ("shame", "sadness", "-"),
-    ("suffering", "sadness", "-"), ("surprise", "surprise", "+"), ("sympathy", "sadness", "-"),
+    ("affection", "love", "+"),
+    ("cheerfullness", "joy", "+"),
+    ("confusion", "sadness", "-"),
+    ("contentment", "joy", "+"),
+    ("disappointment", "sadness", "-"),
+    ("disgust", "anger", "-"),
+    ("enthrallment", "joy", "+"),
+    ("envy", "anger", "-"),
+    ("exasperation", "anger", "-"),
+    ("gratitude", "love", "+"),
+    ("horror", "fear", "-"),
+    ("irritabilty", "anger", "-"),
+    ("lust", "love", "+"),
+    ("neglect", "sadness", "-"),
+    ("nervousness", "fear", "-"),
+    ("optimism", "joy", "+"),
+    ("pride", "joy", "+"),
+    ("rage", "anger", "-"),
+    ("relief", "joy", "+"),
+    ("sadness", "sadness", "-"),
+    ("shame", "sadness", "-"),
+    ("suffering", "sadness", "-"),
+    ("surprise", "surprise", "+"),
+    ("sympathy", "sadness", "-"),
     ("zest", "joy", "+"),
-]  # fmt: skip
+]
 URL = "https://as2.ftcdn.net/jpg/00/42/93/78/220_F_{}.jpg"
 WEBEMO_TEST = [  # (URL key, label index); "dup" twice as irritabilty and rage (both anger)
     ("a1", 0),
@@ -279,12 +354,16 @@ def test_webemo_release_level2_merges_agreeing_duplicates_drops_conflicts(tmp_pa
     result = prepare("webemo", tmp_path / "WEBEmo", tmp_path / "o", **kw)
     rows = load_split(result.paths["test"])
     assert [(r["id"], r["answer"]) for r in rows] == [
-        ("220_F_a1.jpg", "love"), ("220_F_c1.jpg", "joy"), ("220_F_dup.jpg", "anger"),
-    ]  # fmt: skip
+        ("220_F_a1.jpg", "love"),
+        ("220_F_c1.jpg", "joy"),
+        ("220_F_dup.jpg", "anger"),
+    ]
     assert rows[0]["choices"] == ["love", "joy", "sadness", "anger", "fear", "surprise"]
     assert result.skipped["test"] == {
-        "duplicate_url": 1, "conflicting_labels": 2, "missing_image": 1,
-    }  # fmt: skip
+        "duplicate_url": 1,
+        "conflicting_labels": 2,
+        "missing_image": 1,
+    }
 
 
 def test_webemo_level3_respells_and_treats_the_duplicate_as_a_conflict(tmp_path):
@@ -292,8 +371,9 @@ def test_webemo_level3_respells_and_treats_the_duplicate_as_a_conflict(tmp_path)
     result = prepare("webemo", tmp_path / "WEBEmo", tmp_path / "o", label_level=3, progress=False)
     rows = load_split(result.paths["test"])
     assert [(r["id"], r["answer"]) for r in rows] == [
-        ("220_F_a1.jpg", "affection"), ("220_F_c1.jpg", "cheerfulness"),
-    ]  # fmt: skip
+        ("220_F_a1.jpg", "affection"),
+        ("220_F_c1.jpg", "cheerfulness"),
+    ]
     assert "irritability" in rows[0]["choices"] and len(rows[0]["choices"]) == 25
     assert result.skipped["test"] == {"conflicting_labels": 2}
     assert result.changed["test"] == {"label_respelled": 1}
@@ -319,13 +399,25 @@ def test_webemo_label_index_outside_category_txt(tmp_path):
 def test_mathvista_duplicate_choice_accepts_every_matching_letter(tmp_path):
     from mapo.rewards import score
 
-    common = {"unit": None, "precision": None, "answer_type": "integer", "metadata": None,
-              "image": "images/1.jpg", "question_type": "multi_choice"}  # fmt: skip
+    common = {
+        "unit": None,
+        "precision": None,
+        "answer_type": "integer",
+        "metadata": None,
+        "image": "images/1.jpg",
+        "question_type": "multi_choice",
+    }
     records = [
-        {"pid": "1", "question": "How many?", "decoded_image": {"bytes": image_bytes(),
-         "path": "images/1.jpg"}, "choices": ["9", "12", "18", "18"], "answer": "18",
-         "query": "Hint: answer with the option letter.\nHow many?", **common},
-    ]  # fmt: skip
+        {
+            "pid": "1",
+            "question": "How many?",
+            "decoded_image": {"bytes": image_bytes(), "path": "images/1.jpg"},
+            "choices": ["9", "12", "18", "18"],
+            "answer": "18",
+            "query": "Hint: answer with the option letter.\nHow many?",
+            **common,
+        },
+    ]
     path = tmp_path / "raw" / "data" / "testmini-00000-of-00001.parquet"
     path.parent.mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(records), path)
@@ -334,8 +426,9 @@ def test_mathvista_duplicate_choice_accepts_every_matching_letter(tmp_path):
     assert row["answer"] == "C\nD"
     assert result.changed["testmini"] == {"answer_text_to_letter": 1, "several_letters": 1}
     think = "<think>count</think> "
-    accuracy = {g: score("math", think + f"\\boxed{{{g}}}", row["answer"])["accuracy"]
-                for g in "ABCD"}  # fmt: skip
+    accuracy = {
+        g: score("math", think + f"\\boxed{{{g}}}", row["answer"])["accuracy"] for g in "ABCD"
+    }
     assert accuracy == {"A": 0.0, "B": 0.0, "C": 1.0, "D": 1.0}
 
 

@@ -17,12 +17,23 @@ pytestmark = [pytest.mark.deepspeed, pytest.mark.slow]
 def test_short_rl_run_under_cpu_deepspeed(tmp_path, stage):
     run_dir = tmp_path / "run"
     cmd = [
-        sys.executable, "train.py", "trainer=cpu_deepspeed", f"trainer.strategy.stage={stage}",
-        "debug=fast", "logger=none", "callbacks.progress_bar=null", "eval.before=false",
-        "algorithm.rollout_batch_size=4", "algorithm.mini_batch_size=2", "algorithm.micro_batch_size=4",
-        "algorithm.group_size=4", "model.coldstart.steps=20", "data.eval_limit=8", "steps=2",
+        sys.executable,
+        "train.py",
+        "trainer=cpu_deepspeed",
+        f"trainer.strategy.stage={stage}",
+        "debug=fast",
+        "logger=none",
+        "callbacks.progress_bar=null",
+        "eval.before=false",
+        "algorithm.rollout_batch_size=4",
+        "algorithm.mini_batch_size=2",
+        "algorithm.micro_batch_size=4",
+        "algorithm.group_size=4",
+        "model.coldstart.steps=20",
+        "data.eval_limit=8",
+        "steps=2",
         f"hydra.run.dir={run_dir}",
-    ]  # fmt: skip
+    ]
     env = {
         **os.environ,
         "TORCH_EXTENSIONS_DIR": os.environ.get(
@@ -39,15 +50,33 @@ def test_short_rl_run_under_cpu_deepspeed(tmp_path, stage):
 
 def _train(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [
-        sys.executable, "train.py", "trainer=cpu_deepspeed", "trainer.strategy.stage=3",
-        "debug=fast", "logger=none", "callbacks.progress_bar=null", "eval.before=false",
-        "eval.after=false", "export_hf=false", "algorithm.rollout_batch_size=4",
-        "algorithm.mini_batch_size=2", "algorithm.micro_batch_size=4", "algorithm.group_size=4",
-        "model.coldstart.steps=20", "data.eval_limit=8",
-        "callbacks.model_checkpoint.every_n_train_steps=1", f"hydra.run.dir={run_dir}", *extra,
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": os.environ.get(
-        "TORCH_EXTENSIONS_DIR", str(ROOT / ".cache/torch_extensions"))}  # fmt: skip
+        sys.executable,
+        "train.py",
+        "trainer=cpu_deepspeed",
+        "trainer.strategy.stage=3",
+        "debug=fast",
+        "logger=none",
+        "callbacks.progress_bar=null",
+        "eval.before=false",
+        "eval.after=false",
+        "export_hf=false",
+        "algorithm.rollout_batch_size=4",
+        "algorithm.mini_batch_size=2",
+        "algorithm.micro_batch_size=4",
+        "algorithm.group_size=4",
+        "model.coldstart.steps=20",
+        "data.eval_limit=8",
+        "callbacks.model_checkpoint.every_n_train_steps=1",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TORCH_EXTENSIONS_DIR": os.environ.get(
+            "TORCH_EXTENSIONS_DIR", str(ROOT / ".cache/torch_extensions")
+        ),
+    }
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc

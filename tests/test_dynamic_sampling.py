@@ -26,8 +26,12 @@ class _Engine:
     def generate(self, prompts, sampling):
         self.calls += 1
         n = len(prompts) * G
-        return Completions([i for i in range(len(prompts)) for _ in range(G)], [[1]] * n,
-                           [p.uid for p in prompts for _ in range(G)], [False] * n)  # fmt: skip
+        return Completions(
+            [i for i in range(len(prompts)) for _ in range(G)],
+            [[1]] * n,
+            [p.uid for p in prompts for _ in range(G)],
+            [False] * n,
+        )
 
 
 def _scorer(good: set[str]):
@@ -50,11 +54,17 @@ def _callback(stream, good, world=2):
         filter_groups=True,
         filter_max_tries=4,
     )
-    cb = RolloutCallback(lambda: None, lambda row: Prompt(str(row), "", (), "", "emotion"),
-                         algo, SamplingConfig(n=G, temperature=1.0, top_p=1.0, max_new_tokens=64), _scorer(good))  # fmt: skip
+    cb = RolloutCallback(
+        lambda: None,
+        lambda row: Prompt(str(row), "", (), "", "emotion"),
+        algo,
+        SamplingConfig(n=G, temperature=1.0, top_p=1.0, max_new_tokens=64),
+        _scorer(good),
+    )
     cb.engine = _Engine()
-    module = SimpleNamespace(stream=stream, device=torch.device("cpu"),
-                             policy=torch.nn.Linear(1, 1))  # fmt: skip
+    module = SimpleNamespace(
+        stream=stream, device=torch.device("cpu"), policy=torch.nn.Linear(1, 1)
+    )
     prompts, comps, gids = cb._generate(module, 4)
     return cb, module, cb._dynamic_sampling(module, prompts, comps, gids, world)
 

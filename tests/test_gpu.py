@@ -71,8 +71,9 @@ def test_tiny_rl_step_in_bf16(device, tmp_path):
     from mapo.models.loading import load_policy
     from mapo.pipeline.run import train
 
-    s = Settings(prompts=4, group=4, max_new_tokens=12, beta=0.1, warmup=1, timed=1,
-                 coldstart=False, lr=1e-2)  # fmt: skip
+    s = Settings(
+        prompts=4, group=4, max_new_tokens=12, beta=0.1, warmup=1, timed=1, coldstart=False, lr=1e-2
+    )
     cfg = compose(overrides(s, tmp_path / "run", *_plain_trainer(device)))
     _, objs = train(cfg)
     policy, module = objs["module"].policy, objs["module"]
@@ -127,7 +128,12 @@ def test_hf_engine_generation(
     greedy = SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_new_tokens=12)
     here = HFEngine(sharp_fp32, tiny_processor, share_prefill=True).generate(tiny_prompts, greedy)
     cpu = sharpen(load_policy(tiny_model_dir)).eval()
-    assert here.token_ids == HFEngine(cpu, tiny_processor, share_prefill=True).generate(tiny_prompts, greedy).token_ids
+    assert (
+        here.token_ids
+        == HFEngine(cpu, tiny_processor, share_prefill=True)
+        .generate(tiny_prompts, greedy)
+        .token_ids
+    )
 
 
 def test_bf16_logprobs_match_fp32(
@@ -149,10 +155,16 @@ def test_bf16_logprobs_match_fp32(
     mask, sup = inputs.completion_mask, engine.suppress_ids
     bf16 = sharpen(load_policy(tiny_model_dir, dtype="bfloat16")).eval().to(device)
     with torch.no_grad():
-        ref = token_logprobs(sharp_fp32, inputs, suppress_ids=sup, share_prompt=True, padding_free=False)
-        weights = token_logprobs(bf16, inputs, suppress_ids=sup, share_prompt=True, padding_free=False)
+        ref = token_logprobs(
+            sharp_fp32, inputs, suppress_ids=sup, share_prompt=True, padding_free=False
+        )
+        weights = token_logprobs(
+            bf16, inputs, suppress_ids=sup, share_prompt=True, padding_free=False
+        )
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            autocast = token_logprobs(sharp_fp32, inputs, suppress_ids=sup, share_prompt=True, padding_free=False)
+            autocast = token_logprobs(
+                sharp_fp32, inputs, suppress_ids=sup, share_prompt=True, padding_free=False
+            )
     assert mask.sum() > 30
     for name, got in (("bf16 weights", weights), ("bf16 autocast", autocast)):
         diff = (got - ref).abs()[mask]
@@ -186,17 +198,32 @@ def test_fused_adam_matches_torch_adamw(device):
 
 # ---------------------------------------------------------------- train.py under DeepSpeed
 
-TINY = ["debug=fast", "logger=none", "callbacks.progress_bar=null", "eval.before=false",
-        "eval.after=false", "export_hf=false", "model.coldstart.enabled=false",
-        "algorithm.rollout_batch_size=4", "algorithm.mini_batch_size=2",
-        "algorithm.micro_batch_size=4", "algorithm.group_size=4", "data.eval_limit=8",
-        "rollout.max_new_tokens=12", "callbacks.model_checkpoint.every_n_train_steps=1"]  # fmt: skip
+TINY = [
+    "debug=fast",
+    "logger=none",
+    "callbacks.progress_bar=null",
+    "eval.before=false",
+    "eval.after=false",
+    "export_hf=false",
+    "model.coldstart.enabled=false",
+    "algorithm.rollout_batch_size=4",
+    "algorithm.mini_batch_size=2",
+    "algorithm.micro_batch_size=4",
+    "algorithm.group_size=4",
+    "data.eval_limit=8",
+    "rollout.max_new_tokens=12",
+    "callbacks.model_checkpoint.every_n_train_steps=1",
+]
 
 
 def _train(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "train.py", *TINY, f"hydra.run.dir={run_dir}", *extra]
-    env = {**os.environ, "TORCH_EXTENSIONS_DIR": os.environ.get(
-        "TORCH_EXTENSIONS_DIR", str(ROOT / ".cache/torch_extensions"))}  # fmt: skip
+    env = {
+        **os.environ,
+        "TORCH_EXTENSIONS_DIR": os.environ.get(
+            "TORCH_EXTENSIONS_DIR", str(ROOT / ".cache/torch_extensions")
+        ),
+    }
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
@@ -273,10 +300,17 @@ def test_varlen_kernels_align_causal_to_the_bottom_right(device):
     )
     module = torch.nn.Module()
     want, _ = reference_varlen(
-        module, q.float().transpose(0, 1)[None], k.float().transpose(0, 1)[None],
-        v.float().transpose(0, 1)[None], None, is_causal=True, cu_seq_lens_q=cq.cpu(),
-        cu_seq_lens_k=ck.cpu(), max_length_q=max(lq), max_length_k=max(lk),
-    )  # fmt: skip
+        module,
+        q.float().transpose(0, 1)[None],
+        k.float().transpose(0, 1)[None],
+        v.float().transpose(0, 1)[None],
+        None,
+        is_causal=True,
+        cu_seq_lens_q=cq.cpu(),
+        cu_seq_lens_k=ck.cpu(),
+        max_length_q=max(lq),
+        max_length_k=max(lk),
+    )
     want = want[0]  # [T, h, d]
     # sdpa's per-segment route (mapo/models/varlen_attention.py), on every device
     bhsd = lambda x: x.transpose(0, 1)[None]  # noqa: E731  [T, h, d] -> [1, h, T, d]

@@ -20,8 +20,14 @@ import gpu_wheels  # noqa: E402
 
 def _bash(script: str, *args: str, env: dict, timeout: float) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHON": sys.executable, **env}
-    return subprocess.run(["bash", str(ROOT / "scripts" / script), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / script), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_check_without_cuda_is_a_dry_run(tmp_path):
@@ -35,8 +41,11 @@ def test_check_without_cuda_is_a_dry_run(tmp_path):
         assert f"\n  {phase} " in text, phase
     assert "benchmarks.arch7b time" in text and "--trainer deepspeed_stage_3" in text
     # the serial phases' limits add up to the 8 minutes at most (build7b overlaps them)
-    limits = {line.split()[0]: int(line.split("(max")[1].split("s)")[0])
-              for line in text.splitlines() if "(max" in line}  # fmt: skip
+    limits = {
+        line.split()[0]: int(line.split("(max")[1].split("s)")[0])
+        for line in text.splitlines()
+        if "(max" in line
+    }
     assert sum(v for k, v in limits.items() if k != "build7b") <= 8 * 60, limits
     assert limits["time7b"] >= 120, limits
     assert not out.exists()  # nothing ran
@@ -47,9 +56,14 @@ def test_check_real_path_at_cpu_size_records_every_phase(tmp_path):
     """GPU_CHECK_DRY_RUN=0 on CPU with the small architecture: the phases that need a GPU
     or the wheel folder fail, and are recorded; the others still run; the JSON is written."""
     out, work = tmp_path / "out", tmp_path / "work"
-    env = {"GPU_CHECK_DRY_RUN": "0", "GPU_CHECK_SMALL": "1", "GPU_CHECK_WORK": str(work),
-           "GPU_WHEELS": str(tmp_path / "no-wheels"), "GPU_CHECK_TOTAL_S": "1500",
-           "CUDA_VISIBLE_DEVICES": ""}  # fmt: skip
+    env = {
+        "GPU_CHECK_DRY_RUN": "0",
+        "GPU_CHECK_SMALL": "1",
+        "GPU_CHECK_WORK": str(work),
+        "GPU_WHEELS": str(tmp_path / "no-wheels"),
+        "GPU_CHECK_TOTAL_S": "1500",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
     proc = _bash("gpu_check.sh", str(out), env=env, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
@@ -79,9 +93,13 @@ def test_wheel_folder_resolves_and_stays_under_60_mib(wheel_folder):
     names = {gpu_wheels.normalize(w["file"].split("-")[0]) for w in manifest["wheels"]}
     pins = gpu_wheels.read_pins(ROOT / "scripts" / "gpu_requirements.txt")
     assert names == {gpu_wheels.normalize(n) for n, _, _ in pins}
-    assert all(w["file"].endswith(("py3-none-any.whl", "py2.py3-none-any.whl"))
-               or "cp312" in w["file"] or "abi3" in w["file"] or "py3-none-manylinux" in w["file"]
-               for w in manifest["wheels"])  # fmt: skip
+    assert all(
+        w["file"].endswith(("py3-none-any.whl", "py2.py3-none-any.whl"))
+        or "cp312" in w["file"]
+        or "abi3" in w["file"]
+        or "py3-none-manylinux" in w["file"]
+        for w in manifest["wheels"]
+    )
 
 
 @pytest.mark.slow
@@ -92,8 +110,13 @@ def test_wheel_check_fails_on_a_missing_wheel_or_over_the_limit(wheel_folder, tm
         w.unlink()
     proc = _bash("gpu_wheels.sh", "--check", str(broken), env={}, timeout=300)
     assert proc.returncode != 0 and "pydantic_core" in proc.stdout + proc.stderr
-    proc = _bash("gpu_wheels.sh", "--check", str(wheel_folder),
-                 env={"GPU_WHEELS_LIMIT_MIB": "1"}, timeout=300)  # fmt: skip
+    proc = _bash(
+        "gpu_wheels.sh",
+        "--check",
+        str(wheel_folder),
+        env={"GPU_WHEELS_LIMIT_MIB": "1"},
+        timeout=300,
+    )
     assert proc.returncode != 0 and "over 1.0 MiB" in proc.stderr
 
 
@@ -138,8 +161,11 @@ def test_report_reads_phases_tests_and_gpu_memory(tmp_path):
     r = gpu_report.report(tmp_path, None, 16, 12.0)
     assert [t["outcome"] for t in r["pytest"]["tests"]] == ["passed", "failed", "skipped"]
     assert r["pytest"]["failed"] == 1 and r["pytest"]["tests"][1]["message"] == "boom"
-    assert r["nvidia_smi"] == {"samples": 2, "peak_memory_used_mib": 90000.0,
-                               "mean_utilisation_pct": 30.0}  # fmt: skip
+    assert r["nvidia_smi"] == {
+        "samples": 2,
+        "peak_memory_used_mib": 90000.0,
+        "mean_utilisation_pct": 30.0,
+    }
     assert r["arch7b"]["complete"] is False and r["ok"] is False
     assert "1 failed" in gpu_report.headline(r)
 

@@ -78,7 +78,9 @@ def test_matches_unpadded_per_sequence_forward(model, tiny_processor, tiny_promp
     assert inputs.completion_ids.shape == (6, max(LENGTHS))
     assert inputs.pixel_values.shape[0] == int(inputs.image_grid_thw.prod(-1).sum())
     assert inputs.image_grid_thw.shape[0] == 4  # each distinct image once, not per rollout
-    logp = token_logprobs(model, inputs, suppress_ids=special["suppress"], share_prompt=True, padding_free=False)
+    logp = token_logprobs(
+        model, inputs, suppress_ids=special["suppress"], share_prompt=True, padding_free=False
+    )
     assert logp.dtype == torch.float32 and logp.shape == inputs.completion_mask.shape
     for row, (p, ids) in enumerate(zip(comps.prompt_index, comps.token_ids)):
         ref = _reference_logprobs(model, tiny_processor, tiny_prompts[p], ids, special["suppress"])
@@ -111,7 +113,9 @@ def test_text_only_prompts_match_reference(
     comps = _completions(special, [0, 1, 1, len(prompts) - 1], [4, 6, 2, 5], seed=1)
     inputs = build_policy_inputs(tiny_processor, prompts, comps, pad_token_id=special["pad"])
     assert (inputs.pixel_values is None) == (not with_image)
-    logp = token_logprobs(model, inputs, suppress_ids=special["suppress"], share_prompt=True, padding_free=False)
+    logp = token_logprobs(
+        model, inputs, suppress_ids=special["suppress"], share_prompt=True, padding_free=False
+    )
     for row, (p, ids) in enumerate(zip(comps.prompt_index, comps.token_ids)):
         ref = _reference_logprobs(model, tiny_processor, prompts[p], ids, special["suppress"])
         torch.testing.assert_close(logp[row, : len(ids)], ref, atol=1e-5, rtol=0)
@@ -123,9 +127,13 @@ def test_micro_batches_and_shuffled_selection_match_full_batch(
 ):
     comps = _completions(special, PROMPT_INDEX, LENGTHS, seed=2)
     inputs = build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=special["pad"])
-    full = token_logprobs(model, inputs, suppress_ids=special["suppress"], share_prompt=True, padding_free=False)
+    full = token_logprobs(
+        model, inputs, suppress_ids=special["suppress"], share_prompt=True, padding_free=False
+    )
     parts = [
-        token_logprobs(model, mb, suppress_ids=special["suppress"], share_prompt=True, padding_free=False)
+        token_logprobs(
+            model, mb, suppress_ids=special["suppress"], share_prompt=True, padding_free=False
+        )
         for mb in inputs.micro_batches(4)
     ]
     torch.testing.assert_close(torch.cat(parts), full, atol=1e-5, rtol=0)
@@ -144,7 +152,12 @@ def test_micro_batches_and_shuffled_selection_match_full_batch(
     alone = inputs.select([4])
     assert alone.image_grid_thw.shape[0] == 1
     torch.testing.assert_close(
-        token_logprobs(model, sub, suppress_ids=special["suppress"], share_prompt=True, padding_free=False), full[order], atol=1e-5, rtol=0
+        token_logprobs(
+            model, sub, suppress_ids=special["suppress"], share_prompt=True, padding_free=False
+        ),
+        full[order],
+        atol=1e-5,
+        rtol=0,
     )
 
 
@@ -166,8 +179,17 @@ def test_row_pixels_equal_the_processor_run_per_row(tiny_processor, tiny_prompts
 def test_shared_vision_encoding_equals_per_row_pixels(model, tiny_processor, tiny_prompts, special):
     comps = _completions(special, PROMPT_INDEX, LENGTHS, seed=3)
     inputs = build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=special["pad"])
-    shared = token_logprobs(model, inputs, suppress_ids=special["suppress"], share_prompt=True, padding_free=False)
-    per_row = token_logprobs(model, inputs, suppress_ids=special["suppress"], share_vision=False, share_prompt=True, padding_free=False)
+    shared = token_logprobs(
+        model, inputs, suppress_ids=special["suppress"], share_prompt=True, padding_free=False
+    )
+    per_row = token_logprobs(
+        model,
+        inputs,
+        suppress_ids=special["suppress"],
+        share_vision=False,
+        share_prompt=True,
+        padding_free=False,
+    )
     torch.testing.assert_close(shared, per_row, atol=1e-6, rtol=0)
 
 
@@ -175,7 +197,9 @@ def test_gradients_reach_vision_and_text(tiny_model_dir, tiny_processor, tiny_pr
     model = load_policy(tiny_model_dir)
     comps = _completions(special, PROMPT_INDEX, LENGTHS, seed=4)
     inputs = build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=special["pad"])
-    token_logprobs(model, inputs, suppress_ids=special["suppress"], share_prompt=True, padding_free=False).sum().backward()
+    token_logprobs(
+        model, inputs, suppress_ids=special["suppress"], share_prompt=True, padding_free=False
+    ).sum().backward()
     for name in ("visual.patch_embed", "visual.merger", "language_model.layers.0", "lm_head"):
         grads = [p.grad for n, p in model.named_parameters() if name in n]
         assert grads and all(g is not None and torch.isfinite(g).all() for g in grads), name
@@ -189,7 +213,14 @@ def test_suppressed_pad_token_gives_no_nan(tiny_model_dir, tiny_processor, tiny_
     assert pad in special["suppress"]
     comps = _completions(special, PROMPT_INDEX, LENGTHS, seed=5)
     inputs = build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=pad)
-    logp, ent = token_logprobs(model, inputs, suppress_ids=special["suppress"], return_entropy=True, share_prompt=True, padding_free=False)
+    logp, ent = token_logprobs(
+        model,
+        inputs,
+        suppress_ids=special["suppress"],
+        return_entropy=True,
+        share_prompt=True,
+        padding_free=False,
+    )
     assert torch.isfinite(logp).all() and torch.isfinite(ent).all()
     assert torch.all(logp[~inputs.completion_mask] == 0)
     ratio = torch.exp(logp - logp.detach())  # the PPO ratio: NaN if any slot were -inf
@@ -202,7 +233,13 @@ def test_entropy_and_temperature(model, tiny_processor, tiny_prompts, special):
     comps = _completions(special, [0, 1], [4, 6], seed=6)
     inputs = build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=special["pad"])
     logp, ent = token_logprobs(
-        model, inputs, temperature=0.7, suppress_ids=special["suppress"], return_entropy=True, share_prompt=True, padding_free=False
+        model,
+        inputs,
+        temperature=0.7,
+        suppress_ids=special["suppress"],
+        return_entropy=True,
+        share_prompt=True,
+        padding_free=False,
     )
     # direct computation from the full forward's logits at the completion positions
     out = model(
@@ -281,9 +318,13 @@ def test_shared_prompt_pass_gives_the_same_gradients(
     for share in (True, False):
         model = load_policy(tiny_model_dir)
         logp, ent = token_logprobs(
-            model, inputs, suppress_ids=special["suppress"], return_entropy=True,
-            share_prompt=share, padding_free=False
-        )  # fmt: skip
+            model,
+            inputs,
+            suppress_ids=special["suppress"],
+            return_entropy=True,
+            share_prompt=share,
+            padding_free=False,
+        )
         ((logp * weights).sum() + 0.1 * ent.sum()).backward()
         grads[share] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert grads[True].keys() == grads[False].keys()
@@ -300,22 +341,31 @@ def test_shared_prompt_pass_falls_back_where_it_cannot_apply(
     from mapo.models.logprobs import can_share_prompt
 
     repeated = build_policy_inputs(
-        tiny_processor, tiny_prompts, _completions(special, [0, 0, 1], [4, 2, 3]),
+        tiny_processor,
+        tiny_prompts,
+        _completions(special, [0, 0, 1], [4, 2, 3]),
         pad_token_id=special["pad"],
-    )  # fmt: skip
+    )
     distinct = build_policy_inputs(
-        tiny_processor, tiny_prompts, _completions(special, [0, 1, 2], [4, 2, 3]),
+        tiny_processor,
+        tiny_prompts,
+        _completions(special, [0, 1, 2], [4, 2, 3]),
         pad_token_id=special["pad"],
-    )  # fmt: skip
+    )
     assert can_share_prompt(model, repeated) and not can_share_prompt(model, distinct)
     text_only = [make_tiny_prompt("Count to three."), make_tiny_prompt("Which emotion is it?")]
     text = build_policy_inputs(
-        tiny_processor, text_only, _completions(special, [0, 0, 1], [4, 2, 3]),
+        tiny_processor,
+        text_only,
+        _completions(special, [0, 0, 1], [4, 2, 3]),
         pad_token_id=special["pad"],
-    )  # fmt: skip
+    )
     assert not can_share_prompt(model, text)
     _, sizes = _rows_seen_by_backbone(
-        model, lambda: token_logprobs(model, text, suppress_ids=special["suppress"], share_prompt=True, padding_free=False)
+        model,
+        lambda: token_logprobs(
+            model, text, suppress_ids=special["suppress"], share_prompt=True, padding_free=False
+        ),
     )
     assert sizes == [3]  # the full pass
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -9,11 +9,19 @@ from mapo.pipeline.quickrun import run
 pytestmark = pytest.mark.slow
 
 SMALL = [
-    "experiment=synth_emo_mapo", "debug=fast", "callbacks.progress_bar=null",
-    "model.coldstart.enabled=false", "algorithm.rollout_batch_size=4",
-    "algorithm.micro_batch_size=4", "algorithm.group_size=4", "data.eval_limit=8", "steps=2",
-    "eval.before=false", "eval.after=false", "export_hf=false",
-]  # fmt: skip
+    "experiment=synth_emo_mapo",
+    "debug=fast",
+    "callbacks.progress_bar=null",
+    "model.coldstart.enabled=false",
+    "algorithm.rollout_batch_size=4",
+    "algorithm.micro_batch_size=4",
+    "algorithm.group_size=4",
+    "data.eval_limit=8",
+    "steps=2",
+    "eval.before=false",
+    "eval.after=false",
+    "export_hf=false",
+]
 
 
 @pytest.mark.parametrize(
@@ -23,10 +31,16 @@ SMALL = [
 def test_matched_precision_gives_unit_weights_and_logs_them(tmp_path, mini, mode, loss):
     agg = "token-mean" if loss == "ppo_clip" else "seq-mean-token-mean"
     metrics, objs = run(
-        [*SMALL, f"algorithm.mini_batch_size={mini}", f"algorithm.rollout_correction.mode={mode}",
-         f"algorithm.policy_loss={loss}", f"algorithm.loss_agg={agg}", "logger=tensorboard"],
+        [
+            *SMALL,
+            f"algorithm.mini_batch_size={mini}",
+            f"algorithm.rollout_correction.mode={mode}",
+            f"algorithm.policy_loss={loss}",
+            f"algorithm.loss_agg={agg}",
+            "logger=tensorboard",
+        ],
         run_dir=tmp_path,
-    )  # fmt: skip
+    )
     m = metrics["train"]
     # same weights, same fp32 kernels up to the KV cache: the sampler is the trainer
     assert m["mismatch/abs_log_ratio_max"] < 1e-4
@@ -68,11 +82,17 @@ def test_each_mode_reaches_the_loss_as_its_peer_applies_it(tmp_path, monkeypatch
     monkeypatch.setattr(module, "sampler_logprobs", shifted)
     monkeypatch.setattr(module, "policy_loss", spy)
     metrics, _ = run(
-        [*SMALL, "steps=1", f"algorithm.mini_batch_size={mini}",
-         f"algorithm.rollout_correction.mode={mode}", "algorithm.rollout_correction.cap=2.0",
-         f"algorithm.micro_batch_size={mini * 4}", "algorithm.shuffle=false"],
+        [
+            *SMALL,
+            "steps=1",
+            f"algorithm.mini_batch_size={mini}",
+            f"algorithm.rollout_correction.mode={mode}",
+            "algorithm.rollout_correction.cap=2.0",
+            f"algorithm.micro_batch_size={mini * 4}",
+            "algorithm.shuffle=false",
+        ],
         run_dir=tmp_path,
-    )  # fmt: skip
+    )
     assert metrics["train"]["rollout_correction/affected_seq_frac"] == pytest.approx(0.5)
     assert calls
     for mask, norm, w in calls:  # one micro-batch per mini-batch: rows in group order

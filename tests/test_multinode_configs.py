@@ -55,8 +55,12 @@ def local_files(tmp_path):
     model.mkdir(parents=True)
     (model / "config.json").write_text('{"model_type": "qwen2_5_vl"}')  # passes the folder check
     (model / "model.safetensors").write_bytes(b"")
-    for name in ("emoset/train.parquet", "emoset/test.parquet", "webemo/test.parquet",
-                 "emotion6/test.parquet"):  # fmt: skip
+    for name in (
+        "emoset/train.parquet",
+        "emoset/test.parquet",
+        "webemo/test.parquet",
+        "emotion6/test.parquet",
+    ):
         (tmp_path / "data" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "data" / name).touch()
     return [f"paths.model_dir={tmp_path / 'models'}", f"paths.data_dir={tmp_path / 'data'}"]

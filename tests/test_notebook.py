@@ -19,8 +19,12 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "trajectory_certa
 def _execute(run_dir: Path, monkeypatch) -> nbformat.NotebookNode:
     monkeypatch.setenv("MAPO_RUN_DIR", str(run_dir))  # the kernel inherits the environment
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()  # fmt: skip
+    NotebookClient(
+        nb,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
+    ).execute()
     return nb
 
 
@@ -38,5 +42,6 @@ def test_every_plot_cell_renders_an_image(fake_run_dir, monkeypatch):
         kinds = [set(o.get("data", {})) for o in cell.outputs]
         assert any("image/png" in k for k in kinds), (cell.source, cell.outputs)
         texts = [o.get("data", {}).get("text/plain", "") for o in cell.outputs]
-        assert not any(t.startswith("<Figure size") and "image/png" not in k
-                       for t, k in zip(texts, kinds)), cell.source  # fmt: skip
+        assert not any(
+            t.startswith("<Figure size") and "image/png" not in k for t, k in zip(texts, kinds)
+        ), cell.source

@@ -17,8 +17,13 @@ from mapo.algorithm.losses import Normalizer, policy_loss
 from mapo.algorithm.policy_losses import POLICY_LOSSES
 from mapo.pipeline.quickrun import algorithm_config
 
-AGG = {"ppo_clip": "token-mean", "gspo": "seq-mean-token-mean",
-       "gspo_token": "seq-mean-token-mean", "cispo": "token-mean", "sapo": "seq-mean-token-mean"}  # fmt: skip
+AGG = {
+    "ppo_clip": "token-mean",
+    "gspo": "seq-mean-token-mean",
+    "gspo_token": "seq-mean-token-mean",
+    "cispo": "token-mean",
+    "sapo": "seq-mean-token-mean",
+}
 LOSSES = sorted(AGG)
 
 
@@ -254,5 +259,7 @@ def test_config_time_errors_name_the_fix(kw, msg):
 def test_registry_lists_the_five_losses():
     assert sorted(POLICY_LOSSES) == LOSSES
     assert POLICY_LOSSES["ppo_clip"].aggregations == (
-        "token-mean", "seq-mean-token-sum", "seq-mean-token-mean",
-    )  # fmt: skip
+        "token-mean",
+        "seq-mean-token-sum",
+        "seq-mean-token-mean",
+    )

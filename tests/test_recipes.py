@@ -80,13 +80,15 @@ def test_recipe_add_a_reward(tmp_path, plugin):
             return fmt, acc
     """)
     try:
-        cfg = compose_config(["debug=fast", f"plugins=[{mod}]", "data.task=recipe_yes"],
-                             run_dir=tmp_path / "run")  # fmt: skip
+        cfg = compose_config(
+            ["debug=fast", f"plugins=[{mod}]", "data.task=recipe_yes"], run_dir=tmp_path / "run"
+        )
         assert cfg.data.task == "recipe_yes" and validate(cfg).run_dir == tmp_path / "run"
         # the run's scorer uses it for every row, whatever kind the row's `task` column names
         prompts = [Prompt(uid="r0", text="q", images=(), answer="yes", task="emotion")]
-        done = Completions(prompt_index=[0, 0], token_ids=[[1], [1]], text=["yes", "no"],
-                           truncated=[False, False])  # fmt: skip
+        done = Completions(
+            prompt_index=[0, 0], token_ids=[[1], [1]], text=["yes", "no"], truncated=[False, False]
+        )
         scores = make_scorer(cfg)(prompts, done)
         assert scores["accuracy"].tolist() == [1.0, 0.0]
         assert scores["format"].tolist() == [1.0, 1.0]
@@ -176,16 +178,29 @@ def test_recipe_add_a_policy_loss(tmp_path, plugin):
             return -adv * logp, {}
     """)
     try:
-        overrides = [f"plugins=[{mod}]", "algorithm.policy_loss=recipe_reinforce",
-                     "algorithm.loss_agg=token-mean", "algorithm.dual_clip=null"]  # fmt: skip
+        overrides = [
+            f"plugins=[{mod}]",
+            "algorithm.policy_loss=recipe_reinforce",
+            "algorithm.loss_agg=token-mean",
+            "algorithm.dual_clip=null",
+        ]
         assert _validate(tmp_path, *overrides).algo.policy_loss == "recipe_reinforce"
         with pytest.raises(Exception, match="loss_agg"):  # an aggregation it is not defined for
-            _validate(tmp_path, *overrides[:-2], "algorithm.loss_agg=seq-mean-token-sum",
-                      "algorithm.dual_clip=null")  # fmt: skip
+            _validate(
+                tmp_path,
+                *overrides[:-2],
+                "algorithm.loss_agg=seq-mean-token-sum",
+                "algorithm.dual_clip=null",
+            )
         logp = torch.tensor([[-1.0, -2.0], [-0.5, -4.0]])
         mask = torch.tensor([[1, 1], [1, 0]])
-        loss, _ = policy_loss(logp, logp.detach(), torch.tensor([1.0, -2.0]), mask,
-                              plain_loss(policy_loss="recipe_reinforce"))  # fmt: skip
+        loss, _ = policy_loss(
+            logp,
+            logp.detach(),
+            torch.tensor([1.0, -2.0]),
+            mask,
+            plain_loss(policy_loss="recipe_reinforce"),
+        )
         # by hand, token-mean over the 3 valid tokens: (-(1)(-1) - (1)(-2) - (-2)(-0.5)) / 3
         assert float(loss) == pytest.approx((1.0 + 2.0 - 1.0) / 3)
     finally:

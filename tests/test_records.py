@@ -13,8 +13,14 @@ from mapo.analysis.records import COLUMNS, RecordWriter, read_records, record_pa
 torch.set_num_threads(1)
 
 
-def make_table(step=0, groups=((0.9, 1.0, 1.0, 1.0), (0.0, 1.0, 0.1, 1.0)), estimator="mapo",
-               std="population", gid_offset=0, interleave=True):  # fmt: skip
+def make_table(
+    step=0,
+    groups=((0.9, 1.0, 1.0, 1.0), (0.0, 1.0, 0.1, 1.0)),
+    estimator="mapo",
+    std="population",
+    gid_offset=0,
+    interleave=True,
+):
     """Rows of several groups; interleaved so that row order != group order."""
     rewards, gids = [], []
     for g, rs in enumerate(groups):
@@ -28,12 +34,19 @@ def make_table(step=0, groups=((0.9, 1.0, 1.0, 1.0), (0.0, 1.0, 0.1, 1.0)), esti
     result = compute_advantages_with_stats(estimator, r, g, std=std, eps=1e-6)
     n = len(r)
     table = records_table(
-        step=step, group_ids=g, prompt_ids=[f"q{x}" for x in gids], sources=["geo3k"] * n,
+        step=step,
+        group_ids=g,
+        prompt_ids=[f"q{x}" for x in gids],
+        sources=["geo3k"] * n,
         rewards={"overall": r, "format": torch.ones(n), "accuracy": (r == 1).double()},
-        result=result, estimator=estimator, response_lengths=torch.arange(n) + 5,
-        truncated=torch.zeros(n, dtype=torch.bool), std=std,
-        texts=[f"answer {i}" for i in range(n)], eps=1e-6
-    )  # fmt: skip
+        result=result,
+        estimator=estimator,
+        response_lengths=torch.arange(n) + 5,
+        truncated=torch.zeros(n, dtype=torch.bool),
+        std=std,
+        texts=[f"answer {i}" for i in range(n)],
+        eps=1e-6,
+    )
     return table, r, g, result
 
 

@@ -161,8 +161,9 @@ def test_a_killed_coldstart_save_leaves_no_temp_folder(tmp_path):
     from mapo.models.coldstart import remove_dead_temp_dirs
 
     out = tmp_path / "coldstart-tiny-abc"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     stale = tmp_path / f".{out.name}.tmp-{dead}-xyz"
     live = tmp_path / f".{out.name}.tmp-{os.getpid()}-abc"  # a builder still running
     for d in (stale, live):

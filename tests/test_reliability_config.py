@@ -104,7 +104,10 @@ def test_bad_training_row_names_file_row_and_fix(kind, tmp_path, no_model):
 def test_wrong_column_names_are_named_with_the_rename(tmp_path, no_model):
     table = rows_to_table(_rows())
     path = tmp_path / "renamed.parquet"
-    pq.write_table(table.rename_columns(["question" if c == "problem" else c for c in table.column_names]), path)  # fmt: skip
+    pq.write_table(
+        table.rename_columns(["question" if c == "problem" else c for c in table.column_names]),
+        path,
+    )
     with pytest.raises(SchemaError, match=rf"{path}.*problem.*question"):
         _train(tmp_path, f"data.train={path}")
 
@@ -249,8 +252,10 @@ def test_every_default_key_and_free_form_map_is_known(tmp_path):
     from mapo.pipeline.config_keys import unknown_keys
 
     for exp in ("synth_emo_mapo", "geo3k_dapo", "emoset_grpo"):
-        cfg = compose_config([f"experiment={exp}", "+data.in_domain.extra=/x.parquet",
-                              "trainer.max_epochs=3"], run_dir=tmp_path)  # fmt: skip
+        cfg = compose_config(
+            [f"experiment={exp}", "+data.in_domain.extra=/x.parquet", "trainer.max_epochs=3"],
+            run_dir=tmp_path,
+        )
         assert unknown_keys(OmegaConf.to_container(cfg, resolve=False)) == [], exp
 
 
@@ -288,8 +293,9 @@ def _model_folder(tmp_path, config: str | None, weights: bool) -> Path:
     ],
     ids=["empty", "corrupt", "no_model_type", "no_weights"],
 )
-def test_a_model_folder_without_a_model_fails_before_the_data(config, weights, msg, tmp_path,
-                                                               no_model, monkeypatch):  # fmt: skip
+def test_a_model_folder_without_a_model_fails_before_the_data(
+    config, weights, msg, tmp_path, no_model, monkeypatch
+):
     import mapo.pipeline.run as pipeline
 
     def no_data(cfg):

@@ -163,7 +163,16 @@ def test_the_final_summary_prints_a_set_without_samples():
     without samples as "-" rather than crashing on None."""
     from mapo.analysis.report import Row, to_markdown
 
-    row = Row("run", "/r", "after", "mapo", "synth_emo", ["empty"],
-              {"synth_emo": 0.5, "empty": None}, None, 0.5)  # fmt: skip
+    row = Row(
+        "run",
+        "/r",
+        "after",
+        "mapo",
+        "synth_emo",
+        ["empty"],
+        {"synth_emo": 0.5, "empty": None},
+        None,
+        0.5,
+    )
     last = to_markdown([row]).strip().splitlines()[-1]
     assert last == "| run | 50.00 | - | - | 50.00 |"

@@ -25,9 +25,12 @@ EDGE = [0.0, 1.0, 0.1, 0.9, TINY, 1.0 - 2**-53, 1e-300]
 
 def _adv(name, rewards, gids, **kw):
     return compute_advantages(
-        name, torch.tensor(rewards, dtype=torch.float64), torch.tensor(gids), **kw,
+        name,
+        torch.tensor(rewards, dtype=torch.float64),
+        torch.tensor(gids),
+        **kw,
         generator=torch.Generator().manual_seed(0) if name == "mapo_random" else None,
-    )  # fmt: skip
+    )
 
 
 @settings(max_examples=150, deadline=None)
@@ -100,8 +103,9 @@ def test_an_all_padding_mini_batch_gives_zero_loss():
     _, old, ref, _, adv = _loss_inputs()
     mask = torch.zeros(6, 5, dtype=torch.bool)
     logp = old.clone().requires_grad_(True)
-    loss, _ = policy_loss(logp, old, adv, mask, plain_loss(kl_coef=0.1), ref_logp=ref,
-                          norm=Normalizer.of(mask))  # fmt: skip
+    loss, _ = policy_loss(
+        logp, old, adv, mask, plain_loss(kl_coef=0.1), ref_logp=ref, norm=Normalizer.of(mask)
+    )
     loss.backward()
     assert float(loss) == 0.0 and bool((logp.grad == 0).all())
 
@@ -124,15 +128,29 @@ def test_padded_slots_with_a_suppressed_token_stay_finite(
     pad = suppress[0]  # a pad id the sampler can never produce
     ok = [i for i in range(len(tok)) if i not in set(suppress) and i != tok.eos_token_id]
     ids = [[tok.eos_token_id], ok[10:16] + [tok.eos_token_id], ok[20:22]]
-    comps = Completions(prompt_index=[0, 1, 2], token_ids=ids, text=[""] * 3,
-                        truncated=[False, False, True])  # fmt: skip
+    comps = Completions(
+        prompt_index=[0, 1, 2], token_ids=ids, text=[""] * 3, truncated=[False, False, True]
+    )
     inputs = build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=pad)
     assert bool((inputs.completion_ids[~inputs.completion_mask] == pad).all())
-    logp, ent = token_logprobs(model, inputs, suppress_ids=suppress, return_entropy=True, share_prompt=True, padding_free=False)
+    logp, ent = token_logprobs(
+        model,
+        inputs,
+        suppress_ids=suppress,
+        return_entropy=True,
+        share_prompt=True,
+        padding_free=False,
+    )
     assert bool(torch.isfinite(logp).all()) and bool(torch.isfinite(ent).all())
     adv = torch.tensor([1.0, -1.0, 0.5])
-    loss, _ = policy_loss(logp, logp.detach(), adv, inputs.completion_mask,
-                          plain_loss(kl_coef=0.1), ref_logp=logp.detach() - 1.0)  # fmt: skip
+    loss, _ = policy_loss(
+        logp,
+        logp.detach(),
+        adv,
+        inputs.completion_mask,
+        plain_loss(kl_coef=0.1),
+        ref_logp=logp.detach() - 1.0,
+    )
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(bool(torch.isfinite(g).all()) for g in grads)

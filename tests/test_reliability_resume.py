@@ -40,8 +40,12 @@ ARGS = [
     f"paths.cache_dir={ROOT / '.cache'}",
 ]
 # One thread in every run: the same seed gives other floating-point sums on 2 threads.
-ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-       "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
 
 def _cmd(run_dir: Path, *extra: str) -> list[str]:
@@ -50,9 +54,13 @@ def _cmd(run_dir: Path, *extra: str) -> list[str]:
 
 def _run(run_dir: Path, *extra: str) -> None:
     out = subprocess.run(
-        _cmd(run_dir, *extra), cwd=ROOT, env={**os.environ, **ENV}, capture_output=True,
-        text=True, timeout=900,
-    )  # fmt: skip
+        _cmd(run_dir, *extra),
+        cwd=ROOT,
+        env={**os.environ, **ENV},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
 
 
@@ -60,9 +68,12 @@ def _kill_after_first_checkpoint(run_dir: Path, delay: float) -> int:
     """Start a run, SIGKILL it `delay` seconds after last.ckpt first appears; the exit code."""
     last = run_dir / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen(
-        _cmd(run_dir), cwd=ROOT, env={**os.environ, **ENV},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        _cmd(run_dir),
+        cwd=ROOT,
+        env={**os.environ, **ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 900
         while not last.exists():
@@ -99,8 +110,18 @@ def test_sigkill_at_a_random_moment_then_resume_reproduces_the_run(tmp_path):
 
     a, b = read_records(full), read_records(crashed)
     assert sorted(b.step.unique()) == list(range(STEPS)), why
-    cols = ["step", "group_id", "prompt_id", "text", "response_length", "reward_overall",
-            "reward_format", "reward_accuracy", "advantage", "lam"]  # fmt: skip
+    cols = [
+        "step",
+        "group_id",
+        "prompt_id",
+        "text",
+        "response_length",
+        "reward_overall",
+        "reward_format",
+        "reward_accuracy",
+        "advantage",
+        "lam",
+    ]
     for step in range(STEPS):
         x, y = a[a.step == step][cols], b[b.step == step][cols]
         assert x.reset_index(drop=True).equals(y.reset_index(drop=True)), f"step {step} {why}"

@@ -77,8 +77,10 @@ def test_allowed_changes_and_free_keys_pass(tmp_path):
         run_dir=tmp_path,
     )
     assert resolve_resume(cfg, tmp_path, explicit_run_dir=True) == str(last)
-    cfg = compose_config([*FAST, "ckpt_path=last", "optim.lr=1e-4", "seed=2",
-                          "resume.allow_changed=[optim]"], run_dir=tmp_path)  # fmt: skip
+    cfg = compose_config(
+        [*FAST, "ckpt_path=last", "optim.lr=1e-4", "seed=2", "resume.allow_changed=[optim]"],
+        run_dir=tmp_path,
+    )
     with pytest.raises(ConfigError, match="seed: 0 -> 2") as err:
         resolve_resume(cfg, tmp_path, explicit_run_dir=True)
     assert "optim.lr" not in str(err.value)
@@ -86,8 +88,9 @@ def test_allowed_changes_and_free_keys_pass(tmp_path):
 
 def test_steps_is_part_of_the_identity_only_under_a_cosine_schedule(tmp_path):
     _fake_run(tmp_path, "optim.schedule=cosine", "steps=10")
-    cfg = compose_config([*FAST, "ckpt_path=last", "optim.schedule=cosine", "steps=20"],
-                         run_dir=tmp_path)  # fmt: skip
+    cfg = compose_config(
+        [*FAST, "ckpt_path=last", "optim.schedule=cosine", "steps=20"], run_dir=tmp_path
+    )
     with pytest.raises(ConfigError, match="steps: 10 -> 20"):
         resolve_resume(cfg, tmp_path, explicit_run_dir=True)
     assert "steps" not in run_identity(compose_config([*FAST], run_dir=tmp_path))
@@ -99,8 +102,12 @@ def test_ckpt_path_last_without_a_run_dir_names_the_command(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
         [sys.executable, "train.py", *FAST, "ckpt_path=last", f"paths.output_dir={tmp_path}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode != 0
     err = out.stderr.replace("\n", " ")
     assert "no hydra.run.dir was given" in err
@@ -109,11 +116,19 @@ def test_ckpt_path_last_without_a_run_dir_names_the_command(tmp_path):
 
 
 SMALL = [
-    "experiment=synth_emo_mapo", *FAST, "algorithm.rollout_batch_size=4",
-    "algorithm.mini_batch_size=4", "algorithm.micro_batch_size=16", "algorithm.group_size=4",
-    "model.coldstart.enabled=false", "data.eval_limit=2", "eval.before=false",
-    "eval.after=false", "export_hf=false", "callbacks.model_checkpoint.every_n_train_steps=2",
-]  # fmt: skip
+    "experiment=synth_emo_mapo",
+    *FAST,
+    "algorithm.rollout_batch_size=4",
+    "algorithm.mini_batch_size=4",
+    "algorithm.micro_batch_size=16",
+    "algorithm.group_size=4",
+    "model.coldstart.enabled=false",
+    "data.eval_limit=2",
+    "eval.before=false",
+    "eval.after=false",
+    "export_hf=false",
+    "callbacks.model_checkpoint.every_n_train_steps=2",
+]
 
 
 @pytest.mark.slow
@@ -129,8 +144,11 @@ def test_the_final_step_is_saved_and_a_finished_run_resumes_to_nothing(tmp_path)
     assert last["run_identity"] == read_sidecar(ckpts / "last.ckpt")["run_identity"]
     assert last["run_identity"] == run_identity(cfg) and verify(ckpts / "last.ckpt") == "ok"
     with pytest.raises(ConfigError, match="algorithm.estimator: 'mapo' -> 'grpo'"):
-        train(compose_config([*SMALL, "steps=4", "ckpt_path=last", "algorithm.estimator=grpo"],
-                             run_dir=run))  # fmt: skip
+        train(
+            compose_config(
+                [*SMALL, "steps=4", "ckpt_path=last", "algorithm.estimator=grpo"], run_dir=run
+            )
+        )
     assert sorted(p.name for p in ckpts.glob("*.ckpt")) == ["last.ckpt", "step000003.ckpt"]
     records = sorted((run / "records").iterdir())
     stamps = [p.stat().st_mtime_ns for p in records]

@@ -16,10 +16,14 @@ def block(in_domain, ood, accs):
     datasets = dict(zip([in_domain, *ood], accs))
     a_t = sum(datasets[d] for d in ood) / len(ood)
     return {
-        "A_S": datasets[in_domain], "A_T": a_t, "A_avg": (datasets[in_domain] + a_t) / 2,
-        "datasets": datasets, "in_domain": in_domain, "out_of_domain": ood,
+        "A_S": datasets[in_domain],
+        "A_T": a_t,
+        "A_avg": (datasets[in_domain] + a_t) / 2,
+        "datasets": datasets,
+        "in_domain": in_domain,
+        "out_of_domain": ood,
         "n": {d: 100 for d in datasets},
-    }  # fmt: skip
+    }
 
 
 def make_run(root, name, estimator, before, after, ood=MATH_OOD, in_domain="geo3k"):
@@ -81,8 +85,15 @@ def test_before_block_and_both(runs):
 
 
 def test_runs_on_different_layouts_get_separate_tables(runs, tmp_path):
-    emo = make_run(tmp_path, "emoset_mapo", "mapo", [0.5, 0.4, 0.6], [0.7786, 0.5075, 0.6061],
-                   ood=["webemo", "emotion6"], in_domain="emoset")  # fmt: skip
+    emo = make_run(
+        tmp_path,
+        "emoset_mapo",
+        "mapo",
+        [0.5, 0.4, 0.6],
+        [0.7786, 0.5075, 0.6061],
+        ood=["webemo", "emotion6"],
+        in_domain="emoset",
+    )
     rows = [r for run in (*runs, emo) for r in load_rows(run)]
     tables = to_markdown(rows).split("\n\n")
     assert len(tables) == 2
@@ -132,8 +143,11 @@ def test_errors_name_the_path(tmp_path, runs, capsys):
 def test_module_entry_point(runs):
     proc = subprocess.run(
         [sys.executable, "-m", "mapo.analysis.report", str(runs[1]), "--block", "before"],
-        capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert "| geo3k_mapo | 37.43 | 24.51 | 67.20 | 40.02 | 43.91 | 40.67 |" in proc.stdout
 
 

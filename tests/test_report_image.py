@@ -9,8 +9,14 @@ from mapo.analysis.report import main as report_main
 from mapo.analysis.report_image import finish_report, report_figure, write_report_image
 from mapo.analysis.summary import resume_command, run_summary
 
-TITLES = ("Training rollouts", "Successes per group", "Drift", "Success rate p",
-          "Certainty weight lambda", "Evaluation")  # fmt: skip
+TITLES = (
+    "Training rollouts",
+    "Successes per group",
+    "Drift",
+    "Success rate p",
+    "Certainty weight lambda",
+    "Evaluation",
+)
 
 
 def test_report_has_every_panel_with_the_runs_data(fake_run_dir):
@@ -90,10 +96,14 @@ def test_run_summary_names_everything(fake_run_dir, tmp_path):
     text = run_summary(run, ["steps=30", f"hydra.run.dir={run}", "ckpt_path=null"])
     assert "| fake_mapo (before) | 12.50 | 25.00 | 12.50 | 18.75 | 15.62 |" in text
     assert "| fake_mapo | 87.50 | 75.00 | 37.50 | 56.25 | 71.88 |" in text
-    for expected in (f"report image    {run / 'report.png'}", f"python -m mapo.analysis.report {run} --plot",
-                     f"tensorboard --logdir {run / 'tensorboard'}", str(run / "checkpoints" / "last.ckpt"),
-                     f"python train.py steps=30 hydra.run.dir={run} ckpt_path=last",
-                     f"python eval.py model_to_eval={run / 'hf_model'}"):  # fmt: skip
+    for expected in (
+        f"report image    {run / 'report.png'}",
+        f"python -m mapo.analysis.report {run} --plot",
+        f"tensorboard --logdir {run / 'tensorboard'}",
+        str(run / "checkpoints" / "last.ckpt"),
+        f"python train.py steps=30 hydra.run.dir={run} ckpt_path=last",
+        f"python eval.py model_to_eval={run / 'hf_model'}",
+    ):
         assert expected in text, (expected, text)
 
 

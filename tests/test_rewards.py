@@ -277,8 +277,14 @@ def test_a_failing_kind_costs_only_its_item(monkeypatch):
 def test_a_nan_or_out_of_range_score_of_a_kind_is_counted_as_an_error(monkeypatch):
     from mapo.rewards.registry import REWARDS
 
-    values = {"nan": float("nan"), "inf": float("inf"), "big": 1.5, "neg": -0.1, "ok": 1.0,
-              "str": "1"}  # fmt: skip
+    values = {
+        "nan": float("nan"),
+        "inf": float("inf"),
+        "big": 1.5,
+        "neg": -0.1,
+        "ok": 1.0,
+        "str": "1",
+    }
 
     def sloppy(completions, answers, grading):
         return [1.0] * len(completions), [values[c] for c in completions]

@@ -294,9 +294,12 @@ def test_a_worker_that_dies_costs_one_item(pool):
     killer.start()
     start = time.perf_counter()
     batch = score_batch(
-        "math", [boxed("9**9**9**9"), boxed("x+1")], ["9**9**9**8", "1+x"], pool=pool,
+        "math",
+        [boxed("9**9**9**9"), boxed("x+1")],
+        ["9**9**9**8", "1+x"],
+        pool=pool,
         timeout_s=30.0,
-    )  # fmt: skip
+    )
     killer.join()
     assert batch.errors == 1 and batch.timeouts == 0
     assert batch.accuracy.tolist() == [0.0, 1.0]
@@ -310,9 +313,13 @@ def test_budget_bounds_a_batch_of_hangs():
         n = 6
         start = time.perf_counter()
         batch = score_batch(
-            "math", [boxed("9**9**9**9")] * n, ["9**9**9**8"] * n, pool=p, timeout_s=1.0,
+            "math",
+            [boxed("9**9**9**9")] * n,
+            ["9**9**9**8"] * n,
+            pool=p,
+            timeout_s=1.0,
             budget_s=3.0,
-        )  # fmt: skip
+        )
         elapsed = time.perf_counter() - start
         assert batch.timeouts == n and batch.accuracy.sum().item() == 0.0
         assert elapsed < 3.0 + 10.0  # budget plus killing the busy worker

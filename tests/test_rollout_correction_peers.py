@@ -41,8 +41,12 @@ ONE_ROW = torch.ones(1, 3, dtype=torch.bool)
 
 
 def weights(mode, delta=DELTA, mask=MASK, **kw):
-    w, hit = correction(SAMPLER[: len(delta)] + delta, SAMPLER[: len(delta)], mask,
-                        RolloutCorrection(mode, **{"cap": 2.0, "cap_lower": None, **kw}))
+    w, hit = correction(
+        SAMPLER[: len(delta)] + delta,
+        SAMPLER[: len(delta)],
+        mask,
+        RolloutCorrection(mode, **{"cap": 2.0, "cap_lower": None, **kw}),
+    )
     return w.double(), hit
 
 

@@ -45,7 +45,9 @@ def test_suppressed_tokens_never_appear(model, tiny_processor, tiny_prompts):
     boosted = tok.convert_tokens_to_ids(["<|image_pad|>", "<|vision_start|>", "<|im_start|>"])
     _boost(model, boosted, 50.0)  # without suppression these would be sampled almost always
     sampling = SamplingConfig(n=4, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=1)
-    raw = HFEngine(model, tiny_processor, suppress_special=False, share_prefill=True).generate(tiny_prompts, sampling)
+    raw = HFEngine(model, tiny_processor, suppress_special=False, share_prefill=True).generate(
+        tiny_prompts, sampling
+    )
     assert sum(t in boosted for ids in raw.token_ids for t in ids) > 40  # the control
     engine = HFEngine(model, tiny_processor, share_prefill=True)
     assert set(boosted) <= set(engine.suppress_ids)
@@ -88,7 +90,12 @@ def test_sampler_logprobs_match_token_logprobs(
     )
     with torch.no_grad():
         logp = token_logprobs(
-            model.eval(), inputs, temperature=temperature, suppress_ids=engine.suppress_ids, share_prompt=True, padding_free=False
+            model.eval(),
+            inputs,
+            temperature=temperature,
+            suppress_ids=engine.suppress_ids,
+            share_prompt=True,
+            padding_free=False,
         )
     sampler = torch.zeros_like(logp)
     for row, lps in enumerate(out.logprobs):
@@ -140,7 +147,9 @@ def test_shared_prefill_gives_the_same_samples(
     sampling = SamplingConfig(n=4, temperature=temperature, top_p=1.0, max_new_tokens=12, seed=11)
     try:
         full = HFEngine(model, tiny_processor, share_prefill=False).generate(tiny_prompts, sampling)
-        shared = HFEngine(model, tiny_processor, share_prefill=True).generate(tiny_prompts, sampling)
+        shared = HFEngine(model, tiny_processor, share_prefill=True).generate(
+            tiny_prompts, sampling
+        )
     finally:
         hook.remove()
     assert patches[1] * sampling.n == patches[0]  # the images were encoded once, not G times
@@ -171,9 +180,12 @@ def test_sampler_logprobs_vs_trainer_at_each_precision(
         tiny_processor, tiny_prompts, out, pad_token_id=engine.pad_token_id
     )
     with torch.no_grad():
-        logp = token_logprobs(model, inputs, suppress_ids=engine.suppress_ids, share_prompt=True, padding_free=False)
-    m, _ = mismatch_metrics(logp, sampler_logprobs(out.logprobs, inputs.completion_mask),
-                            inputs.completion_mask)  # fmt: skip
+        logp = token_logprobs(
+            model, inputs, suppress_ids=engine.suppress_ids, share_prompt=True, padding_free=False
+        )
+    m, _ = mismatch_metrics(
+        logp, sampler_logprobs(out.logprobs, inputs.completion_mask), inputs.completion_mask
+    )
     assert m["mismatch/abs_log_ratio_mean"] < mean_tol
     assert m["mismatch/abs_log_ratio_max"] < max_tol
     if dtype == torch.bfloat16:  # rounding is visible, i.e. the check can fail both ways

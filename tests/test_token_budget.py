@@ -95,9 +95,13 @@ def test_min_count_splits_then_pads_with_empty_micro_batches():
 def test_a_row_over_the_budget_is_a_clear_error():
     with pytest.raises(ValueError, match="max_tokens_per_micro_batch=10 is below one rollout"):
         plan_micro_batches(
-            torch.tensor([8]), torch.tensor([5]), torch.tensor([0]), 10,
-            padding_free=False, share_prompt=False,
-        )  # fmt: skip
+            torch.tensor([8]),
+            torch.tensor([5]),
+            torch.tensor([0]),
+            10,
+            padding_free=False,
+            share_prompt=False,
+        )
 
 
 @torch.no_grad()
@@ -117,8 +121,9 @@ def test_trimmed_micro_batches_scatter_back_to_the_full_logprobs(
     lengths = [9, 2, 14, 3, 5, 1, 11, 4]
     gen = torch.Generator().manual_seed(0)
     ids = [torch.randint(30, 300, (k,), generator=gen).tolist() for k in lengths]
-    comps = Completions(prompt_index=[0, 1, 2, 0, 1, 2, 0, 1], token_ids=ids,
-                        text=[""] * 8, truncated=[False] * 8)  # fmt: skip
+    comps = Completions(
+        prompt_index=[0, 1, 2, 0, 1, 2, 0, 1], token_ids=ids, text=[""] * 8, truncated=[False] * 8
+    )
     pad = tiny_processor.tokenizer.pad_token_id
     inputs = build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=pad)
     full = token_logprobs(model, inputs, share_prompt=False, padding_free=False)
@@ -177,10 +182,15 @@ def _module(mode: str, aggregation: str, model_dir: Path):
     policy = load_policy(model_dir)
     n = GROUP * PROMPTS
     algo = algorithm_config(
-        group_size=GROUP, rollout_batch_size=PROMPTS, mini_batch_size=PROMPTS,
-        micro_batch_size=n, shuffle=False, kl_coef=0.0, loss_agg=aggregation,
+        group_size=GROUP,
+        rollout_batch_size=PROMPTS,
+        mini_batch_size=PROMPTS,
+        micro_batch_size=n,
+        shuffle=False,
+        kl_coef=0.0,
+        loss_agg=aggregation,
         max_tokens_per_micro_batch=BUDGET.get(mode),
-    )  # fmt: skip
+    )
 
     class Probe(MAPOModule):
         def configure_optimizers(self):
@@ -195,11 +205,14 @@ def _module(mode: str, aggregation: str, model_dir: Path):
             gen = torch.Generator().manual_seed(rank)
             ids = [torch.randint(20, 400, (k,), generator=gen).tolist() for k in LENGTHS[rank]]
             comps = Completions(
-                prompt_index=[i // GROUP for i in range(n)], token_ids=ids, text=[""] * n,
+                prompt_index=[i // GROUP for i in range(n)],
+                token_ids=ids,
+                text=[""] * n,
                 truncated=[False] * n,
-            )  # fmt: skip
-            inputs = build_policy_inputs(self.processor, _prompts(self.processor), comps,
-                                         pad_token_id=self.pad_token_id)  # fmt: skip
+            )
+            inputs = build_policy_inputs(
+                self.processor, _prompts(self.processor), comps, pad_token_id=self.pad_token_id
+            )
             adv = torch.randn(n, generator=gen)
             if algo.max_tokens_per_micro_batch is not None:  # this rank's plan before agreeing
                 prompt, completion = row_lengths(inputs)
@@ -228,10 +241,15 @@ def _module(mode: str, aggregation: str, model_dir: Path):
             self.result["local_count"] = getattr(self, "local_count", 1)
 
     return Probe(
-        policy, processor, algo, optim_config(lr=LR, grad_clip=None), log_entropy=False,
+        policy,
+        processor,
+        algo,
+        optim_config(lr=LR, grad_clip=None),
+        log_entropy=False,
         sampling=SamplingConfig(n=algo.group_size, temperature=1.0, top_p=1.0, max_new_tokens=16),
-        share_prompt=mode.endswith("shared"), padding_free="packed" in mode,
-    )  # fmt: skip
+        share_prompt=mode.endswith("shared"),
+        padding_free="packed" in mode,
+    )
 
 
 def _params(module):
@@ -263,9 +281,15 @@ def run_worker(devices: int, configs: list[str], model_dir: Path) -> dict:
             else "auto"
         )
         trainer = pl.Trainer(
-            accelerator="cpu", devices=devices, strategy=strategy, max_steps=1, logger=False,
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        )  # fmt: skip
+            accelerator="cpu",
+            devices=devices,
+            strategy=strategy,
+            max_steps=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
         module = _module(mode, aggregation, model_dir)
         initial = torch.cat([p.detach().flatten() for p in module.policy.parameters()]).tolist()
         trainer.fit(module, train_dataloaders=DataLoader([0]))
@@ -289,8 +313,18 @@ def _run(tmp_path, model_dir, devices, configs) -> list[dict]:
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
     out = tmp_path / "out.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--devices", str(devices),
-           "--configs", ",".join(configs), "--model-dir", str(model_dir), "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--devices",
+        str(devices),
+        "--configs",
+        ",".join(configs),
+        "--model-dir",
+        str(model_dir),
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return [json.loads(Path(f"{out}.rank{r}").read_text()) for r in range(devices)]
@@ -357,14 +391,26 @@ def test_train_py_runs_with_a_budget_and_packing(tmp_path):
     from mapo.pipeline.run import train
 
     cfg = compose_config(
-        ["experiment=synth_emo_mapo", "debug=fast", "logger=none", "callbacks.progress_bar=null",
-         "algorithm.rollout_batch_size=4", "algorithm.mini_batch_size=2",
-         "algorithm.micro_batch_size=4", "algorithm.group_size=4", "model.coldstart.steps=20",
-         "data.eval_limit=8", "steps=2", "eval.before=false", "eval.after=false",
-         "export_hf=false", "algorithm.max_tokens_per_micro_batch=400",
-         "model.padding_free=true"],
+        [
+            "experiment=synth_emo_mapo",
+            "debug=fast",
+            "logger=none",
+            "callbacks.progress_bar=null",
+            "algorithm.rollout_batch_size=4",
+            "algorithm.mini_batch_size=2",
+            "algorithm.micro_batch_size=4",
+            "algorithm.group_size=4",
+            "model.coldstart.steps=20",
+            "data.eval_limit=8",
+            "steps=2",
+            "eval.before=false",
+            "eval.after=false",
+            "export_hf=false",
+            "algorithm.max_tokens_per_micro_batch=400",
+            "model.padding_free=true",
+        ],
         run_dir=tmp_path / "run",
-    )  # fmt: skip
+    )
     metrics, objs = train(cfg)
     module = objs["module"]
     assert module.padding_free and module.algo.max_tokens_per_micro_batch == 400

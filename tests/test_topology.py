@@ -33,18 +33,33 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS, WORLD, PROMPTS, G, EVAL = 3, 2, 4, 4, 8
 BUCKET_MB = 0.05  # ~50 KB: the 0.8 M-parameter model goes over in ~40 buckets
 ARGS = [
-    "experiment=synth_emo_dapo", "rollout=vllm", "rollout.max_model_len=512",
-    "rollout.enforce_eager=true", f"rollout.sync_bucket_mb={BUCKET_MB}",
-    "trainer=cpu_deepspeed", "trainer.strategy.stage=3", f"trainer.devices={WORLD}",
-    "debug=fast", "logger=none", "callbacks.progress_bar=null", "eval.before=false",
-    f"algorithm.rollout_batch_size={PROMPTS}", f"algorithm.mini_batch_size={PROMPTS}",
-    "algorithm.micro_batch_size=16", f"algorithm.group_size={G}", "algorithm.filter_max_tries=3",
+    "experiment=synth_emo_dapo",
+    "rollout=vllm",
+    "rollout.max_model_len=512",
+    "rollout.enforce_eager=true",
+    f"rollout.sync_bucket_mb={BUCKET_MB}",
+    "trainer=cpu_deepspeed",
+    "trainer.strategy.stage=3",
+    f"trainer.devices={WORLD}",
+    "debug=fast",
+    "logger=none",
+    "callbacks.progress_bar=null",
+    "eval.before=false",
+    f"algorithm.rollout_batch_size={PROMPTS}",
+    f"algorithm.mini_batch_size={PROMPTS}",
+    "algorithm.micro_batch_size=16",
+    f"algorithm.group_size={G}",
+    "algorithm.filter_max_tries=3",
     # cold-started: format ~1, accuracy ~1/8, so overall is 0.1 (wrong) or 1 (right); groups
     # with no right answer (mean 0.1) are dropped and resampled, the others kept
-    "algorithm.filter_low=0.1", f"data.eval_limit={EVAL}", "export_hf=false", "records_text=true",
-    "callbacks.model_checkpoint.every_n_train_steps=1", "callbacks.model_checkpoint.save_top_k=-1",
+    "algorithm.filter_low=0.1",
+    f"data.eval_limit={EVAL}",
+    "export_hf=false",
+    "records_text=true",
+    "callbacks.model_checkpoint.every_n_train_steps=1",
+    "callbacks.model_checkpoint.save_top_k=-1",
     "+callbacks.probe._target_=test_topology.TopologyProbe",
-]  # fmt: skip
+]
 
 # ---------------------------------------------------------------- worker side
 
@@ -58,9 +73,12 @@ def _probe_prompts(processor):
 
     out = []
     for i, (question, sizes) in enumerate(
-        [("Which emotion does this image evoke?", [(56, 56)]), ("How many dots?", [(84, 28)]),
-         ("Name an emotion.", [])]
-    ):  # fmt: skip
+        [
+            ("Which emotion does this image evoke?", [(56, 56)]),
+            ("How many dots?", [(84, 28)]),
+            ("Name an emotion.", []),
+        ]
+    ):
         rng = np.random.default_rng(i)
         images = tuple(
             Image.fromarray((rng.random((h, w, 3)) * 255).astype("uint8")) for w, h in sizes
@@ -124,13 +142,17 @@ def _make_probe_class():
                 reference.load_state_dict(state)
                 greedy = SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_new_tokens=8)
                 ours, theirs = engine.generate(prompts, greedy), hf.generate(prompts, greedy)
-                self.record["syncs"].append({
-                    "global_step": trainer.global_step,
-                    "sharded": all(p.numel() < p.ds_numel for p in params if p.ds_numel > 1),
-                    "checksum_gap": _checksum_gap(engine.weight_checksums(), block_checksums(state.items())),
-                    "greedy_equal": ours.token_ids == theirs.token_ids,
-                    "greedy_tokens": sum(map(len, ours.token_ids)),
-                })  # fmt: skip
+                self.record["syncs"].append(
+                    {
+                        "global_step": trainer.global_step,
+                        "sharded": all(p.numel() < p.ds_numel for p in params if p.ds_numel > 1),
+                        "checksum_gap": _checksum_gap(
+                            engine.weight_checksums(), block_checksums(state.items())
+                        ),
+                        "greedy_equal": ours.token_ids == theirs.token_ids,
+                        "greedy_tokens": sum(map(len, ours.token_ids)),
+                    }
+                )
                 self._dump(trainer)
 
             def counted_write(tr, tag, block):
@@ -182,10 +204,14 @@ pytestmark = [
 
 def _train(run_dir: Path, *extra: str) -> tuple[dict[int, dict], float]:
     env = {
-        **os.environ, "TOPO_OUT": str(run_dir / "probe"), "OMP_NUM_THREADS": "1",
+        **os.environ,
+        "TOPO_OUT": str(run_dir / "probe"),
+        "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
-        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache/torch_extensions")),
-    }  # fmt: skip
+        "TORCH_EXTENSIONS_DIR": os.environ.get(
+            "TORCH_EXTENSIONS_DIR", str(ROOT / ".cache/torch_extensions")
+        ),
+    }
     cmd = [sys.executable, str(Path(__file__).resolve()), *ARGS, *extra]
     cmd.append(f"hydra.run.dir={run_dir}")
     clock = time.perf_counter()

@@ -61,8 +61,17 @@ def test_short_run_learns_writes_and_exports(tmp_path, cache_dir):
     assert (run / "checkpoints" / "last.ckpt").exists()
     assert (run / "hf_model" / "config.json").exists()
     m = metrics["train"]
-    for key in ("reward/overall", "reward/accuracy", "reward/format", "certainty/lambda_mean", "actor/grad_norm",
-                "actor/kl_ref", "time/rollout", "time/update", "perf/rollouts_per_s"):  # fmt: skip
+    for key in (
+        "reward/overall",
+        "reward/accuracy",
+        "reward/format",
+        "certainty/lambda_mean",
+        "actor/grad_norm",
+        "actor/kl_ref",
+        "time/rollout",
+        "time/update",
+        "perf/rollouts_per_s",
+    ):
         assert key in m, key
 
 

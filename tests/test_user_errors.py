@@ -15,8 +15,14 @@ def _run(script: str, *overrides: str, full: bool = False) -> subprocess.Complet
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     if full:
         env["HYDRA_FULL_ERROR"] = "1"
-    return subprocess.run([sys.executable, script, *overrides], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, script, *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize(

@@ -28,15 +28,35 @@ REFERENCE = "varlen_reference"
 calls = {"segmented": 0}
 
 
-def reference_varlen(module, query, key, value, attention_mask, *, dropout=0.0, scaling=None,
-                     is_causal=None, cu_seq_lens_q=None, cu_seq_lens_k=None, max_length_q=None,
-                     max_length_k=None, **kwargs):  # fmt: skip
+def reference_varlen(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    *,
+    dropout=0.0,
+    scaling=None,
+    is_causal=None,
+    cu_seq_lens_q=None,
+    cu_seq_lens_k=None,
+    max_length_q=None,
+    max_length_k=None,
+    **kwargs,
+):
     """flash_attn_varlen_func's contract on [1, h, T, d] inputs; plain sdpa without offsets."""
     if cu_seq_lens_q is None:
         return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-            is_causal=is_causal, **kwargs,
-        )  # fmt: skip
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            is_causal=is_causal,
+            **kwargs,
+        )
     calls["segmented"] += 1
     assert attention_mask is None and is_causal
     q, k, v = query[0], key[0], value[0]  # [h, T, d], [h_kv, K, d]
@@ -109,8 +129,11 @@ def test_varlen_logprobs_equal_the_padded_forward(
     inputs = _inputs(tiny_processor, tiny_prompts, special, seed=3)
     kw = dict(suppress_ids=special["suppress"], return_entropy=True)
     lp_ref, ent_ref = token_logprobs(
-        sharpen(load_policy(tiny_model_dir).eval()), inputs, share_prompt=False,
-        padding_free=False, **kw,
+        sharpen(load_policy(tiny_model_dir).eval()),
+        inputs,
+        share_prompt=False,
+        padding_free=False,
+        **kw,
     )
     calls["segmented"] = 0
     lp, ent = token_logprobs(

@@ -89,7 +89,9 @@ def _hf_logprobs(model, processor, prompts, out, engine) -> torch.Tensor:
     """[N, L] the trainer's log-probs of ``out`` next to vLLM's, 0 past each completion."""
     inputs = build_policy_inputs(processor, prompts, out, pad_token_id=0)
     with torch.no_grad():
-        logp = token_logprobs(model, inputs, suppress_ids=engine.suppress_ids, share_prompt=True, padding_free=False)
+        logp = token_logprobs(
+            model, inputs, suppress_ids=engine.suppress_ids, share_prompt=True, padding_free=False
+        )
     sampler = torch.zeros_like(logp)
     for row, lps in enumerate(out.logprobs):
         sampler[row, : len(lps)] = torch.tensor(lps)

@@ -44,8 +44,9 @@ def bf16_engine(tiny_model_dir):
 
 
 @pytest.mark.parametrize("sharpened", [False, True])
-def test_bf16_sampler_vs_fp32_trainer(bf16_engine, tiny_model_dir, tiny_processor, tiny_prompts,
-                                      sharpen, sharpened):  # fmt: skip
+def test_bf16_sampler_vs_fp32_trainer(
+    bf16_engine, tiny_model_dir, tiny_processor, tiny_prompts, sharpen, sharpened
+):
     policy = load_policy(tiny_model_dir).eval()  # fp32
     if sharpened:  # peaked distributions, closer to a trained model's
         policy = sharpen(copy.deepcopy(policy))
@@ -55,15 +56,25 @@ def test_bf16_sampler_vs_fp32_trainer(bf16_engine, tiny_model_dir, tiny_processo
     )
     inputs = build_policy_inputs(tiny_processor, tiny_prompts * 2, out, pad_token_id=0)
     with torch.no_grad():
-        trainer = token_logprobs(policy, inputs, suppress_ids=bf16_engine.suppress_ids, share_prompt=True, padding_free=False)
+        trainer = token_logprobs(
+            policy,
+            inputs,
+            suppress_ids=bf16_engine.suppress_ids,
+            share_prompt=True,
+            padding_free=False,
+        )
     sampler = sampler_logprobs(out.logprobs, inputs.completion_mask)
     m, _ = mismatch_metrics(trainer, sampler, inputs.completion_mask)
     tokens = int(inputs.completion_mask.sum())
-    print(f"\nbf16 vLLM vs fp32 trainer (sharpened={sharpened}, {tokens} tokens):",
-          {k: f"{v:.3g}" for k, v in m.items()})  # fmt: skip
+    print(
+        f"\nbf16 vLLM vs fp32 trainer (sharpened={sharpened}, {tokens} tokens):",
+        {k: f"{v:.3g}" for k, v in m.items()},
+    )
     assert m["mismatch/abs_log_ratio_mean"] > 1e-4  # fp32 vLLM: ~2e-7
     assert m["mismatch/k3"] > 0
     assert m["mismatch/abs_log_ratio_max"] < 0.5  # rounding, not a different model
-    corr = step_mismatch(trainer, sampler, inputs.completion_mask, RolloutCorrection("token_tis", 2.0, None))
+    corr = step_mismatch(
+        trainer, sampler, inputs.completion_mask, RolloutCorrection("token_tis", 2.0, None)
+    )
     print("token_tis C=2:", {k: f"{v:.4g}" for k, v in corr.scalars.items() if "correction" in k})
     assert corr.scalars["rollout_correction/weight_mean"] == pytest.approx(1.0, abs=0.05)

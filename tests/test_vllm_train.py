@@ -20,14 +20,25 @@ pytestmark = [
 def test_short_rl_run_with_vllm_rollouts(tmp_path):
     metrics, objs = run(
         [
-            "experiment=synth_emo_mapo", "debug=fast", "rollout=vllm", "rollout.max_model_len=512",
-            "rollout.enforce_eager=true", "logger=none", "callbacks.progress_bar=null",
-            "algorithm.rollout_batch_size=4", "algorithm.mini_batch_size=4", "algorithm.micro_batch_size=16",
-            "algorithm.group_size=4", "model.coldstart.steps=20", "data.eval_limit=8", "steps=3",
-            "eval.before=false", "export_hf=false",
+            "experiment=synth_emo_mapo",
+            "debug=fast",
+            "rollout=vllm",
+            "rollout.max_model_len=512",
+            "rollout.enforce_eager=true",
+            "logger=none",
+            "callbacks.progress_bar=null",
+            "algorithm.rollout_batch_size=4",
+            "algorithm.mini_batch_size=4",
+            "algorithm.micro_batch_size=16",
+            "algorithm.group_size=4",
+            "model.coldstart.steps=20",
+            "data.eval_limit=8",
+            "steps=3",
+            "eval.before=false",
+            "export_hf=false",
         ],
         run_dir=tmp_path,
-    )  # fmt: skip
+    )
     from mapo.rollout.vllm import VLLMEngine
 
     assert isinstance(objs["engine"], VLLMEngine)
@@ -43,16 +54,29 @@ def test_short_rl_run_bf16_vllm_with_rollout_correction(tmp_path):
     # the token-level truncated IS weight applied (docs/rollout_correction.md)
     metrics, objs = run(
         [
-            "experiment=synth_emo_mapo", "debug=fast", "rollout=vllm", "rollout.dtype=bfloat16",
-            "rollout.max_model_len=512", "rollout.enforce_eager=true", "logger=none",
-            "callbacks.progress_bar=null", "algorithm.rollout_batch_size=4",
-            "algorithm.mini_batch_size=2", "algorithm.micro_batch_size=8", "algorithm.group_size=4",
-            "algorithm.rollout_correction.mode=token_tis", "algorithm.rollout_correction.cap=2.0",
-            "model.coldstart.enabled=false", "data.eval_limit=8", "steps=2", "eval.before=false",
-            "eval.after=false", "export_hf=false",
+            "experiment=synth_emo_mapo",
+            "debug=fast",
+            "rollout=vllm",
+            "rollout.dtype=bfloat16",
+            "rollout.max_model_len=512",
+            "rollout.enforce_eager=true",
+            "logger=none",
+            "callbacks.progress_bar=null",
+            "algorithm.rollout_batch_size=4",
+            "algorithm.mini_batch_size=2",
+            "algorithm.micro_batch_size=8",
+            "algorithm.group_size=4",
+            "algorithm.rollout_correction.mode=token_tis",
+            "algorithm.rollout_correction.cap=2.0",
+            "model.coldstart.enabled=false",
+            "data.eval_limit=8",
+            "steps=2",
+            "eval.before=false",
+            "eval.after=false",
+            "export_hf=false",
         ],
         run_dir=tmp_path,
-    )  # fmt: skip
+    )
     m = metrics["train"]
     assert m["mismatch/abs_log_ratio_mean"] > 1e-4  # bf16 sampler vs fp32 trainer
     assert 0 < m["rollout_correction/weight_mean"] <= 2.0

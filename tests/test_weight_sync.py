@@ -74,11 +74,16 @@ def test_weight_buckets_gathers_each_bucket_alone(monkeypatch):
         assert events[-1][0] == "gather"  # the bucket is in use while gathered
         events.append(("read", [n for n, _ in bucket]))
     assert events == [
-        ("gather", ["embed.weight"]), ("read", ["embed.weight"]), ("release", ["embed.weight"]),
-        ("gather", ["mid.bias", "mid.weight"]), ("read", ["mid.weight", "mid.bias"]),
+        ("gather", ["embed.weight"]),
+        ("read", ["embed.weight"]),
+        ("release", ["embed.weight"]),
+        ("gather", ["mid.bias", "mid.weight"]),
+        ("read", ["mid.weight", "mid.bias"]),
         ("release", ["mid.bias", "mid.weight"]),
-        ("gather", ["embed.weight"]), ("read", ["head.weight"]), ("release", ["embed.weight"]),
-    ]  # fmt: skip
+        ("gather", ["embed.weight"]),
+        ("read", ["head.weight"]),
+        ("release", ["embed.weight"]),
+    ]
 
 
 def test_iter_weights_is_the_state_dict_whatever_the_bucket_size():
@@ -94,13 +99,19 @@ def test_iter_weights_is_the_state_dict_whatever_the_bucket_size():
 
 def test_block_key_agrees_for_hf_and_vllm_names():
     pairs = [
-        ("model.language_model.layers.3.self_attn.q_proj.weight",
-         "language_model.model.layers.3.self_attn.qkv_proj.weight", "language.3"),
-        ("model.visual.blocks.0.mlp.gate_proj.weight", "visual.blocks.0.mlp.gate_up_proj.weight",
-         "visual.0"),
+        (
+            "model.language_model.layers.3.self_attn.q_proj.weight",
+            "language_model.model.layers.3.self_attn.qkv_proj.weight",
+            "language.3",
+        ),
+        (
+            "model.visual.blocks.0.mlp.gate_proj.weight",
+            "visual.blocks.0.mlp.gate_up_proj.weight",
+            "visual.0",
+        ),
         ("model.visual.merger.mlp.0.weight", "visual.merger.mlp.0.weight", "visual.rest"),
         ("lm_head.weight", "language_model.lm_head.weight", "language.rest"),
-    ]  # fmt: skip
+    ]
     for hf, vllm, key in pairs:
         assert block_key(hf) == block_key(vllm) == key
 
@@ -115,11 +126,11 @@ def test_block_checksums_see_through_fusion_and_padding_but_not_changes():
         ("model.layers.0.v_proj.weight", v),
         ("model.embed.weight", emb),
         ("lm_head.weight", emb),
-    ]  # fmt: skip  (tied: counted once)
+    ]  # lm_head is tied to the embedding: counted once
     fused = [
         ("layers.0.qkv_proj.weight", torch.cat([q, k, v])),
         ("embed.weight", torch.cat([emb, torch.zeros(3, 4)])),
-    ]  # fmt: skip  (vocab padding)
+    ]  # the fused embedding is padded to the vocab size
     a, b = block_checksums(hf), block_checksums(fused)
     assert a.keys() == b.keys() == {"language.0", "language.rest"}
     for key in a:

@@ -99,11 +99,37 @@ def test_arch7b_small_builds_and_times_through_the_trainer(tmp_path):
 
     arch7b.build(tmp_path / "m", small=True, dtype="float32")
     out = arch7b.main  # the CLI, as a user runs it
-    out(["time", "--model", str(tmp_path / "m"), "--engine", "hf", "--trainer", "default",
-         "--dtype", "float32", "--prompts", "2", "--group", "2", "--max-new-tokens", "3",
-         "--micro-batch", "2", "--warmup", "1", "--timed", "1", "--min-pixels", "12544",
-         "--steps-jsonl", str(tmp_path / "steps.jsonl"),
-         "--json", str(tmp_path / "t.json")])  # fmt: skip
+    out(
+        [
+            "time",
+            "--model",
+            str(tmp_path / "m"),
+            "--engine",
+            "hf",
+            "--trainer",
+            "default",
+            "--dtype",
+            "float32",
+            "--prompts",
+            "2",
+            "--group",
+            "2",
+            "--max-new-tokens",
+            "3",
+            "--micro-batch",
+            "2",
+            "--warmup",
+            "1",
+            "--timed",
+            "1",
+            "--min-pixels",
+            "12544",
+            "--steps-jsonl",
+            str(tmp_path / "steps.jsonl"),
+            "--json",
+            str(tmp_path / "t.json"),
+        ]
+    )
     res = json.loads((tmp_path / "t.json").read_text())
     assert res["s_per_step"] > 0 and 0 < res["mean_completion_tokens"] <= 3
     assert res["rollout_tokens_per_s"] == pytest.approx(
@@ -134,8 +160,11 @@ def test_vs_trl_matches_the_engines_unless_told_otherwise():
 
     s = vs_trl.settings(vs_trl.parse_args(["--size", "10m", "--engine", "vllm"]))
     assert (s.engine, s.trl_engine, s.trl_gradient_checkpointing) == ("vllm", "vllm", False)
-    s = vs_trl.settings(vs_trl.parse_args(["--engine", "vllm", "--trl-engine", "hf",
-                                           "--trl-gradient-checkpointing"]))  # fmt: skip
+    s = vs_trl.settings(
+        vs_trl.parse_args(
+            ["--engine", "vllm", "--trl-engine", "hf", "--trl-gradient-checkpointing"]
+        )
+    )
     assert (s.engine, s.trl_engine, s.trl_gradient_checkpointing) == ("vllm", "hf", True)
     assert vs_trl.settings(vs_trl.parse_args([])).trl_engine == "hf"
     a = vs_trl.parse_args(["--python", "/p", "--trl-python", "/t"])

@@ -119,9 +119,16 @@ def group_stats(rewards: Tensor, group_ids: Tensor, success: Tensor, *, std: Std
     hi = torch.full_like(size, float("-inf")).scatter_reduce_(0, index, r, "amax")
     constant = lo == hi
     return GroupStats(
-        index=index, keys=keys, size=size, mu=mu, sigma=torch.where(constant, 0.0, var.sqrt()),
-        n_success=n_success, p=p, lam=certainty_weight(p), constant=constant,
-    )  # fmt: skip
+        index=index,
+        keys=keys,
+        size=size,
+        mu=mu,
+        sigma=torch.where(constant, 0.0, var.sqrt()),
+        n_success=n_success,
+        p=p,
+        lam=certainty_weight(p),
+        constant=constant,
+    )
 
 
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:

@@ -109,13 +109,17 @@ def policy_loss(
     with torch.no_grad():
         ratio = (logp - old_logp).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO).exp()  # [N, L]
         metrics = {k: _masked_mean(v.float(), mask) for k, v in flags.items()}
-        metrics.update({
-            "approx_kl_old": _masked_mean(kl_k3(logp, old_logp), mask),
-            "ratio_mean": _masked_mean(ratio, mask),
-            "ratio_max": float(ratio.masked_fill(~mask.bool(), 0).max()) if mask.any() else 1.0,
-            "ratio_min": float(ratio.masked_fill(~mask.bool(), 1e9).min()) if mask.any() else 1.0,
-            "pg_loss": float(loss.detach()),
-        })  # fmt: skip
+        metrics.update(
+            {
+                "approx_kl_old": _masked_mean(kl_k3(logp, old_logp), mask),
+                "ratio_mean": _masked_mean(ratio, mask),
+                "ratio_max": float(ratio.masked_fill(~mask.bool(), 0).max()) if mask.any() else 1.0,
+                "ratio_min": float(ratio.masked_fill(~mask.bool(), 1e9).min())
+                if mask.any()
+                else 1.0,
+                "pg_loss": float(loss.detach()),
+            }
+        )
 
     if cfg.kl_coef > 0:
         if ref_logp is None:

@@ -104,8 +104,10 @@ def ppo_clip(logp, old_logp, adv, mask, p: LossConfig):
 
 def _gspo_clipped(s: Tensor, adv: Tensor, p: LossConfig) -> tuple[Tensor, dict]:
     loss = torch.maximum(-adv * s, -adv * s.clamp(1.0 - p.clip_low, 1.0 + p.clip_high))
-    flags = {"clip_frac_high": (s > 1 + p.clip_high) & (adv > 0),
-             "clip_frac_low": (s < 1 - p.clip_low) & (adv < 0)}  # fmt: skip
+    flags = {
+        "clip_frac_high": (s > 1 + p.clip_high) & (adv > 0),
+        "clip_frac_low": (s < 1 - p.clip_low) & (adv < 0),
+    }
     return loss, flags
 
 

@@ -192,8 +192,10 @@ class StepMismatch:
 
     def seq_logprobs(self) -> dict[str, Tensor]:
         """The rollout-record columns (mapo/analysis/records.py)."""
-        return {"trainer_logprob_sum": self.trainer_seq_logp,
-                "sampler_logprob_sum": self.sampler_seq_logp}  # fmt: skip
+        return {
+            "trainer_logprob_sum": self.trainer_seq_logp,
+            "sampler_logprob_sum": self.sampler_seq_logp,
+        }
 
 
 def step_mismatch(

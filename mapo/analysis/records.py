@@ -196,6 +196,19 @@ def _rollout_index(group_ids: Tensor) -> Tensor:
     return index
 
 
+def _per_group_columns(result: AdvantageResult) -> dict[str, Tensor]:
+    """The group statistics of each rollout's group, one value per rollout."""
+    s = result.stats
+    return {
+        "mu": s.expand(s.mu),
+        "sigma": s.expand(s.sigma),
+        "p": s.expand(s.p),
+        "lam": s.expand(s.lam),
+        "n_success": s.expand(s.n_success).round().to(torch.int64),
+        "group_size": s.expand(s.size).round().to(torch.int64),
+    }
+
+
 def records_table(
     *,
     step: int,
@@ -231,15 +244,7 @@ def records_table(
     if success is None:
         success = is_success(overall)
     adv_grpo = compute_advantages("grpo", overall, gids, success=success.cpu(), eps=eps, std=std)
-    s = result.stats
-    per_group = {
-        "mu": s.expand(s.mu),
-        "sigma": s.expand(s.sigma),
-        "p": s.expand(s.p),
-        "lam": s.expand(s.lam),
-        "n_success": s.expand(s.n_success).round().to(torch.int64),
-        "group_size": s.expand(s.size).round().to(torch.int64),
-    }
+    per_group = _per_group_columns(result)
     n = overall.numel()
     return {
         "step": [int(step)] * n,

@@ -143,9 +143,18 @@ def load_rows(run_dir: str | Path, block: str = "after", label_by: str = "experi
         b = _check_block(metrics[which], run_dir / "metrics.json", which)
         label = names[label_by] + (" (before)" if block == "both" and which == "before" else "")
         rows.append(
-            Row(label, str(run_dir), which, estimator, b["in_domain"], list(b["out_of_domain"]),
-                dict(b["datasets"]), b["A_T"], b["A_avg"])
-        )  # fmt: skip
+            Row(
+                label,
+                str(run_dir),
+                which,
+                estimator,
+                b["in_domain"],
+                list(b["out_of_domain"]),
+                dict(b["datasets"]),
+                b["A_T"],
+                b["A_avg"],
+            )
+        )
     return rows
 
 
@@ -211,12 +220,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     parser.add_argument("--csv", type=Path, help="also write the table as CSV here")
     parser.add_argument("--md", type=Path, help="also write the Markdown table here")
-    parser.add_argument("--block", choices=BLOCKS, default="after",
-                        help="which evaluation: after training, before (the Vanilla row), both")  # fmt: skip
-    parser.add_argument("--label", choices=("experiment", "estimator", "dir"), default="experiment",
-                        help="row name: experiment_name, algorithm.estimator, or the folder name")  # fmt: skip
-    parser.add_argument("--plot", action="store_true",
-                        help="also draw RUN_DIR/report.png for each run (curves, Fig. 1, lambda/p)")  # fmt: skip
+    parser.add_argument(
+        "--block",
+        choices=BLOCKS,
+        default="after",
+        help="which evaluation: after training, before (the Vanilla row), both",
+    )
+    parser.add_argument(
+        "--label",
+        choices=("experiment", "estimator", "dir"),
+        default="experiment",
+        help="row name: experiment_name, algorithm.estimator, or the folder name",
+    )
+    parser.add_argument(
+        "--plot",
+        action="store_true",
+        help="also draw RUN_DIR/report.png for each run (curves, Fig. 1, lambda/p)",
+    )
     args = parser.parse_args(argv)
     try:
         rows = [row for d in args.run_dirs for row in load_rows(d, args.block, args.label)]

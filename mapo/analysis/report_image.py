@@ -53,9 +53,11 @@ def _empty(ax: Axes, title: str, why: str) -> None:
 def _curves(ax: Axes, df: pd.DataFrame) -> None:
     per_step = df.groupby("step")[["reward_overall", "reward_accuracy", "reward_format"]].mean()
     window = max(1, len(per_step) // 20)
-    for col, label, color in (("reward_overall", "reward (overall)", "C0"),
-                              ("reward_accuracy", "accuracy", "C2"),
-                              ("reward_format", "format", "C7")):  # fmt: skip
+    for col, label, color in (
+        ("reward_overall", "reward (overall)", "C0"),
+        ("reward_accuracy", "accuracy", "C2"),
+        ("reward_format", "format", "C7"),
+    ):
         raw = per_step[col]
         ax.plot(raw.index, raw, color=color, alpha=0.25, lw=1)
         smooth = raw.rolling(window, min_periods=1).mean()
@@ -73,8 +75,10 @@ def _curves(ax: Axes, df: pd.DataFrame) -> None:
 def _fig1(ax: Axes, hist: pd.DataFrame, first: np.ndarray, last: np.ndarray, labels) -> None:
     n = np.asarray(hist.columns, dtype=int)
     width = 0.4
-    for offset, mask, label, color in ((-width / 2, first, labels[0], START),
-                                       (width / 2, last, labels[1], END)):  # fmt: skip
+    for offset, mask, label, color in (
+        (-width / 2, first, labels[0], START),
+        (width / 2, last, labels[1], END),
+    ):
         counts = hist.loc[hist.index[mask]].sum(0).to_numpy(dtype=float)
         ax.bar(n + offset, counts / max(counts.sum(), 1.0), width, color=color, label=label)
     ax.set_xticks(n)
@@ -91,8 +95,16 @@ def _drift(fig: Figure, ax: Axes, hist: pd.DataFrame) -> None:
     steps = np.asarray(hist.index, dtype=float)
     g = values.shape[1] - 1
     extent = (steps.min() - 0.5, steps.max() + 0.5, -0.5, g + 0.5)
-    im = ax.imshow(values.T, aspect="auto", origin="lower", interpolation="nearest",
-                   extent=extent, cmap="viridis", vmin=0, vmax=1)  # fmt: skip
+    im = ax.imshow(
+        values.T,
+        aspect="auto",
+        origin="lower",
+        interpolation="nearest",
+        extent=extent,
+        cmap="viridis",
+        vmin=0,
+        vmax=1,
+    )
     fig.colorbar(im, ax=ax, label="fraction of groups", pad=0.01)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("RL step")
@@ -105,13 +117,20 @@ def _distribution(ax: Axes, values: pd.Series, first, last, labels, what: str, t
     """Side-by-side bars of 10 bins on [0, 1] (overlaid translucent bars blur into one)."""
     edges = np.linspace(0, 1, 11)
     width = 0.04
-    for offset, mask, label, color in ((-width / 2, first, labels[0], START),
-                                       (width / 2, last, labels[1], END)):  # fmt: skip
+    for offset, mask, label, color in (
+        (-width / 2, first, labels[0], START),
+        (width / 2, last, labels[1], END),
+    ):
         sel = values[mask].to_numpy(dtype=float)
         counts, _ = np.histogram(sel, bins=edges)
         centers = (edges[:-1] + edges[1:]) / 2
-        ax.bar(centers + offset, counts / max(counts.sum(), 1), width, color=color,
-               label=f"{label} (mean {sel.mean():.2f})")  # fmt: skip
+        ax.bar(
+            centers + offset,
+            counts / max(counts.sum(), 1),
+            width,
+            color=color,
+            label=f"{label} (mean {sel.mean():.2f})",
+        )
     ax.set_xlim(0, 1)
     ax.set_xticks(edges)
     ax.set_xlabel(what)
@@ -139,8 +158,7 @@ def _accuracy(ax: Axes, metrics: dict[str, Any]) -> None:
             v = block.get(key[0]) if len(key) == 1 else (block.get("datasets") or {}).get(key[1])
             vals.append(np.nan if v is None else 100 * v)
         pos = x + (i - (len(blocks) - 1) / 2) * width
-        bars = ax.bar(pos, vals, width, color=START if tag == "before" else END,
-                      label=f"{tag} RL")  # fmt: skip
+        bars = ax.bar(pos, vals, width, color=START if tag == "before" else END, label=f"{tag} RL")
         ax.bar_label(bars, fmt="%.0f", fontsize=8, padding=1)
     ax.set_xticks(x, cols, rotation=20, ha="right")
     ax.set_ylim(0, 112)
@@ -172,8 +190,10 @@ def report_figure(run_dir: str | Path) -> Figure:
     axes = fig.subplots(2, 3)
     if df is None:
         why = f"no rollout records in {run_dir / 'records'}"
-        for ax, title in zip(axes.flat[:5], ("Training rollouts", "Successes per group",
-                                             "Drift", "p = N/G", "lambda(p)")):  # fmt: skip
+        for ax, title in zip(
+            axes.flat[:5],
+            ("Training rollouts", "Successes per group", "Drift", "p = N/G", "lambda(p)"),
+        ):
             _empty(ax, title, why)
     else:
         hist = success_histogram(df, by="step")
@@ -184,11 +204,24 @@ def report_figure(run_dir: str | Path) -> Figure:
         _curves(axes[0, 0], df)
         _fig1(axes[0, 1], hist, first_h, last_h, labels)
         _drift(fig, axes[0, 2], hist)
-        _distribution(axes[1, 0], dist["p"], first_d, last_d, labels, "success rate p = N / G",
-                      "Success rate p per group")  # fmt: skip
-        _distribution(axes[1, 1], dist["lam"], first_d, last_d, labels,
-                      "trajectory certainty lambda(p) = 1 - 4p(1-p)",
-                      "Certainty weight lambda per group")  # fmt: skip
+        _distribution(
+            axes[1, 0],
+            dist["p"],
+            first_d,
+            last_d,
+            labels,
+            "success rate p = N / G",
+            "Success rate p per group",
+        )
+        _distribution(
+            axes[1, 1],
+            dist["lam"],
+            first_d,
+            last_d,
+            labels,
+            "trajectory certainty lambda(p) = 1 - 4p(1-p)",
+            "Certainty weight lambda per group",
+        )
     _accuracy(axes[1, 2], metrics)
     fig.suptitle(_title(run_dir, metrics, df), fontsize=13, fontweight="bold")
     return fig
@@ -221,6 +254,11 @@ def finish_report(run_dir: str | Path, loggers: Sequence[Any] = (), step: int = 
                 writer.flush()
         return out
     except Exception as err:  # noqa: BLE001 - reported, never silently dropped
-        log.warning("could not write %s (%s: %s); retry with `python -m mapo.analysis.report %s --plot`",
-                    Path(run_dir) / REPORT_NAME, type(err).__name__, err, run_dir)  # fmt: skip
+        log.warning(
+            "could not write %s (%s: %s); retry with `python -m mapo.analysis.report %s --plot`",
+            Path(run_dir) / REPORT_NAME,
+            type(err).__name__,
+            err,
+            run_dir,
+        )
         return None

@@ -50,10 +50,15 @@ class Progress:
             from rich.progress import Progress as RichProgress
 
             self._bar = RichProgress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"), transient=True,
-            )  # fmt: skip
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                transient=True,
+            )
             self._task = self._bar.add_task(desc, total=self.total, info="")
             self._bar.start()
 
@@ -76,8 +81,16 @@ class Progress:
             self._marks = [m for m in self._marks if m not in passed]
             elapsed = time.perf_counter() - self._start
             left = elapsed * (self.total - self.done) / max(self.done, 1)
-            log.info("%s: %d/%d %s%s (%s, ~%s left)", self.desc, self.done, self.total,
-                     self.unit, self._suffix(), _clock(elapsed), _clock(left))  # fmt: skip
+            log.info(
+                "%s: %d/%d %s%s (%s, ~%s left)",
+                self.desc,
+                self.done,
+                self.total,
+                self.unit,
+                self._suffix(),
+                _clock(elapsed),
+                _clock(left),
+            )
 
     def _suffix(self) -> str:
         return f", {self.info}" if self.info else ""
@@ -88,8 +101,14 @@ class Progress:
             self._bar = None
         if self.enabled and ok:
             self.enabled = False
-            log.info("%s: %d %s in %s%s", self.desc, self.done, self.unit,
-                     _clock(time.perf_counter() - self._start), self._suffix())  # fmt: skip
+            log.info(
+                "%s: %d %s in %s%s",
+                self.desc,
+                self.done,
+                self.unit,
+                _clock(time.perf_counter() - self._start),
+                self._suffix(),
+            )
 
 
 @contextmanager
@@ -115,8 +134,13 @@ class PlainRLProgressBar(ProgressBar):
     """The RL loop's progress in a pipe or CI log: one line every tenth of the run (and the
     last step) with reward, accuracy and time per step, instead of a redrawn bar."""
 
-    KEYS = {"reward/overall": "reward", "reward/accuracy": "acc", "reward/format": "fmt",
-            "actor/kl_ref": "kl", "time/step": "s/step"}  # fmt: skip
+    KEYS = {
+        "reward/overall": "reward",
+        "reward/accuracy": "acc",
+        "reward/format": "fmt",
+        "actor/kl_ref": "kl",
+        "time/step": "s/step",
+    }
 
     def __init__(self, lines: int = 10):
         super().__init__()
@@ -148,5 +172,6 @@ class PlainRLProgressBar(ProgressBar):
         shown = "  ".join(f"{short} {last[k]:.3g}" for k, short in self.KEYS.items() if k in last)
         elapsed = time.perf_counter() - self._start
         left = elapsed * (total - step) / max(step - self._first, 1)
-        log.info("RL step %d/%d  %s  (%s, ~%s left)", step, total, shown, _clock(elapsed),
-                 _clock(left))  # fmt: skip
+        log.info(
+            "RL step %d/%d  %s  (%s, ~%s left)", step, total, shown, _clock(elapsed), _clock(left)
+        )

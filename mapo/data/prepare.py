@@ -38,10 +38,14 @@ def prepare_hint(dataset: str) -> str:
     """How to create the files of a dataset named in a config (data.name or an eval set)."""
     if dataset in REGISTRY:
         src = " --src RAW" if REGISTRY[dataset].needs_src else ""
-        return (f"prepare it with `python -m mapo.data.prepare {dataset}{src} --out DIR` and "
-                "pass data.root=DIR's parent (or set MAPO_DATA_DIR); see docs/data.md")  # fmt: skip
-    return (f"no converter is registered as {dataset!r} (known: {sorted(REGISTRY)}); write the "
-            "schema of docs/data.md, e.g. `python -m mapo.data.prepare NAME --src RAW --out DIR`")  # fmt: skip
+        return (
+            f"prepare it with `python -m mapo.data.prepare {dataset}{src} --out DIR` and "
+            "pass data.root=DIR's parent (or set MAPO_DATA_DIR); see docs/data.md"
+        )
+    return (
+        f"no converter is registered as {dataset!r} (known: {sorted(REGISTRY)}); write the "
+        "schema of docs/data.md, e.g. `python -m mapo.data.prepare NAME --src RAW --out DIR`"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,12 +67,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="comma-separated allowed labels (webemo / emotion6)")
     p.add_argument("--images-root", help="folder holding the images (JSON sources, WEBEmo)")
     defaults = PrepareOptions()  # one home for the defaults
-    p.add_argument("--label-source", choices=["folder", "argmax"],
-                   help="Emotion6 gold label: the image's folder or the most voted column "
-                        f"(default {defaults.label_source})")  # fmt: skip
-    p.add_argument("--label-level", type=int, choices=[1, 2, 3],
-                   help="WEBEmo gold label: 1 sentiment, 2 category.txt level 2, 3 the 25 fine "
-                        f"(default {defaults.label_level})")  # fmt: skip
+    p.add_argument(
+        "--label-source",
+        choices=["folder", "argmax"],
+        help="Emotion6 gold label: the image's folder or the most voted column "
+        f"(default {defaults.label_source})",
+    )
+    p.add_argument(
+        "--label-level",
+        type=int,
+        choices=[1, 2, 3],
+        help="WEBEmo gold label: 1 sentiment, 2 category.txt level 2, 3 the 25 fine "
+        f"(default {defaults.label_level})",
+    )
     p.add_argument("--on-bad-row", choices=["error", "skip"], default="error")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p

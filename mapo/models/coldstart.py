@@ -255,8 +255,14 @@ def coldstart(
         start = time.perf_counter()
         losses = _train(model, processor, prompt_of, len(rows), labels, progress=progress, **recipe)
         seconds = time.perf_counter() - start
-    meta = {"base": str(base), "labels": labels, **recipe, "final_loss": losses[-1],
-            "train_seconds": round(seconds, 2), "version": COLDSTART_VERSION}  # fmt: skip
+    meta = {
+        "base": str(base),
+        "labels": labels,
+        **recipe,
+        "final_loss": losses[-1],
+        "train_seconds": round(seconds, 2),
+        "version": COLDSTART_VERSION,
+    }
     _save(model.eval(), processor, base, out, meta)
     return out
 

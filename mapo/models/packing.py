@@ -162,9 +162,13 @@ def pack_layout(inputs: PolicyInputs, *, share_prompt: bool) -> PackedLayout:
             emit(i, torch.arange(p, p + n), seg, i)
     cat = torch.cat
     return PackedLayout(
-        source_row=cat(src_row), source_col=cat(src_col), owner=cat(owner), row=cat(row_ids),
-        gather=gather, shared=share_prompt,
-    )  # fmt: skip
+        source_row=cat(src_row),
+        source_col=cat(src_col),
+        owner=cat(owner),
+        row=cat(row_ids),
+        gather=gather,
+        shared=share_prompt,
+    )
 
 
 def _rows_by_prompt(inputs: PolicyInputs) -> list[list[int]]:

@@ -109,9 +109,14 @@ def segmented_sdpa(
             mask = cols[None, :] <= torch.arange(lq, device=q.device)[:, None] + (lk - lq)
         out.append(
             torch.nn.functional.scaled_dot_product_attention(
-                q[None, :, qs:qe], k[None, :, ks:ke], v[None, :, ks:ke], attn_mask=mask,
-                dropout_p=dropout, is_causal=mask is None, scale=scaling,
+                q[None, :, qs:qe],
+                k[None, :, ks:ke],
+                v[None, :, ks:ke],
+                attn_mask=mask,
+                dropout_p=dropout,
+                is_causal=mask is None,
+                scale=scaling,
                 enable_gqa=q.shape[0] != k.shape[0],
             )[0]
-        )  # fmt: skip
+        )
     return torch.cat(out, dim=1).transpose(0, 1)[None]  # [h, T, d] -> [1, T, h, d]

@@ -27,18 +27,26 @@ def make_scorer(cfg: DictConfig):
     def scorer(prompts, completions) -> dict[str, Any]:
         kinds = [cfg.data.task] * len(completions.prompt_index)
         answers = [prompts[i].answer for i in completions.prompt_index]
-        rb = score_batch(kinds, completions.text, answers, format_weight=cfg.reward.format_weight,
-                         grader=cfg.reward.grader, timeout_s=cfg.reward.timeout_s,
-                         budget_s=cfg.reward.budget_s)  # fmt: skip
+        rb = score_batch(
+            kinds,
+            completions.text,
+            answers,
+            format_weight=cfg.reward.format_weight,
+            grader=cfg.reward.grader,
+            timeout_s=cfg.reward.timeout_s,
+            budget_s=cfg.reward.budget_s,
+        )
         return {
             "overall": torch.as_tensor(rb.overall, dtype=torch.float64),
             "format": torch.as_tensor(rb.format, dtype=torch.float64),
             "accuracy": torch.as_tensor(rb.accuracy, dtype=torch.float64),
             # counters (summed when DAPO pools several generations): every one is logged
-            "timeouts": float(rb.timeouts), "errors": float(rb.errors),
-            "rejected": float(rb.rejected), "pooled": float(rb.pooled),
+            "timeouts": float(rb.timeouts),
+            "errors": float(rb.errors),
+            "rejected": float(rb.rejected),
+            "pooled": float(rb.pooled),
             "scored": float(len(rb.overall)),
-        }  # fmt: skip
+        }
 
     return scorer
 
@@ -54,8 +62,9 @@ def prepare_data(cfg: DictConfig) -> dict[str, Any]:
         write_synthetic(
             syn.name, cfg.data.root, seed=syn.seed, n_train=syn.n_train, n_test=syn.n_test
         )
-    load = partial(load_split, on_bad_row=cfg.data.on_bad_row,
-                   max_image_pixels=cfg.data.max_image_pixels)  # fmt: skip
+    load = partial(
+        load_split, on_bad_row=cfg.data.on_bad_row, max_image_pixels=cfg.data.max_image_pixels
+    )
     train = load(cfg.data.train)
     require_rows(train, "data.train", cfg.data.train)
     evals = {
@@ -90,18 +99,30 @@ def prepare_model(cfg: DictConfig, data: dict[str, Any]) -> Path:
     from mapo.models.coldstart import coldstarted_model_path
 
     return coldstarted_model_path(
-        base, data["train"], template=cfg.data.template, cache_dir=Path(cfg.paths.cache_dir),
-        steps=cs.steps, batch_size=cs.batch_size, lr=cs.lr, seed=cfg.seed,
-        min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels,
-    )  # fmt: skip
+        base,
+        data["train"],
+        template=cfg.data.template,
+        cache_dir=Path(cfg.paths.cache_dir),
+        steps=cs.steps,
+        batch_size=cs.batch_size,
+        lr=cs.lr,
+        seed=cfg.seed,
+        min_pixels=cfg.data.min_pixels,
+        max_pixels=cfg.data.max_pixels,
+    )
 
 
 def to_prompt_fn(cfg: DictConfig, processor: Any):
     from mapo.data.prompts import load_template, to_prompt
 
     template = load_template(cfg.data.template)
-    return partial(to_prompt, processor=processor, template=template,
-                   min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)  # fmt: skip
+    return partial(
+        to_prompt,
+        processor=processor,
+        template=template,
+        min_pixels=cfg.data.min_pixels,
+        max_pixels=cfg.data.max_pixels,
+    )
 
 
 def filter_long(rows: list[dict], to_prompt, processor, limit: int, name: str) -> list[dict]:
@@ -136,7 +157,12 @@ def build_trainer(
     from mapo.trainer.checkpointing import AtomicCheckpointIO
 
     return hydra.utils.instantiate(
-        cfg.trainer, max_steps=cfg.steps * updates_per_rollout, logger=loggers or False,
-        callbacks=callbacks + extra, plugins=[AtomicCheckpointIO()],  # crash-safe last.ckpt
-        default_root_dir=str(run_dir), use_distributed_sampler=False, _convert_="partial",
-    )  # fmt: skip
+        cfg.trainer,
+        max_steps=cfg.steps * updates_per_rollout,
+        logger=loggers or False,
+        callbacks=callbacks + extra,
+        plugins=[AtomicCheckpointIO()],  # crash-safe last.ckpt
+        default_root_dir=str(run_dir),
+        use_distributed_sampler=False,
+        _convert_="partial",
+    )

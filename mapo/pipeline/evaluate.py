@@ -29,8 +29,11 @@ def _load_model(cfg: DictConfig, data: dict[str, Any]) -> tuple[Any, Any, str]:
     from mapo.models.loading import load_policy, load_processor
 
     target = cfg.model_to_eval
-    kw = dict(dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
-              trust_remote_code=cfg.model.trust_remote_code)  # fmt: skip
+    kw = dict(
+        dtype=cfg.model.dtype,
+        attn_implementation=cfg.model.attn_implementation,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
     if target is not None and str(target).endswith(".ckpt"):
         if not os.path.exists(target):
             raise ConfigError(
@@ -70,13 +73,25 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         data["in_domain"], data["eval"], to_prompt, processor, cfg.data.max_prompt_tokens
     )
     with torch.no_grad():
-        block, preds = evaluate(engine, sets, make_scorer(cfg), plan.eval_sampling,
-                                batch_size=cfg.eval_batch_size, keep_predictions=True)  # fmt: skip
-    summary = {"eval": block, "after": block,
-               "config": {"experiment_name": f"{cfg.experiment_name} [eval {Path(str(folder)).name}]", "estimator": f"eval:{Path(str(folder)).name}",
-                          "model": str(cfg.model_to_eval or folder),
-                          "filtered_long_prompts": dropped,
-                          "sampling": vars(plan.eval_sampling)}}  # fmt: skip
+        block, preds = evaluate(
+            engine,
+            sets,
+            make_scorer(cfg),
+            plan.eval_sampling,
+            batch_size=cfg.eval_batch_size,
+            keep_predictions=True,
+        )
+    summary = {
+        "eval": block,
+        "after": block,
+        "config": {
+            "experiment_name": f"{cfg.experiment_name} [eval {Path(str(folder)).name}]",
+            "estimator": f"eval:{Path(str(folder)).name}",
+            "model": str(cfg.model_to_eval or folder),
+            "filtered_long_prompts": dropped,
+            "sampling": vars(plan.eval_sampling),
+        },
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if cfg.save_predictions and preds:
         import pandas as pd

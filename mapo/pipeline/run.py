@@ -50,17 +50,30 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     train_rows = filter_long(
         data["train"], to_prompt, processor, cfg.data.max_prompt_tokens, "train"
     )
-    rollout_cb, evaluation = _callbacks(cfg, plan, data, model_path, policy, processor,
-                                        to_prompt, len(data["train"]) - len(train_rows))  # fmt: skip
-    trainer = build_trainer(cfg, [rollout_cb, evaluation, IdentityInCheckpoint(identity)],
-                            run_dir, plan.algo.updates_per_rollout)  # fmt: skip
+    rollout_cb, evaluation = _callbacks(
+        cfg,
+        plan,
+        data,
+        model_path,
+        policy,
+        processor,
+        to_prompt,
+        len(data["train"]) - len(train_rows),
+    )
+    trainer = build_trainer(
+        cfg,
+        [rollout_cb, evaluation, IdentityInCheckpoint(identity)],
+        run_dir,
+        plan.algo.updates_per_rollout,
+    )
     check_world_size(plan.algo, trainer.world_size)
     module = _module(cfg, plan, trainer, policy, processor, reference, train_rows)
     steps = torch.utils.data.DataLoader(
         list(range(cfg.steps)), batch_size=1
     )  # step ticks; prompts come from the stream
-    trainer.fit(module, train_dataloaders=steps, ckpt_path=ckpt_path,
-                weights_only=True)  # a checkpoint never runs code on load  # fmt: skip
+    trainer.fit(
+        module, train_dataloaders=steps, ckpt_path=ckpt_path, weights_only=True
+    )  # a checkpoint never runs code on load
 
     if cfg.export_hf:
         export_hf(module, processor, run_dir / "hf_model", trainer)
@@ -68,8 +81,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         finish_report(run_dir, trainer.loggers, step=module.rl_step)
     metrics = _read_metrics(run_dir)
     metrics["train"] = dict(module.last_metrics)
-    return metrics, {"module": module, "trainer": trainer, "engine": rollout_cb.engine, "run_dir": run_dir,
-                     "model_path": model_path}  # fmt: skip
+    return metrics, {
+        "module": module,
+        "trainer": trainer,
+        "engine": rollout_cb.engine,
+        "run_dir": run_dir,
+        "model_path": model_path,
+    }
 
 
 def _start(cfg: DictConfig):
@@ -120,12 +138,25 @@ def _callbacks(cfg, plan, data, model_path, policy, processor, to_prompt, long_t
     )
     rollout_cb = RolloutCallback(engine_factory, to_prompt, plan.algo, plan.sampling, scorer)
     evaluation = Evaluation(
-        rollout_cb, sets, scorer, plan.eval_sampling, plan.run_dir, before=cfg.eval.before, after=cfg.eval.after,
-        every_n_steps=cfg.eval.every_n_steps, batch_size=cfg.rollout.eval.batch_size,
-        extra={"config": {"experiment_name": cfg.experiment_name, "estimator": plan.algo.estimator,
-                          "model_path": str(model_path), "skipped_rows": data["skipped"],
-                          "filtered_long_prompts": {"train": long_train, **eval_dropped}}},
-    )  # fmt: skip
+        rollout_cb,
+        sets,
+        scorer,
+        plan.eval_sampling,
+        plan.run_dir,
+        before=cfg.eval.before,
+        after=cfg.eval.after,
+        every_n_steps=cfg.eval.every_n_steps,
+        batch_size=cfg.rollout.eval.batch_size,
+        extra={
+            "config": {
+                "experiment_name": cfg.experiment_name,
+                "estimator": plan.algo.estimator,
+                "model_path": str(model_path),
+                "skipped_rows": data["skipped"],
+                "filtered_long_prompts": {"train": long_train, **eval_dropped},
+            }
+        },
+    )
     return rollout_cb, evaluation
 
 
@@ -138,12 +169,18 @@ def _module(cfg, plan, trainer, policy, processor, reference, train_rows):
 
     records = RecordWriter(plan.run_dir, rank=trainer.global_rank, with_text=cfg.records_text)
     module = MAPOModule(
-        policy, processor, plan.algo, plan.optim, reference=reference,
-        sampling=plan.sampling, total_steps=cfg.steps,
-        suppress_ids=policy_suppressed_ids(policy, processor), records=records,
+        policy,
+        processor,
+        plan.algo,
+        plan.optim,
+        reference=reference,
+        sampling=plan.sampling,
+        total_steps=cfg.steps,
+        suppress_ids=policy_suppressed_ids(policy, processor),
+        records=records,
         share_prompt=cfg.model.share_prompt,
         padding_free=cfg.model.padding_free,
-    )  # fmt: skip
+    )
     module.stream = PromptStream(
         train_rows, seed=cfg.seed, rank=trainer.global_rank, world_size=trainer.world_size
     )

@@ -77,8 +77,11 @@ def check_world_size(algo: AlgorithmConfig, world: int) -> None:
 # (key, test, rule): values that would otherwise fail (or silently misbehave) only after the
 # model has loaded. Structural rules live in AlgorithmConfig / OptimConfig / LossConfig.
 _VALUE_RULES = (
-    ("rollout.temperature", lambda v: v > 0, "> 0: training needs G different samples and "
-     "log-probs divide by it"),
+    (
+        "rollout.temperature",
+        lambda v: v > 0,
+        "> 0: training needs G different samples and log-probs divide by it",
+    ),
     ("rollout.top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("rollout.max_new_tokens", lambda v: v >= 1, ">= 1"),
     ("rollout.eval.temperature", lambda v: v >= 0, ">= 0 (0 is greedy)"),
@@ -99,8 +102,11 @@ _VALUE_RULES = (
     ("data.min_pixels", lambda v: 1 <= v, ">= 1"),
     ("data.max_pixels", lambda v: v >= 1, ">= data.min_pixels"),
     ("data.max_image_pixels", lambda v: v is None or v >= 1, ">= 1, or null for no cap"),
-    ("model.dtype", lambda v: v in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16",
-     "fp16"), "auto, float32, bfloat16 or float16"),
+    (
+        "model.dtype",
+        lambda v: v in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"),
+        "auto, float32, bfloat16 or float16",
+    ),
     ("model.share_prompt", lambda v: v is None or isinstance(v, bool), "true or false"),
     ("model.padding_free", lambda v: v is None or isinstance(v, bool), "true or false"),
     ("rollout.share_prefill", lambda v: v is None or isinstance(v, bool), "true or false"),
@@ -108,7 +114,7 @@ _VALUE_RULES = (
     ("eval.every_n_steps", lambda v: v >= 0, ">= 0 (0 disables)"),
     ("callbacks.model_checkpoint.every_n_train_steps", lambda v: v is None or v >= 0, ">= 0"),
     ("seed", lambda v: 0 <= v < 2**32, "in [0, 2**32): seeds numpy too"),
-)  # fmt: skip
+)
 
 
 def _check_values(cfg: DictConfig, algo: AlgorithmConfig) -> None:
@@ -138,6 +144,25 @@ def check_optim(optim: OptimConfig) -> None:
         raise ConfigError(f"optim.impl={optim.impl!r}; use torch (any device) or fused (CUDA)")
     if optim.lr <= 0:
         raise ConfigError(f"optim.lr={optim.lr} must be > 0 (the paper uses 1e-6)")
+
+
+def _check_inputs(cfg: DictConfig) -> None:
+    """The model folder and the data files exist (each message names its fix)."""
+    if cfg.model.path is None and cfg.model.name != "tiny":
+        raise ConfigError("model.path is null; set model.path=/path/to/model (a local HF folder)")
+    _check_path(
+        cfg.model.path,
+        "model folder (model.path)",
+        "download Qwen2.5-VL-7B-Instruct to a local folder and pass model.path=/that/folder "
+        "(or set MAPO_MODEL_DIR to the folder that contains it)",
+    )
+    if cfg.model.path is not None and os.path.isdir(str(cfg.model.path)):
+        check_model_folder(cfg.model.path)  # before the data, with the fix
+    if cfg.data.get("synthetic") is None:
+        # each set's hint names its own converter (a missing MathVision set is told `prepare mathvision`)
+        _check_path(cfg.data.train, "training data (data.train)", prepare_hint(cfg.data.name))
+        for name, path in {**cfg.data.in_domain, **cfg.data.out_of_domain}.items():
+            _check_path(path, f"evaluation set {name!r}", prepare_hint(name))
 
 
 def validate(cfg: DictConfig) -> RunSettings:
@@ -172,24 +197,23 @@ def validate(cfg: DictConfig) -> RunSettings:
     from mapo.data.prompts import load_template
 
     load_template(cfg.data.template)  # raises naming the known templates
-    if cfg.model.path is None and cfg.model.name != "tiny":
-        raise ConfigError("model.path is null; set model.path=/path/to/model (a local HF folder)")
-    _check_path(cfg.model.path, "model folder (model.path)",
-                "download Qwen2.5-VL-7B-Instruct to a local folder and pass model.path=/that/folder "
-                "(or set MAPO_MODEL_DIR to the folder that contains it)")  # fmt: skip
-    if cfg.model.path is not None and os.path.isdir(str(cfg.model.path)):
-        check_model_folder(cfg.model.path)  # before the data, with the fix
-    if cfg.data.get("synthetic") is None:
-        # each set's hint names its own converter (a missing MathVision set is told `prepare mathvision`)
-        _check_path(cfg.data.train, "training data (data.train)", prepare_hint(cfg.data.name))
-        for name, path in {**cfg.data.in_domain, **cfg.data.out_of_domain}.items():
-            _check_path(path, f"evaluation set {name!r}", prepare_hint(name))
+    _check_inputs(cfg)
     r = cfg.rollout
     # seed=None: training rollouts draw from the global RNG (seeded once, saved in checkpoints),
     # so every step gets fresh noise and a resumed run continues the same random stream.
-    sampling = SamplingConfig(n=algo.group_size, temperature=r.temperature, top_p=r.top_p,
-                              max_new_tokens=r.max_new_tokens, seed=None)  # fmt: skip
+    sampling = SamplingConfig(
+        n=algo.group_size,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        max_new_tokens=r.max_new_tokens,
+        seed=None,
+    )
     ev = r.eval
-    eval_sampling = SamplingConfig(n=1, temperature=ev.temperature, top_p=ev.top_p,
-                                   max_new_tokens=ev.max_new_tokens, seed=cfg.seed)  # fmt: skip
+    eval_sampling = SamplingConfig(
+        n=1,
+        temperature=ev.temperature,
+        top_p=ev.top_p,
+        max_new_tokens=ev.max_new_tokens,
+        seed=cfg.seed,
+    )
     return RunSettings(algo, optim, sampling, eval_sampling, run_dir_of(cfg))

@@ -106,9 +106,13 @@ class RolloutCallback(Callback):
         pool, keep, spread, tries, generations = self._draw_until_full(module, pool, want)
         kept, padded = _fill_with_rejected(keep[:want], spread, want)
         out = select_groups(pool, kept)
-        stats = {"dapo/tries": float(tries), "dapo/generations": float(generations),
-                 "dapo/kept_groups": float(min(len(keep), want)),
-                 "dapo/padded_groups": float(padded), "dapo/candidate_groups": float(len(spread))}  # fmt: skip
+        stats = {
+            "dapo/tries": float(tries),
+            "dapo/generations": float(generations),
+            "dapo/kept_groups": float(min(len(keep), want)),
+            "dapo/padded_groups": float(padded),
+            "dapo/candidate_groups": float(len(spread)),
+        }
         return (*out, stats)
 
     def _draw_until_full(self, module, pool, want: int):
@@ -209,9 +213,18 @@ class Evaluation(Callback):
         self.rollout._sync(module)  # the engine the rollouts use, on the current weights
         was = module.policy.training
         module.policy.eval()
-        block, _ = evaluate(self.rollout.engine, self.sets, self.scorer, self.sampling, batch_size=self.batch_size,
-                            rank=trainer.global_rank, world_size=trainer.world_size,
-                            desc=f"evaluation {tag}" if tag != "history" else f"evaluation at step {module.rl_step}")  # fmt: skip
+        block, _ = evaluate(
+            self.rollout.engine,
+            self.sets,
+            self.scorer,
+            self.sampling,
+            batch_size=self.batch_size,
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+            desc=f"evaluation {tag}"
+            if tag != "history"
+            else f"evaluation at step {module.rl_step}",
+        )
         module.policy.train(was)
         block["step"] = module.rl_step
         # None marks a dataset with no samples (nothing to log)
@@ -256,8 +269,13 @@ class Evaluation(Callback):
 class RLProgressBar(RichProgressBar):
     """Rich bar showing the step's reward, accuracy and time instead of every logged key."""
 
-    KEYS = {"reward/overall": "reward", "reward/accuracy": "acc", "reward/format": "fmt",
-            "actor/kl_ref": "kl", "time/step": "s/step"}  # fmt: skip
+    KEYS = {
+        "reward/overall": "reward",
+        "reward/accuracy": "acc",
+        "reward/format": "fmt",
+        "actor/kl_ref": "kl",
+        "time/step": "s/step",
+    }
 
     def _get_train_description(self, current_epoch: int) -> str:
         return "RL steps"  # one epoch of step ticks: "Epoch 0/-2" would mean nothing here

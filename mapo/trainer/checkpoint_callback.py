@@ -51,6 +51,9 @@ class RunCheckpoint(ModelCheckpoint):
         if stale:
             log.warning(
                 "removed %d stale checkpoint(s) a killed run left beside the kept ones "
-                "(save_top_k=%d): %s", len(stale), self.save_top_k, [p.name for p in stale],
-            )  # fmt: skip
+                "(save_top_k=%d): %s",
+                len(stale),
+                self.save_top_k,
+                [p.name for p in stale],
+            )
         return stale

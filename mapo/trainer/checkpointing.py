@@ -162,8 +162,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if status == "unverified":
             log.warning(
                 "checkpoint %s has no checksum sidecar (%s): loading it unverified",
-                path, integrity.sidecar_of(path).name,
-            )  # fmt: skip
+                path,
+                integrity.sidecar_of(path).name,
+            )
 
     @staticmethod
     def _hint(path: _PATH) -> str:

@@ -45,8 +45,12 @@ class EvalSets:
                 [to_prompt(r) for r in set_rows], processor, max_tokens
             )
             if dropped[name]:
-                log.warning("eval set %s: dropped %d prompts longer than %d tokens",
-                            name, dropped[name], max_tokens)  # fmt: skip
+                log.warning(
+                    "eval set %s: dropped %d prompts longer than %d tokens",
+                    name,
+                    dropped[name],
+                    max_tokens,
+                )
             if set_rows and not prompts[name]:
                 raise ValueError(
                     f"eval set {name}: every prompt is longer than data.max_prompt_tokens="
@@ -74,9 +78,12 @@ def evaluate(
     preds: list[dict[str, Any]] = []
     total = sum(len(p[rank::world_size]) for p in sets.prompts.values())
     one = SamplingConfig(
-        n=1, temperature=sampling.temperature, top_p=sampling.top_p,
-        max_new_tokens=sampling.max_new_tokens, seed=sampling.seed,
-    )  # fmt: skip
+        n=1,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        max_new_tokens=sampling.max_new_tokens,
+        seed=sampling.seed,
+    )
     with Progress(desc, total, unit="prompts", enabled=progress and rank == 0) as bar:
         for name, prompts in sets.prompts.items():
             shard = prompts[rank::world_size]
@@ -88,10 +95,16 @@ def evaluate(
                 metric.update(correct, name)
                 if keep_predictions:
                     for i, p in enumerate(chunk):
-                        preds.append({
-                            "dataset": name, "id": p.uid, "answer": p.answer, "prediction": comps.text[i],
-                            "overall": float(scores["overall"][i]), "format": float(scores["format"][i]),
-                            "accuracy": float(scores["accuracy"][i]),
-                        })  # fmt: skip
+                        preds.append(
+                            {
+                                "dataset": name,
+                                "id": p.uid,
+                                "answer": p.answer,
+                                "prediction": comps.text[i],
+                                "overall": float(scores["overall"][i]),
+                                "format": float(scores["format"][i]),
+                                "accuracy": float(scores["accuracy"][i]),
+                            }
+                        )
                 bar.advance(len(chunk))
     return metric.to_block(), preds

@@ -146,8 +146,10 @@ def read_jsonl_rows(path: Path, required) -> list[dict[str, Any]]:
             raise ValueError(f"{path}: row {n} is not a JSON object ({err})") from None
         missing = [c for c in required if c not in rows[-1]]
         if missing:
-            raise ValueError(f"{path}: row {n} lacks field(s) {missing}; expected the "
-                             "mathllm/MATH-V layout described in docs/data.md.")  # fmt: skip
+            raise ValueError(
+                f"{path}: row {n} lacks field(s) {missing}; expected the "
+                "mathllm/MATH-V layout described in docs/data.md."
+            )
     return rows
 
 

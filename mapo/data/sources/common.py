@@ -70,8 +70,15 @@ def dropped(reason: str, index: int | None = None) -> Record:
     return Record(None, (reason,), index)
 
 
-def bad_record(opts: PrepareOptions, origin: str, index: int, row_id, reason: str, detail: str,
-               unit: str = "line") -> Record:  # fmt: skip
+def bad_record(
+    opts: PrepareOptions,
+    origin: str,
+    index: int,
+    row_id,
+    reason: str,
+    detail: str,
+    unit: str = "line",
+) -> Record:
     """A raw record that cannot become a row: BadRowError, or dropped and counted (skip)."""
     if opts.on_bad_row == "error":
         raise BadRowError(origin, index, row_id, reason, detail, unit)
@@ -191,8 +198,14 @@ def convert(
                 batch.append(rec.row)
                 indices.append(pos if rec.index is None else rec.index)
                 reasons.setdefault(str(rec.row.get("id")), rec.reasons)  # first of an id is kept
-            kept, bad = validate_rows(batch, origin=raw.origin, on_bad_row=opts.on_bad_row,
-                                      base_dir=base_dir, indices=indices, unit=raw.unit)  # fmt: skip
+            kept, bad = validate_rows(
+                batch,
+                origin=raw.origin,
+                on_bad_row=opts.on_bad_row,
+                base_dir=base_dir,
+                indices=indices,
+                unit=raw.unit,
+            )
             for row in kept:
                 changed.update(reasons.get(row["id"], ()))
             rows.extend(kept)

@@ -86,18 +86,27 @@ def prepare_conversations(name: str, src: Path, out: Path, opts: PrepareOptions)
     def row(entry: dict[str, Any]) -> Record:
         human, gpt = _turn(entry, "human") or "", _turn(entry, "gpt")
         question, answer = strip_image_tokens(human), _label(gpt)
-        reasons = [r for r, changed in (("image_tokens_removed", question != human.strip()),
-                                        ("question_supplied", not question),
-                                        ("label_normalized", answer != gpt)) if changed]  # fmt: skip
-        return Record({
-            "id": None if entry.get("id") is None else str(entry["id"]),
-            "images": [image_entry(entry["image"], images_root)] if entry.get("image") else [],
-            "problem": question or EMOTION_QUESTION,
-            "answer": answer,
-            "choices": labels,
-            "source": name,
-            "task": "emotion",
-        }, tuple(reasons))  # fmt: skip
+        reasons = [
+            r
+            for r, changed in (
+                ("image_tokens_removed", question != human.strip()),
+                ("question_supplied", not question),
+                ("label_normalized", answer != gpt),
+            )
+            if changed
+        ]
+        return Record(
+            {
+                "id": None if entry.get("id") is None else str(entry["id"]),
+                "images": [image_entry(entry["image"], images_root)] if entry.get("image") else [],
+                "problem": question or EMOTION_QUESTION,
+                "answer": answer,
+                "choices": labels,
+                "source": name,
+                "task": "emotion",
+            },
+            tuple(reasons),
+        )
 
     splits = {"test": [RawFile(str(path), entries)]}
     return convert(name, out, splits, row, opts, base_dir=images_root)

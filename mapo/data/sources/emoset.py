@@ -66,21 +66,26 @@ def prepare_emoset(src: Path, out: Path, opts: PrepareOptions) -> Converted:
         n = DEFAULT_N[split] if n is None else n
         entries = json.loads(path.read_text(encoding="utf-8"))
         splits[split] = [RawFile(str(path), subset(entries, n, opts.seed, split))]
-        notes.append(f"{split}: {len(splits[split][0].records)} of the {len(entries)} entries "
-                     f"of {path.name} (seeded subset, --seed {opts.seed})")  # fmt: skip
+        notes.append(
+            f"{split}: {len(splits[split][0].records)} of the {len(entries)} entries "
+            f"of {path.name} (seeded subset, --seed {opts.seed})"
+        )
 
     def row(entry: list[Any]) -> Record:
         label, image_id, image_path = entry[0], entry[1], entry[2]
         answer = str(label).strip().lower()
-        return Record({
-            "id": str(image_id),
-            "images": [image_entry(image_path, root)],
-            "problem": EMOTION_QUESTION,
-            "answer": answer,
-            "choices": labels,
-            "source": "emoset",
-            "task": "emotion",
-        }, ("label_normalized",) if answer != label else ())  # fmt: skip
+        return Record(
+            {
+                "id": str(image_id),
+                "images": [image_entry(image_path, root)],
+                "problem": EMOTION_QUESTION,
+                "answer": answer,
+                "choices": labels,
+                "source": "emoset",
+                "task": "emotion",
+            },
+            ("label_normalized",) if answer != label else (),
+        )
 
     result = convert("emoset", out, splits, row, opts)
     result.notes += notes

@@ -100,8 +100,14 @@ def prepare_emotion6(src: Path, out: Path, opts: PrepareOptions) -> Converted:
         n, fields = record
         name = fields[0].strip()
         if not _is_data(fields):
-            return bad_record(opts, str(path), n, name, "malformed_line",
-                              f"expected 10 tab-separated fields, got {fields!r}")  # fmt: skip
+            return bad_record(
+                opts,
+                str(path),
+                n,
+                name,
+                "malformed_line",
+                f"expected 10 tab-separated fields, got {fields!r}",
+            )
         folder = name.split("/")[0].strip().lower()
         votes = [float(v) for v in fields[3:]]
         top = [VOTE_COLUMNS[i] for i, v in enumerate(votes) if v == max(votes)]
@@ -113,18 +119,23 @@ def prepare_emotion6(src: Path, out: Path, opts: PrepareOptions) -> Converted:
         else:
             label = top[0]
             reasons = ("label_argmax_not_folder",) if label != folder else ()
-        return Record({
-            "id": name,
-            "images": [image_entry(name, images)],
-            "problem": EMOTION_QUESTION,
-            "answer": label,
-            "choices": labels,
-            "source": "emotion6",
-            "task": "emotion",
-        }, reasons, n)  # fmt: skip
+        return Record(
+            {
+                "id": name,
+                "images": [image_entry(name, images)],
+                "problem": EMOTION_QUESTION,
+                "answer": label,
+                "choices": labels,
+                "source": "emotion6",
+                "task": "emotion",
+            },
+            reasons,
+            n,
+        )
 
-    result = convert("emotion6", out, {"test": [RawFile(str(path), _lines(path), unit="line")]},
-                     row, opts)  # fmt: skip
+    result = convert(
+        "emotion6", out, {"test": [RawFile(str(path), _lines(path), unit="line")]}, row, opts
+    )
     how = "its folder" if opts.label_source == "folder" else "the most voted of the 7 columns"
     result.notes.append(f"gold label = {how} (--label-source {opts.label_source})")
     return result

@@ -60,8 +60,11 @@ def _hub_split(src: Path, split: str) -> list[RawFile]:
         return [RawFile(f, [(r, ()) for r in rows]) for f, rows in tables]
     files, n = [], 0  # the earlier revision has no ids: number the rows across the shards
     for f, rows in tables:
-        files.append(RawFile(f, [({**r, "id": f"{split}-{n + i}"}, ("id_derived",))
-                                 for i, r in enumerate(rows)]))  # fmt: skip
+        files.append(
+            RawFile(
+                f, [({**r, "id": f"{split}-{n + i}"}, ("id_derived",)) for i, r in enumerate(rows)]
+            )
+        )
         n += len(rows)
     return files
 

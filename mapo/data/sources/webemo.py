@@ -89,11 +89,27 @@ def _parse(path: Path, categories, opts: PrepareOptions) -> list[Record | tuple]
         if not parts:
             continue
         if len(parts) != 2 or not parts[1].isdigit():
-            out.append(bad_record(opts, str(path), n, parts[0], "malformed_line",
-                                  f"expected '<url> <label index>', got {line[:200]!r}"))  # fmt: skip
+            out.append(
+                bad_record(
+                    opts,
+                    str(path),
+                    n,
+                    parts[0],
+                    "malformed_line",
+                    f"expected '<url> <label index>', got {line[:200]!r}",
+                )
+            )
         elif int(parts[1]) >= len(categories):
-            out.append(bad_record(opts, str(path), n, parts[0], "unknown_label_index",
-                                  f"index {parts[1]} but category.txt has {len(categories)}"))  # fmt: skip
+            out.append(
+                bad_record(
+                    opts,
+                    str(path),
+                    n,
+                    parts[0],
+                    "unknown_label_index",
+                    f"index {parts[1]} but category.txt has {len(categories)}",
+                )
+            )
         else:
             out.append((n, parts[0], *_label(categories[int(parts[1])], opts.label_level)))
     return out
@@ -154,17 +170,23 @@ def prepare_webemo(src: Path, out: Path, opts: PrepareOptions) -> Converted:
             reasons = (*reasons, "image_name_ambiguous")  # the first in path order is used
         # not downloaded: a missing_image bad row naming the file name that was looked for
         image = image_entry(str(found[0]), None) if found else {"bytes": None, "path": name}
-        return Record({
-            "id": name,
-            "images": [image],
-            "problem": EMOTION_QUESTION,
-            "answer": label,
-            "choices": [lab.strip().lower() for lab in labels],
-            "source": "webemo",
-            "task": "emotion",
-        }, reasons, n)  # fmt: skip
+        return Record(
+            {
+                "id": name,
+                "images": [image],
+                "problem": EMOTION_QUESTION,
+                "answer": label,
+                "choices": [lab.strip().lower() for lab in labels],
+                "source": "webemo",
+                "task": "emotion",
+            },
+            reasons,
+            n,
+        )
 
     result = convert("webemo", out, {"test": [RawFile(str(test), entries, unit="line")]}, row, opts)
-    result.notes.append(f"gold label = category.txt level {opts.label_level} "
-                        f"(--label-level {opts.label_level}): {len(labels)} labels")  # fmt: skip
+    result.notes.append(
+        f"gold label = category.txt level {opts.label_level} "
+        f"(--label-level {opts.label_level}): {len(labels)} labels"
+    )
     return result
