@@ -77,8 +77,8 @@ def test_documented_two_node_launch_composes_and_validates(kind, local_files, tm
     assert world == nodes * per_node == 16
     assert cfg.trainer.strategy.stage == 3 and cfg.rollout.engine == "vllm"
     assert cfg.rollout.sync_bucket_mb > 0  # bucketed weight sync into each rank's engine
-    plan = validate(cfg)
-    a = plan.algo
+    settings = validate(cfg)
+    a = settings.algo
     assert a.rollout_batch_size % world == 0 and a.mini_batch_size % world == 0
     assert (a.rollout_batch_size // world, a.mini_batch_size // world) == (32, 8)
 

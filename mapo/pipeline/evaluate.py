@@ -58,7 +58,7 @@ def _load_model(cfg: DictConfig, data: dict[str, Any]) -> tuple[Any, Any, str]:
 
 
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
-    plan = validate(cfg)
+    settings = validate(cfg)
     out = run_dir_of(cfg)
     out.mkdir(parents=True, exist_ok=True)
     data = prepare_data(cfg)
@@ -77,7 +77,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
             engine,
             sets,
             make_scorer(cfg),
-            plan.eval_sampling,
+            settings.eval_sampling,
             batch_size=cfg.eval_batch_size,
             keep_predictions=True,
         )
@@ -89,7 +89,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
             "estimator": f"eval:{Path(str(folder)).name}",
             "model": str(cfg.model_to_eval or folder),
             "filtered_long_prompts": dropped,
-            "sampling": vars(plan.eval_sampling),
+            "sampling": vars(settings.eval_sampling),
         },
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -41,18 +41,18 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run one experiment; returns (metrics, objects) so tests can inspect both."""
     filter_warnings()  # also for notebooks and scripts that call train() without train.py
-    plan, ckpt_path, identity = _start(cfg)
-    run_dir = plan.run_dir
+    settings, ckpt_path, identity = _start(cfg)
+    run_dir = settings.run_dir
     data = prepare_data(cfg)
     model_path = prepare_model(cfg, data)
-    processor, policy, reference = _load_models(cfg, plan, model_path)
+    processor, policy, reference = _load_models(cfg, settings, model_path)
     to_prompt = to_prompt_fn(cfg, processor)
     train_rows = filter_long(
         data["train"], to_prompt, processor, cfg.data.max_prompt_tokens, "train"
     )
     rollout_cb, evaluation = _callbacks(
         cfg,
-        plan,
+        settings,
         data,
         model_path,
         policy,
@@ -64,10 +64,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         cfg,
         [rollout_cb, evaluation, IdentityInCheckpoint(identity)],
         run_dir,
-        plan.algo.updates_per_rollout,
+        settings.algo.updates_per_rollout,
     )
-    check_world_size(plan.algo, trainer.world_size)
-    module = _module(cfg, plan, trainer, policy, processor, reference, train_rows)
+    check_world_size(settings.algo, trainer.world_size)
+    module = _module(cfg, settings, trainer, policy, processor, reference, train_rows)
     steps = torch.utils.data.DataLoader(
         list(range(cfg.steps)), batch_size=1
     )  # step ticks; prompts come from the stream
@@ -92,17 +92,19 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _start(cfg: DictConfig):
     """Validate (fail fast), make the run dir, check a resume against the run's identity,
-    write that identity and seed everything. Returns (plan, checkpoint to resume, identity)."""
-    plan = validate(cfg)
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = resolve_resume(cfg, plan.run_dir, run_dir_is_explicit(cfg))  # refuses a changed run
+    write that identity and seed everything. Returns (settings, checkpoint to resume, identity)."""
+    settings = validate(cfg)
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = resolve_resume(
+        cfg, settings.run_dir, run_dir_is_explicit(cfg)
+    )  # refuses a changed run
     identity = run_identity(cfg)
-    write_identity(plan.run_dir, identity)
+    write_identity(settings.run_dir, identity)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    return plan, ckpt_path, identity
+    return settings, ckpt_path, identity
 
 
-def _load_models(cfg: DictConfig, plan, model_path):
+def _load_models(cfg: DictConfig, settings, model_path):
     """(processor, policy, frozen reference or None when kl_coef = 0) from model.*."""
     from mapo.models.loading import load_policy, load_processor, load_reference
 
@@ -119,11 +121,11 @@ def _load_models(cfg: DictConfig, plan, model_path):
         gradient_checkpointing=m.gradient_checkpointing,
         **kw,
     )
-    reference = load_reference(model_path, **kw) if plan.algo.needs_reference else None
+    reference = load_reference(model_path, **kw) if settings.algo.needs_reference else None
     return processor, policy, reference
 
 
-def _callbacks(cfg, plan, data, model_path, policy, processor, to_prompt, long_train: int):
+def _callbacks(cfg, settings, data, model_path, policy, processor, to_prompt, long_train: int):
     """The rollout callback (engine, sampling, scorer) and the evaluation callback."""
     from mapo.rollout import build_engine
     from mapo.trainer.callbacks import Evaluation, RolloutCallback
@@ -136,13 +138,15 @@ def _callbacks(cfg, plan, data, model_path, policy, processor, to_prompt, long_t
     sets, eval_dropped = EvalSets.build(
         data["in_domain"], data["eval"], to_prompt, processor, cfg.data.max_prompt_tokens
     )
-    rollout_cb = RolloutCallback(engine_factory, to_prompt, plan.algo, plan.sampling, scorer)
+    rollout_cb = RolloutCallback(
+        engine_factory, to_prompt, settings.algo, settings.sampling, scorer
+    )
     evaluation = Evaluation(
         rollout_cb,
         sets,
         scorer,
-        plan.eval_sampling,
-        plan.run_dir,
+        settings.eval_sampling,
+        settings.run_dir,
         before=cfg.eval.before,
         after=cfg.eval.after,
         every_n_steps=cfg.eval.every_n_steps,
@@ -150,7 +154,7 @@ def _callbacks(cfg, plan, data, model_path, policy, processor, to_prompt, long_t
         extra={
             "config": {
                 "experiment_name": cfg.experiment_name,
-                "estimator": plan.algo.estimator,
+                "estimator": settings.algo.estimator,
                 "model_path": str(model_path),
                 "skipped_rows": data["skipped"],
                 "filtered_long_prompts": {"train": long_train, **eval_dropped},
@@ -160,21 +164,21 @@ def _callbacks(cfg, plan, data, model_path, policy, processor, to_prompt, long_t
     return rollout_cb, evaluation
 
 
-def _module(cfg, plan, trainer, policy, processor, reference, train_rows):
+def _module(cfg, settings, trainer, policy, processor, reference, train_rows):
     """The RL module with its rollout records and this rank's prompt stream."""
     from mapo.analysis.records import RecordWriter
     from mapo.models.processor import policy_suppressed_ids
     from mapo.trainer.module import MAPOModule
     from mapo.trainer.prompt_stream import PromptStream
 
-    records = RecordWriter(plan.run_dir, rank=trainer.global_rank, with_text=cfg.records_text)
+    records = RecordWriter(settings.run_dir, rank=trainer.global_rank, with_text=cfg.records_text)
     module = MAPOModule(
         policy,
         processor,
-        plan.algo,
-        plan.optim,
+        settings.algo,
+        settings.optim,
         reference=reference,
-        sampling=plan.sampling,
+        sampling=settings.sampling,
         total_steps=cfg.steps,
         suppress_ids=policy_suppressed_ids(policy, processor),
         records=records,
