@@ -49,8 +49,8 @@ def test_every_experiment_composes(name, tmp_path):
     OmegaConf.to_container(job, resolve=True)  # every interpolation of the job's config resolves
     assert cfg.experiment_name == name
     if name.startswith("synth"):
-        plan = validate(cfg)  # synthetic: nothing external is needed
-        assert plan.algo.group_size >= 2
+        settings = validate(cfg)  # synthetic: nothing external is needed
+        assert settings.algo.group_size >= 2
     else:
         with pytest.raises(FileNotFoundError, match="model.path|data"):
             validate(cfg)  # no weights or data on this machine: fails fast naming the path

@@ -53,8 +53,8 @@ def test_recipe_add_an_advantage_estimator(tmp_path, plugin):
             return r - s.expand(s.mu), {}
     """)
     try:
-        plan = _validate(tmp_path, f"plugins=[{mod}]", "algorithm.estimator=recipe_centered")
-        assert plan.algo.estimator == "recipe_centered"
+        settings = _validate(tmp_path, f"plugins=[{mod}]", "algorithm.estimator=recipe_centered")
+        assert settings.algo.estimator == "recipe_centered"
         r = torch.tensor([0.0, 1.0, 1.0, 1.0, 0.1, 0.1])
         g = torch.tensor([0, 0, 0, 0, 1, 1])
         adv = compute_advantages("recipe_centered", r, g, eps=0.0, std="population")
