@@ -1,7 +1,7 @@
 """The loss settings, one dataclass under one name from the YAML to the loss functions.
 
 Built by ``AlgorithmConfig.loss_config()`` from ``conf/algorithm/`` (their one home; no code
-defaults here) and checked there; every policy loss (policy_losses.py), the KL term and the
+defaults here) and checked by mapo/pipeline/validate.py; every policy loss (policy_losses.py), the KL term and the
 aggregation (losses.py) read the fields by the YAML's names.
 """
 

@@ -5,7 +5,7 @@ Every loss takes the current log-probs `logp` [N, L] (with gradient), the frozen
 [N, L], and returns the per-token loss to *minimise* [N, L] plus boolean [N, L] maps for the
 clip-fraction metrics. Aggregation (mapo/algorithm/losses.py `aggregate`) and the KL term are common to
 all of them; each loss lists the aggregation modes its paper defines, and any other mode is
-rejected at config time (`policy_loss_error`, checked by mapo/algorithm/config.py). Formulas and references: docs/policy_losses.md
+rejected at config time (`policy_loss_error`, checked by mapo/pipeline/validate.py). Formulas and references: docs/policy_losses.md
 (papers cited by section; equation numbers are given only where checked).
 
 Notation: r_t = pi_theta / pi_old per token, sg[.] = stop-gradient (detach), |y_i| = valid

@@ -47,7 +47,7 @@ _MAX_LOG_RATIO = 20.0  # verl's SAFETY_BOUND: exp() beyond this is meaningless; 
 
 @dataclass(frozen=True)
 class RolloutCorrection:
-    # Checked by mapo/algorithm/config.py (check_rollout_correction), the one home of its rules.
+    # Checked by mapo/pipeline/validate.py (check_algorithm), the one home of the rules.
     mode: str  # MODES; the module docstring says what each computes
     cap: float  # C > 1: truncation cap (tis) or the band's upper end (mask, mis)
     cap_lower: float | None  # the band's lower end; null: 1/C (mask) or none (mis)

@@ -44,16 +44,22 @@ def algorithm_config(name: str = "mapo", **changes: Any):
     """``AlgorithmConfig`` of ``conf/algorithm/<name>.yaml`` with ``changes`` applied (tests,
     benchmarks, notebooks: the YAML is the one home of the defaults)."""
     from mapo.algorithm.config import AlgorithmConfig
+    from mapo.pipeline.validate import check_algorithm
 
-    return AlgorithmConfig.from_dict({**_yaml(f"algorithm/{name}.yaml"), **changes})
+    algo = AlgorithmConfig.from_dict({**_yaml(f"algorithm/{name}.yaml"), **changes})
+    check_algorithm(algo)
+    return algo
 
 
 def optim_config(**changes: Any):
     """``OptimConfig`` of ``conf/optim/adamw.yaml`` with ``changes`` applied."""
+    from mapo.pipeline.validate import check_optim
     from mapo.types import OptimConfig
 
     values = {**_yaml("optim/adamw.yaml"), **changes}
-    return OptimConfig(**{**values, "betas": tuple(values["betas"])})
+    optim = OptimConfig(**{**values, "betas": tuple(values["betas"])})
+    check_optim(optim)
+    return optim
 
 
 def _yaml(path: str) -> dict[str, Any]:

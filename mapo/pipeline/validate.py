@@ -1,7 +1,9 @@
 """Fail fast: everything that can be checked without loading a model, checked first.
 
-`validate` turns the config into typed objects (`RunSettings`) and raises a `ConfigError` or
+The one home of the config's rules: `validate` turns the config into typed objects
+(`RunSettings`; the dataclasses themselves check nothing) and raises a `ConfigError` or
 `FileNotFoundError` that says how to fix the value, within seconds of `python train.py`.
+`config_keys.py` is the schema it reads (unknown keys, wrong types).
 """
 
 from __future__ import annotations
@@ -13,7 +15,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mapo.algorithm.advantages import ADVANTAGE_ESTIMATORS
 from mapo.algorithm.config import AlgorithmConfig, ConfigError
+from mapo.algorithm.loss_config import LossConfig
+from mapo.algorithm.losses import KL_ESTIMATORS, LOSS_AGGREGATIONS
+from mapo.algorithm.policy_losses import POLICY_LOSSES, policy_loss_error
+from mapo.algorithm.rollout_correction import MASKED_IS, MODES, REJECT, TRUNCATE, RolloutCorrection
 from mapo.data.prepare import prepare_hint
 from mapo.models.loading import check_model_folder
 from mapo.pipeline.config_keys import check_known_keys, check_types
@@ -137,6 +144,118 @@ def _check_values(cfg: DictConfig, algo: AlgorithmConfig) -> None:
         )
 
 
+def check_algorithm(algo: AlgorithmConfig) -> None:
+    """Every rule of the ``algorithm`` block (each message names the value to set)."""
+    if algo.estimator not in ADVANTAGE_ESTIMATORS:
+        raise ConfigError(
+            f"algorithm.estimator={algo.estimator!r} is unknown; known: {sorted(ADVANTAGE_ESTIMATORS)}"
+        )
+    if algo.std not in ("population", "unbiased"):
+        raise ConfigError(f"algorithm.std={algo.std!r}; use 'population' or 'unbiased'")
+    if algo.group_size < 2:
+        raise ConfigError(
+            f"algorithm.group_size={algo.group_size}: group-relative advantages need at least "
+            "2 rollouts per prompt (one rollout has nothing to be relative to); the paper uses 12"
+        )
+    for name in ("rollout_batch_size", "mini_batch_size", "micro_batch_size", "ppo_epochs"):
+        if getattr(algo, name) < 1:
+            raise ConfigError(f"algorithm.{name}={getattr(algo, name)} must be >= 1")
+    if algo.rollout_batch_size % algo.mini_batch_size:
+        raise ConfigError(
+            f"algorithm.rollout_batch_size={algo.rollout_batch_size} is not a multiple of "
+            f"mini_batch_size={algo.mini_batch_size}: each optimizer step must see whole "
+            "prompts' groups; e.g. the paper uses 512 and 128"
+        )
+    if (algo.mini_batch_size * algo.group_size) % algo.micro_batch_size:
+        raise ConfigError(
+            f"algorithm.micro_batch_size={algo.micro_batch_size} must divide mini_batch_size x "
+            f"group_size = {algo.mini_batch_size * algo.group_size} rollouts so every "
+            "micro-batch has the same size"
+        )
+    budget = algo.max_tokens_per_micro_batch
+    if budget is not None and (
+        isinstance(budget, bool) or not isinstance(budget, int) or budget < 1
+    ):
+        raise ConfigError(
+            f"algorithm.max_tokens_per_micro_batch={budget!r} must be a positive integer "
+            "(tokens per forward, at least the longest prompt + rollout.max_new_tokens) or null"
+        )
+    if not 0 <= algo.filter_low < algo.filter_high <= 1:
+        raise ConfigError(
+            f"algorithm.filter_low/high = {algo.filter_low}/{algo.filter_high} must satisfy "
+            "0 <= low < high <= 1 (DAPO keeps groups with mean reward in (0.01, 0.99))"
+        )
+    if algo.filter_max_tries < 1:
+        raise ConfigError("algorithm.filter_max_tries must be >= 1")
+    _check_rollout_correction(algo.rollout_correction)
+    _check_loss(algo.loss_config())
+
+
+def _check_loss(loss: LossConfig) -> None:
+    """The loss settings' rules (each message names the value to set)."""
+    if loss.clip_low <= 0 or loss.clip_high <= 0:
+        raise ConfigError(
+            f"algorithm.clip_low={loss.clip_low} and clip_high={loss.clip_high} must be "
+            "positive; the paper uses 0.2 / 0.2, DAPO 0.2 / 0.28"
+        )
+    if loss.clip_low >= 1:
+        raise ConfigError(f"algorithm.clip_low={loss.clip_low} must be < 1 (the floor is 1 - it)")
+    if loss.dual_clip is not None and loss.dual_clip <= 1:
+        raise ConfigError(f"algorithm.dual_clip={loss.dual_clip} must be > 1 (verl: 3.0) or null")
+    if loss.kl_coef < 0:
+        raise ConfigError(f"algorithm.kl_coef={loss.kl_coef} must be >= 0 (0: no KL term)")
+    if loss.kl_estimator not in KL_ESTIMATORS:
+        raise ConfigError(
+            f"algorithm.kl_estimator={loss.kl_estimator!r} is unknown; known: {sorted(KL_ESTIMATORS)}"
+        )
+    if loss.loss_agg not in LOSS_AGGREGATIONS:
+        raise ConfigError(
+            f"algorithm.loss_agg={loss.loss_agg!r} is unknown; known: {list(LOSS_AGGREGATIONS)}"
+        )
+    if loss.sapo_tau_pos <= 0 or loss.sapo_tau_neg <= 0:
+        raise ConfigError(
+            f"algorithm.sapo_tau_pos={loss.sapo_tau_pos} and sapo_tau_neg={loss.sapo_tau_neg} "
+            "must be > 0 (the SAPO paper uses 1.0 and 1.05)"
+        )
+    if loss.policy_loss not in POLICY_LOSSES:
+        raise ConfigError(
+            f"algorithm: unknown policy_loss {loss.policy_loss!r}; known: {sorted(POLICY_LOSSES)}"
+        )
+    problem = policy_loss_error(loss.policy_loss, loss.loss_agg, loss.dual_clip)
+    if problem is not None:
+        raise ConfigError(f"algorithm: {problem}")
+
+
+def _check_rollout_correction(rc: RolloutCorrection) -> None:
+    """algorithm.rollout_correction's rules (docs/rollout_correction.md)."""
+    name = "algorithm.rollout_correction"
+    if rc.mode not in MODES:
+        raise ConfigError(
+            f"{name}.mode={rc.mode!r} is unknown; use one of {list(MODES)} "
+            "(none disables the correction)"
+        )
+    if isinstance(rc.cap, bool) or not isinstance(rc.cap, (int, float)) or not rc.cap > 1:
+        raise ConfigError(
+            f"{name}.cap={rc.cap!r} must be > 1: the weights are min(ratio, C) or the band "
+            "[lo, C], and C <= 1 would cut on-policy tokens; verl's default is 2.0, TRL's 3.0"
+        )
+    if rc.cap_lower is None:
+        return
+    if rc.mode in TRUNCATE:
+        raise ConfigError(
+            f"{name}.cap_lower={rc.cap_lower!r} applies to the mask modes "
+            f"{list(REJECT + MASKED_IS)}; {rc.mode} truncates from above only (as verl's and "
+            "TRL's do): set cap_lower=null"
+        )
+    low = rc.cap_lower
+    if isinstance(low, bool) or not isinstance(low, (int, float)) or not 0 <= low < rc.cap:
+        raise ConfigError(
+            f"{name}.cap_lower={low!r} must be in [0, cap={rc.cap}) or null (the peer's "
+            "default: 1/cap for the verl rejection modes, no lower bound for token_mis / "
+            "seq_mis as in TRL)"
+        )
+
+
 def check_optim(optim: OptimConfig) -> None:
     if optim.schedule not in ("constant", "cosine"):
         raise ConfigError(f"optim.schedule={optim.schedule!r}; use constant or cosine")
@@ -172,6 +291,7 @@ def validate(cfg: DictConfig) -> RunSettings:
     check_types(AlgorithmConfig, OmegaConf.to_container(cfg.algorithm, resolve=True), "algorithm")
     check_types(OptimConfig, OmegaConf.to_container(cfg.optim, resolve=True), "optim")
     algo = AlgorithmConfig.from_dict(OmegaConf.to_container(cfg.algorithm, resolve=True))
+    check_algorithm(algo)
     optim = OptimConfig(**{k: (tuple(v) if k == "betas" else v) for k, v in cfg.optim.items()})
     check_optim(optim)
     if cfg.rollout.engine not in ENGINES:

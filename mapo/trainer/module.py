@@ -229,15 +229,13 @@ class MAPOModule(pl.LightningModule):
         for mb in micro_batches:  # dummies run too: ZeRO-3 ranks must do the same forwards
             sub = layout.inputs(mb)
             if need_old:
-                old.append((mb, self._logprobs(self.policy, sub)[0]))
+                old.append(self._logprobs(self.policy, sub)[0])
             if need_ref:
-                ref.append((mb, self._logprobs(self.reference, sub)[0]))
-
-        def scatter(parts: list[tuple[MicroBatch, Tensor]]) -> Tensor | None:
-            real = [logp for mb, logp in parts if not mb.dummy]
-            return layout.scatter(micro_batches, real) if real else None
-
-        return scatter(old), scatter(ref)
+                ref.append(self._logprobs(self.reference, sub)[0])
+        real = [i for i, mb in enumerate(micro_batches) if not mb.dummy]
+        old_logp = layout.scatter(micro_batches, [old[i] for i in real]) if old else None
+        ref_logp = layout.scatter(micro_batches, [ref[i] for i in real]) if ref else None
+        return old_logp, ref_logp
 
     def _logprobs(self, model, inputs: PolicyInputs, entropy: bool = False):
         out = token_logprobs(
