@@ -11,8 +11,10 @@ Not part of the identity (free to change on resume): `steps` (grow it to extend 
 `optim.schedule=cosine` the decay spans `steps`, so there it is compared too), logging,
 evaluation and checkpoint intervals, paths other than the data and model, `records_text`,
 `export_hf`, and speed knobs that leave the maths alone (attention kernel, gradient
-checkpointing, shared prompt/prefill, the rollout engine's memory settings). Every
-`algorithm.*` key is compared, the memory knob `micro_batch_size` included.
+checkpointing, shared prompt/prefill, the rollout engine's memory settings) and the memory-only
+micro-batch knobs `algorithm.micro_batch_size` and `algorithm.max_tokens_per_micro_batch`
+(lowering them after running out of memory is the usual fix; the update is the same sum).
+Every other `algorithm.*` key is compared.
 
 Where the identity lives: inside every checkpoint (`checkpoint["run_identity"]`, by
 `IdentityInCheckpoint`), in the checkpoint's sha256 sidecar (so reading it needs no
@@ -34,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mapo.algorithm.config import ConfigError
 from mapo.atomic import atomic_write
-from mapo.trainer.checkpoint_integrity import read_sidecar
+from mapo.trainer.checkpoint_integrity import try_read_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,8 @@ IDENTITY_KEYS = (
     "rollout.engine", "rollout.temperature", "rollout.top_p", "rollout.max_new_tokens",
     "trainer.devices", "trainer.num_nodes", "trainer.precision",
 )  # fmt: skip
+# Inside IDENTITY_KEYS but memory only: how a step's rows are split, not what it computes.
+MEMORY_KEYS = ("algorithm.micro_batch_size", "algorithm.max_tokens_per_micro_batch")
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -72,22 +76,37 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
             continue
         value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
         _flatten(key, value, out)
+    for key in MEMORY_KEYS:
+        out.pop(key, None)
     if OmegaConf.select(cfg, "optim.schedule", default=None) == "cosine":
         out["steps"] = cfg.steps  # the decay spans `steps`: extending it changes past-step LRs
     return json.loads(json.dumps(out, default=str))  # tuples -> lists, as they come back
 
 
 def stored_identity(ckpt: Path) -> dict[str, Any] | None:
-    """The identity saved with checkpoint `ckpt`: its sidecar, else its run dir's file."""
+    """The identity saved with checkpoint `ckpt`: its sidecar, else its run dir's file, else
+    the checkpoint itself (read weights-only and memory-mapped: no code runs, no copy)."""
     if ckpt.is_file():
-        meta = read_sidecar(ckpt)
+        meta = try_read_sidecar(ckpt)  # the loader refuses a damaged one later
         if meta and isinstance(meta.get("run_identity"), dict):
             return meta["run_identity"]
     path = ckpt.resolve().parent.parent / IDENTITY_FILE  # <run dir>/checkpoints/<ckpt>
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
+        pass
+    return _identity_inside(ckpt) if ckpt.is_file() else None
+
+
+def _identity_inside(ckpt: Path) -> dict[str, Any] | None:
+    import torch
+
+    try:
+        found = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable: the loader names the file and the fix
         return None
+    identity = found.get("run_identity") if isinstance(found, dict) else None
+    return identity if isinstance(identity, dict) else None
 
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -118,7 +137,8 @@ def check_resume(cfg: DictConfig, ckpt: Path) -> None:
         raise ConfigError(
             f"ckpt_path={ckpt} was saved by a run with other settings ({lines}). Resuming would "
             "mix two runs in one folder (records, metrics, cold start and KL reference). Fix: "
-            "use the checkpoint run's values (its config is in <run dir>/.hydra/config.yaml), "
+            "use the checkpoint run's values (listed here; its whole config stays in <run "
+            "dir>/.hydra/config.yaml: a refused start puts it back), "
             "or start a new run (ckpt_path=null and a new hydra.run.dir), or allow the change "
             f"explicitly: resume.allow_changed=[{','.join(refused)}]"
         )
@@ -141,6 +161,8 @@ def resolve_resume(cfg: DictConfig, run_dir: Path, explicit_run_dir: bool) -> st
             raise ConfigError(_no_run_dir_message(run_dir))
         if not ckpt.exists():
             log.warning("ckpt_path=last but %s does not exist: starting from scratch", ckpt)
+            if (run_dir / IDENTITY_FILE).exists():  # a run killed before its first save
+                check_resume(cfg, ckpt)
             return None
     check_resume(cfg, ckpt)
     return str(ckpt)

@@ -14,7 +14,9 @@ ordered so that a kill at any moment leaves a sidecar that accepts whichever fil
 
 `verify` hashes the file and compares (one extra read of the file at resume time). A missing
 sidecar (a checkpoint from before this scheme, or copied without it) is reported by `verify` as
-"unverified"; the loader then warns and loads. The sidecar also carries the run identity
+"unverified"; the loader then warns and loads. A sidecar that is there but unreadable (not
+JSON, no "accept" list) is "bad sidecar": the loader refuses it, since a damaged sidecar says
+nothing about the file beside it and a damaged file must not load unverified. The sidecar also carries the run identity
 (`mapo.pipeline.run_identity`) so a resume can compare configs without opening the checkpoint.
 """
 
@@ -60,13 +62,31 @@ def file_sha256(path: str | os.PathLike) -> str:
     return sha.hexdigest()
 
 
+class SidecarError(ValueError):
+    """A sidecar file that exists but cannot be read as one."""
+
+
 def read_sidecar(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The sidecar of checkpoint `path`, or None when there is none (or it is unreadable)."""
+    """The sidecar of checkpoint `path`, or None when there is none; SidecarError when it is
+    there but unreadable."""
+    side = sidecar_of(path)
     try:
-        meta = json.loads(sidecar_of(path).read_text())
-    except (OSError, ValueError):
+        meta = json.loads(side.read_text())
+    except FileNotFoundError:
         return None
-    return meta if isinstance(meta, dict) and isinstance(meta.get("accept"), list) else None
+    except (OSError, ValueError) as err:
+        raise SidecarError(f"{side.name} is unreadable ({type(err).__name__}: {err})") from err
+    if not (isinstance(meta, dict) and isinstance(meta.get("accept"), list)):
+        raise SidecarError(f"{side.name} is not a checksum sidecar (no 'accept' list)")
+    return meta
+
+
+def try_read_sidecar(path: str | os.PathLike) -> dict[str, Any] | None:
+    """`read_sidecar`, with an unreadable sidecar read as none (for what only reads metadata)."""
+    try:
+        return read_sidecar(path)
+    except SidecarError:
+        return None
 
 
 def write_sidecar(path: str | os.PathLike, meta: dict[str, Any]) -> None:
@@ -77,7 +97,7 @@ def write_sidecar(path: str | os.PathLike, meta: dict[str, Any]) -> None:
 
 def accept_both(path: Path, new: dict[str, Any]) -> None:
     """Step 2 of a save: the sidecar accepts the new digest and the one now on disk."""
-    old = read_sidecar(path)
+    old = try_read_sidecar(path)  # a damaged one is replaced: the file on disk is hashed
     if old is not None:
         on_disk = old["accept"]  # any of them may be the file in place now
     else:  # a file from before sidecars (hashed once) or none yet
@@ -86,8 +106,12 @@ def accept_both(path: Path, new: dict[str, Any]) -> None:
 
 
 def verify(path: str | os.PathLike) -> str:
-    """ "ok", "unverified" (no sidecar) or "mismatch: <why>" for the checkpoint file `path`."""
-    meta = read_sidecar(path)
+    """ "ok", "unverified" (no sidecar), "bad sidecar: <why>" or "mismatch: <why>" for the
+    checkpoint file `path`."""
+    try:
+        meta = read_sidecar(path)
+    except SidecarError as err:
+        return f"bad sidecar: {err}"
     if meta is None:
         return "unverified"
     size = Path(path).stat().st_size

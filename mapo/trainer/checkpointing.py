@@ -157,6 +157,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if why is None and status.startswith("mismatch"):
             why = f"its checksum does not match ({status[len('mismatch: ') :]}): the file was "
             why += "changed after it was saved (disk or copy corruption, or an edit)"
+        elif why is None and status.startswith("bad sidecar"):
+            why = f"its checksum sidecar {status[len('bad sidecar: ') :]}, so the file cannot "
+            why += "be verified; if you trust the file, delete the sidecar to load it unverified"
         if why is not None:
             raise CheckpointLoadError(f"checkpoint {path} was refused: {why}. {cls._hint(path)}")
         if status == "unverified":
