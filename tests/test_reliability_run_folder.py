@@ -159,6 +159,7 @@ def test_resume_after_the_run_folder_is_moved_or_copied(how, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     train(compose_config([*SMALL, "steps=2"], run_dir=a))
     how(a, b)
+    kept = {p: p.read_bytes() for p in a.rglob("*.ckpt")}  # a copy's original (none if moved)
     for steps in (4, 5):  # every time, not only the first
         _, objs = train(compose_config([*SMALL, f"steps={steps}", "ckpt_path=last"], run_dir=b))
         assert objs["trainer"].global_step == steps
@@ -166,3 +167,4 @@ def test_resume_after_the_run_folder_is_moved_or_copied(how, tmp_path):
         assert names == ["last.ckpt", f"step{steps:06d}.ckpt"]
         last = torch.load(b / "checkpoints" / "last.ckpt", weights_only=True)
         assert last["global_step"] == steps
+    assert {p: p.read_bytes() for p in a.rglob("*.ckpt")} == kept  # the original is untouched
