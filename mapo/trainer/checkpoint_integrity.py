@@ -122,3 +122,48 @@ def verify(path: str | os.PathLike) -> str:
         f"mismatch: sha256 {digest[:16]}... of {size} bytes, the sidecar {sidecar_of(path).name} "
         f"records {meta.get('sha256', '?')[:16]}... of {meta.get('bytes')} bytes"
     )
+
+
+# DeepSpeed checkpoints are folders of shards that DeepSpeed reads with a full (code-running)
+# unpickler. A manifest of every file's sha256, written by this code at save and matched at load,
+# is what makes such a folder trusted input: a flipped shard, a swapped-in pickle payload, an
+# extra or a missing file, or a folder without a manifest (from elsewhere) is refused unread.
+MANIFEST = "manifest.sha256.json"
+
+
+def _folder_files(folder: Path) -> dict[str, Path]:
+    return {
+        p.relative_to(folder).as_posix(): p
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+
+
+def write_manifest(folder: str | os.PathLike) -> None:
+    """Atomically write `<folder>/manifest.sha256.json`: {relative path: sha256} of every file."""
+    folder = Path(folder)
+    files = {rel: file_sha256(p) for rel, p in _folder_files(folder).items()}
+    data = json.dumps({"files": files}, indent=1, sort_keys=True).encode()
+    atomic_write(folder / MANIFEST, lambda f: f.write(data))
+
+
+def manifest_problem(folder: str | os.PathLike) -> str | None:
+    """Why the checkpoint folder does not match its manifest, or None when every file does."""
+    folder = Path(folder)
+    try:
+        files = json.loads((folder / MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        return f"it has no {MANIFEST} (a folder this code did not write, or one cut short)"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"its {MANIFEST} is unreadable ({type(err).__name__}: {err})"
+    on_disk = _folder_files(folder)
+    missing = sorted(files.keys() - on_disk.keys())
+    extra = sorted(on_disk.keys() - files.keys())
+    changed = [rel for rel in sorted(files.keys() & on_disk.keys())
+               if file_sha256(on_disk[rel]) != files[rel]]  # fmt: skip
+    problems = [
+        f"{what}: {names[:5]}"
+        for what, names in (("missing", missing), ("not in it", extra), ("changed", changed))
+        if names
+    ]
+    return f"files differ from its {MANIFEST} ({'; '.join(problems)})" if problems else None
