@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from mapo.algorithm.config import AlgorithmConfig, ConfigError
 from mapo.data.prepare import prepare_hint
 from mapo.models.loading import check_model_folder
-from mapo.pipeline.config_keys import check_known_keys, check_types
+from mapo.pipeline.config_keys import check_known_keys, check_number_types, check_types
 from mapo.registry import import_plugins
 from mapo.rollout import ENGINES
 from mapo.types import OptimConfig, SamplingConfig
@@ -131,12 +132,23 @@ def _check_values(cfg: DictConfig, algo: AlgorithmConfig) -> None:
         )
 
 
+def _check_attention(cfg: DictConfig) -> None:
+    """transformers' own ImportError does not name the setting that asked for flash-attn."""
+    attn = OmegaConf.select(cfg, "model.attn_implementation", default=None)
+    if attn == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError(
+            "model.attn_implementation=flash_attention_2 needs the flash-attn package, which is "
+            "not installed. Fix: pip install flash-attn, or use model.attn_implementation=sdpa"
+        )
+
+
 def validate(cfg: DictConfig) -> Plan:
     """Fail fast, before any model or dataset loads."""
     import_plugins(cfg.plugins)  # first: plugins add names the checks below look up
     check_known_keys(OmegaConf.to_container(cfg, resolve=False))  # `+rollout.temprature=0.5`
     check_types(AlgorithmConfig, OmegaConf.to_container(cfg.algorithm, resolve=True), "algorithm")
     check_types(OptimConfig, OmegaConf.to_container(cfg.optim, resolve=True), "optim")
+    check_number_types(lambda key: OmegaConf.select(cfg, key, default="<absent>"))
     algo = AlgorithmConfig.from_dict(OmegaConf.to_container(cfg.algorithm, resolve=True))
     optim = OptimConfig(**{k: (tuple(v) if k == "betas" else v) for k, v in cfg.optim.items()})
     if cfg.rollout.engine not in ENGINES:
@@ -174,6 +186,7 @@ def validate(cfg: DictConfig) -> Plan:
         _check_path(cfg.data.train, "training data (data.train)", prepare_hint(cfg.data.name))
         for name, path in {**cfg.data.in_domain, **cfg.data.out_of_domain}.items():
             _check_path(path, f"evaluation set {name!r}", prepare_hint(name))
+    _check_attention(cfg)  # after the paths: a missing model is the first thing to fix
     r = cfg.rollout
     # seed=None: training rollouts draw from the global RNG (seeded once, saved in checkpoints),
     # so every step gets fresh noise and a resumed run continues the same random stream.
