@@ -167,3 +167,12 @@ def test_the_final_summary_prints_a_set_without_samples():
               {"synth_emo": 0.5, "empty": None}, None, 0.5)  # fmt: skip
     last = to_markdown([row]).strip().splitlines()[-1]
     assert last == "| run | 50.00 | - | - | 50.00 |"
+
+
+def test_prepare_refuses_zero_training_rows(tmp_path, capsys):
+    from mapo.data.prepare import main
+
+    with pytest.raises(SystemExit) as err:
+        main(["synth_emo", "--out", str(tmp_path / "out"), "--n-train", "0"])
+    assert err.value.code != 0 and "--n-train 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

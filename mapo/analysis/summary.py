@@ -1,5 +1,6 @@
 """The end-of-run summary train.py prints: the before/after table as `python -m mapo.report`
-lays it out, then where everything is and the commands that use it."""
+lays it out, then where everything is and the commands that use it (every argument shell-quoted:
+a run folder's path may hold spaces)."""
 
 from __future__ import annotations
 
@@ -41,10 +42,15 @@ def run_summary(run_dir: str | Path, overrides: Sequence[str] = ()) -> str:
     report = run_dir / REPORT_NAME
     if report.is_file():
         rows.append(
-            ("report image", f"{report}   (redraw: python -m mapo.report {run_dir} --plot)")
+            (
+                "report image",
+                f"{report}   (redraw: python -m mapo.report {shlex.quote(str(run_dir))} --plot)",
+            )
         )
     if (run_dir / "tensorboard").is_dir():
-        rows.append(("TensorBoard", f"tensorboard --logdir {run_dir / 'tensorboard'}"))
+        rows.append(
+            ("TensorBoard", f"tensorboard --logdir {shlex.quote(str(run_dir / 'tensorboard'))}")
+        )
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
         rows.append(("checkpoint", str(last)))
@@ -52,7 +58,7 @@ def run_summary(run_dir: str | Path, overrides: Sequence[str] = ()) -> str:
     model = run_dir / "hf_model"
     if model.is_dir():
         rows.append(("exported model", str(model)))
-        rows.append(("evaluate it", f"python eval.py model_to_eval={model}"))
+        rows.append(("evaluate it", "python eval.py " + shlex.quote(f"model_to_eval={model}")))
     rows.append(("metrics", str(run_dir / "metrics.json")))
     width = max(len(k) for k, _ in rows)
     lines += [f"{k:<{width}}  {v}" for k, v in rows]

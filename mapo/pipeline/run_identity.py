@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -175,7 +176,8 @@ def _no_run_dir_message(run_dir: Path) -> str:
     return (
         "ckpt_path=last resumes the run in hydra.run.dir, but no hydra.run.dir was given, so "
         f"this is a new folder ({run_dir}) with nothing to resume. Fix: python train.py "
-        f"hydra.run.dir={example} ckpt_path=last (plus the run's other overrides). Runs with a "
+        f"{shlex.quote(f'hydra.run.dir={example}')} ckpt_path=last (plus the run's other "
+        "overrides). Runs with a "
         f"last.ckpt next to this one, newest first: {runs or 'none'}"
     )
 
