@@ -52,3 +52,27 @@ def test_eval_verifies_a_checkpoint_before_the_model_builds(tmp_path, no_model):
         "dtype": "float32", "attn_implementation": "sdpa", "trust_remote_code": False}})  # fmt: skip
     with pytest.raises(CheckpointLoadError, match="checksum does not match"):
         _load_model(cfg, data={})
+
+
+def test_disk_full_during_a_save_names_enospc_and_keeps_the_old_file(tmp_path, monkeypatch):
+    import errno
+
+    from mapo.trainer import checkpoint_integrity
+
+    last = _saved(tmp_path)
+    before = last.read_bytes()
+    real = checkpoint_integrity.HashingWriter.write
+
+    def full(self, data):
+        if self.bytes > 100_000:
+            self.error = OSError(errno.ENOSPC, "No space left on device")
+            raise self.error
+        return real(self, data)
+
+    monkeypatch.setattr(checkpoint_integrity.HashingWriter, "write", full)
+    state = {"state_dict": {"policy.w": torch.zeros(200_000)}, "global_step": 2}
+    with pytest.raises(OSError, match=r"No space left on device.*free space on") as err:
+        AtomicCheckpointIO().save_checkpoint(state, last)
+    assert err.value.errno == errno.ENOSPC and "unexpected pos" not in str(err.value)
+    monkeypatch.undo()
+    assert last.read_bytes() == before and verify(last) == "ok"

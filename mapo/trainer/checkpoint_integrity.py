@@ -39,11 +39,16 @@ class HashingWriter:
 
     def __init__(self, f: BinaryIO):
         self.f, self.sha, self.bytes = f, hashlib.sha256(), 0
+        self.error: OSError | None = None  # torch.save reports it as "unexpected pos"
 
     def write(self, data) -> int:
         self.sha.update(data)
         self.bytes += len(data)
-        return self.f.write(data)
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
 
     def flush(self) -> None:
         self.f.flush()

@@ -72,7 +72,18 @@ def atomic_torch_save(obj: Any, path: _PATH, extra_meta: dict[str, Any] | None =
         meta.update(sha256=w.sha.hexdigest(), bytes=w.bytes, **(extra_meta or {}))
         integrity.accept_both(path, meta)
 
-    atomic_write(path, write, tmp=temp_path(path, TMP_MARK), before_replace=accept_both)
+    try:
+        atomic_write(path, write, tmp=temp_path(path, TMP_MARK), before_replace=accept_both)
+    except RuntimeError as err:  # torch's zip writer buries the OSError (ENOSPC) it hit
+        cause = hashed["w"].error if "w" in hashed else None
+        if cause is None:
+            raise
+        raise OSError(
+            cause.errno,
+            f"saving checkpoint {path} failed: {cause.strerror or cause} (the "
+            f"previous {path.name} is kept). Fix: free space on {path.parent} (or save "
+            "elsewhere with a new hydra.run.dir), then resume with ckpt_path=last",
+        ) from err
     integrity.write_sidecar(path, {**meta, "accept": [meta["sha256"]]})
 
 
