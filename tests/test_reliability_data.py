@@ -176,3 +176,16 @@ def test_prepare_refuses_zero_training_rows(tmp_path, capsys):
         main(["synth_emo", "--out", str(tmp_path / "out"), "--n-train", "0"])
     assert err.value.code != 0 and "--n-train 0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_16_bit_grayscale_png_keeps_its_shades():
+    import numpy as np
+
+    from mapo.data.schema import decode_image, encode_image
+
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0..65520
+    entry = encode_image(Image.fromarray(ramp))
+    assert Image.open(io.BytesIO(entry["bytes"])).mode == "I;16"
+    rgb = np.asarray(decode_image(entry))
+    assert rgb.shape == (64, 64, 3) and (rgb[..., 0] == rgb[..., 2]).all()
+    assert abs(rgb.mean() - ramp.mean() / 257) < 1 and rgb.min() == 0 and rgb.max() == 255

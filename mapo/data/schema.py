@@ -143,9 +143,22 @@ def encode_image(image: Image.Image, fmt: str = "PNG", **save_kwargs: Any) -> di
 def decode_image(entry: dict[str, Any] | Image.Image) -> Image.Image:
     """A schema image entry (or a PIL image) as a loaded RGB PIL image."""
     if isinstance(entry, Image.Image):
-        return entry.convert("RGB")
+        return _to_rgb(entry)
     with Image.open(io.BytesIO(entry["bytes"])) as im:
+        return _to_rgb(im)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """RGB, with 16-bit and 32-bit grayscale scaled down: Pillow's own convert("RGB") clips
+    every value over 255, so a 16-bit grayscale PNG became an all-white image."""
+    if im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
         return im.convert("RGB")
+    import numpy as np
+
+    a = np.asarray(im, dtype=np.float64)
+    if im.mode.startswith("I;16") or (a.size and a.max() > 255):  # 16-bit data: 0..65535
+        a = a / 257.0
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
 
 
 def check_columns(names: Iterable[str], origin: str) -> None:
