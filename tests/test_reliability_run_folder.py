@@ -53,11 +53,16 @@ def test_a_fresh_run_into_a_folder_with_a_run_is_refused(extra, tmp_path, no_mod
     ]  # fmt: skip
 
 
-def test_a_checkpoint_from_elsewhere_into_a_folder_with_a_run_is_refused(tmp_path, no_model):
-    other = _fake_run(tmp_path / "other")
+def test_another_runs_checkpoint_into_a_folder_with_a_run_is_refused(tmp_path, no_model):
+    other = _fake_run(tmp_path / "other", "algorithm.estimator=grpo")
     _fake_run(tmp_path / "run")
-    cfg = compose_config([*FAST, f"ckpt_path={other}"], run_dir=tmp_path / "run")
+    cfg = compose_config([*FAST, f"ckpt_path={other}", "algorithm.estimator=grpo"],
+                         run_dir=tmp_path / "run")  # fmt: skip
     with pytest.raises(ConfigError, match="already holds a run"):
+        train(cfg)
+    backup = _fake_run(tmp_path / "backup")  # a copy of this folder's own run: it may resume
+    cfg = compose_config([*FAST, f"ckpt_path={backup}"], run_dir=tmp_path / "run")
+    with pytest.raises(AssertionError, match="data was prepared"):  # past every run-folder check
         train(cfg)
 
 

@@ -31,6 +31,7 @@ from mapo.pipeline.export import export_hf
 from mapo.pipeline.run_identity import (
     IDENTITY_FILE,
     IdentityInCheckpoint,
+    folder_holds_this_run,
     resolve_resume,
     run_identity,
     write_identity,
@@ -86,7 +87,10 @@ def _start(cfg: DictConfig):
         plan = validate(cfg)
         plan.run_dir.mkdir(parents=True, exist_ok=True)
         ckpt_path = resolve_resume(cfg, plan.run_dir, run_dir_is_explicit(cfg))  # a changed run
-        run_folder.refuse_second_run(plan.run_dir, ckpt_path, cfg.ckpt_path, IDENTITY_FILE)
+        same_run = folder_holds_this_run(cfg, plan.run_dir)
+        run_folder.refuse_second_run(
+            plan.run_dir, ckpt_path, cfg.ckpt_path, IDENTITY_FILE, same_run
+        )
     except Exception:  # the folder keeps describing the run it holds
         run_folder.restore_accepted_config(run_dir_of(cfg))
         raise

@@ -66,16 +66,17 @@ def holds_a_run(run_dir: Path, identity_file: str) -> bool:
 
 
 def refuse_second_run(
-    run_dir: Path, ckpt_path: str | None, requested: object, identity_file: str
+    run_dir: Path, ckpt_path: str | None, requested: object, identity_file: str, same_run: bool
 ) -> None:
-    """ConfigError when a fresh start (or a start from a checkpoint elsewhere) would write into
-    a folder that holds a run already. `ckpt_path=last` (`requested`) in a folder whose run was
-    killed before its first checkpoint restarts that run: its identity was compared already."""
+    """ConfigError when a fresh start, or a start from a checkpoint elsewhere whose run is not
+    the folder's (`same_run`: the folder's identity file names this config's run), would write
+    into a folder that holds a run already. `ckpt_path=last` (`requested`) in a folder whose run
+    was killed before its first checkpoint restarts that run: its identity was compared."""
     if requested == "last" or not holds_a_run(run_dir, identity_file):
         return
     ours = (run_dir / "checkpoints").resolve()
-    if ckpt_path is not None and ours in Path(ckpt_path).resolve().parents:
-        return  # a resume of this folder's own run
+    if ckpt_path is not None and (same_run or ours in Path(ckpt_path).resolve().parents):
+        return  # a resume of this folder's own run (from a backup copy, say)
     what = "a fresh run" if ckpt_path is None else f"a run from ckpt_path={ckpt_path}"
     raise ConfigError(
         f"run folder {run_dir} already holds a run; {what} there would mix two runs' "

@@ -145,6 +145,17 @@ def check_resume(cfg: DictConfig, ckpt: Path) -> None:
         )
 
 
+def folder_holds_this_run(cfg: DictConfig, run_dir: Path) -> bool:
+    """Whether `<run dir>/run_identity.json` names the run `cfg` describes (keys that
+    `resume.allow_changed` lists may differ)."""
+    try:
+        old = json.loads((run_dir / IDENTITY_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    allow = list(OmegaConf.select(cfg, "resume.allow_changed", default=None) or [])
+    return all(_allowed(k, allow) for k in differences(old, run_identity(cfg)))
+
+
 def resolve_resume(cfg: DictConfig, run_dir: Path, explicit_run_dir: bool) -> str | None:
     """The checkpoint `ckpt_path` names (None: start fresh), checked against the config.
 
