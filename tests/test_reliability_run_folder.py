@@ -173,3 +173,47 @@ def test_resume_after_the_run_folder_is_moved_or_copied(how, tmp_path):
         last = torch.load(b / "checkpoints" / "last.ckpt", weights_only=True)
         assert last["global_step"] == steps
     assert {p: p.read_bytes() for p in a.rglob("*.ckpt")} == kept  # the original is untouched
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_second_process_is_refused_naming_the_holders_pid(tmp_path, no_model):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from mapo.pipeline.run_folder import locked\n"
+         "with locked(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)",
+         str(tmp_path)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        cfg = compose_config([*FAST], run_dir=tmp_path)
+        with pytest.raises(ConfigError, match=rf"in use by another train.py \(pid {holder.pid}\)"):
+            train(cfg)
+    finally:
+        holder.kill()
+        holder.wait()
+    with run_folder.locked(tmp_path):  # the kernel freed it with the killed holder
+        pass
+
+
+def test_train_py_refused_keeps_the_runs_hydra_config(tmp_path):
+    import subprocess
+    import sys
+
+    _fake_run(tmp_path)
+    accepted = tmp_path / ".hydra" / "accepted"
+    accepted.mkdir(parents=True)
+    (accepted / "config.yaml").write_text("seed: 0\n")
+    proc = subprocess.run(
+        [sys.executable, "train.py", *FAST, f"hydra.run.dir={tmp_path}", "ckpt_path=last",
+         "seed=7"],
+        cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "seed: 0 -> 7" in proc.stderr.replace("\n", " ")
+    assert (tmp_path / ".hydra" / "config.yaml").read_text() == "seed: 0\n"
