@@ -1,6 +1,7 @@
 """A short RL run of the real train.py under the DeepSpeed strategy on CPU (ZeRO-2 and ZeRO-3)."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mapo.analysis.records import read_records
+from mapo.trainer.checkpoint_integrity import manifest_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.deepspeed, pytest.mark.slow]
@@ -48,7 +50,7 @@ def test_short_rl_run_under_cpu_deepspeed(tmp_path, stage):
     assert "after:" in proc.stdout
 
 
-def _train(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+def _train(run_dir: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable,
         "train.py",
@@ -78,7 +80,7 @@ def _train(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
         ),
     }
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert proc.returncode == 0 or not check, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
 
@@ -86,7 +88,16 @@ def test_zero3_resume_reproduces_the_uninterrupted_run(tmp_path):
     """ckpt_path=last under ZeRO-3 restores the sharded weights and optimizer, the step, the
     prompt stream and the RNG: step 2 after a resume equals step 2 of an uninterrupted run."""
     _train(tmp_path / "resumed", "steps=2")
-    assert (tmp_path / "resumed/checkpoints/last.ckpt").is_dir()  # DeepSpeed writes a folder
+    folder = tmp_path / "resumed/checkpoints/last.ckpt"
+    assert folder.is_dir() and manifest_problem(folder) is None  # a folder, with its manifest
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tmp_path / "resumed", tampered)
+    shard = max((tampered / "checkpoints/last.ckpt").rglob("*.pt"), key=lambda p: p.stat().st_size)
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 4096] = bytes(4096)  # 4 KB of a shard zeroed
+    shard.write_bytes(bytes(data))
+    proc = _train(tampered, "steps=3", "ckpt_path=last", check=False)
+    assert proc.returncode != 0 and "was refused" in proc.stderr and "changed" in proc.stderr
     proc = _train(tmp_path / "resumed", "steps=3", "ckpt_path=last")
     assert "Restored all states from the checkpoint" in proc.stdout + proc.stderr
     _train(tmp_path / "straight", "steps=3")

@@ -266,11 +266,35 @@ def test_every_default_key_and_free_form_map_is_known(tmp_path):
         ("algorithm.clip_high=high", r"algorithm\.clip_high='high' must be of type float"),
         ("algorithm.shuffle=3", r"algorithm\.shuffle=3 must be of type bool"),
         ("optim.lr=fast", r"optim\.lr='fast' must be of type float"),
+        ("steps=1.5", r"steps=1\.5 must be a whole number"),
+        ("steps=true", r"steps=True must be a whole number"),
+        ("steps=abc", r"steps='abc' must be a whole number"),
+        ("rollout.max_new_tokens=2.5", r"rollout\.max_new_tokens=2\.5 must be a whole number"),
+        ("data.eval_limit=many", r"data\.eval_limit='many' must be a whole number or null"),
+        ("rollout.temperature=hot", r"rollout\.temperature='hot' must be a number"),
+        (
+            "algorithm.rollout_correction=null",
+            r"rollout_correction=None must be of type "
+            r"RolloutCorrection \(the default is \{",
+        ),
     ],
 )
 def test_a_value_of_the_wrong_type_is_named(override, msg, tmp_path, no_model):
     with pytest.raises(ConfigError, match=msg):
         _train(tmp_path, override)
+
+
+def test_flash_attention_without_flash_attn_names_sdpa(tmp_path, no_model, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "flash_attn" else real(name, *a),
+    )
+    with pytest.raises(ConfigError, match=r"flash-attn.*model\.attn_implementation=sdpa"):
+        _train(tmp_path, "model.attn_implementation=flash_attention_2")
 
 
 def _model_folder(tmp_path, config: str | None, weights: bool) -> Path:

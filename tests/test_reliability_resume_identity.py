@@ -155,6 +155,7 @@ def test_the_final_step_is_saved_and_a_finished_run_resumes_to_nothing(tmp_path)
     # what a kill between two saves with save_top_k=1 leaves: an older numbered file
     stale = ckpts / "step000002.ckpt"
     stale.write_bytes((ckpts / "step000003.ckpt").read_bytes())
+    sidecar_of(stale).write_bytes(sidecar_of(ckpts / "step000003.ckpt").read_bytes())
 
     _, objs = train(compose_config([*SMALL, "steps=3", "ckpt_path=last"], run_dir=run))
     assert objs["trainer"].global_step == 3

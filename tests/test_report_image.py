@@ -1,6 +1,7 @@
 """report.png: drawn from a run directory's records and metrics.json; --plot redraws it."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -113,3 +114,27 @@ def test_resume_command_quotes_and_replaces_run_dir():
         cmd
         == "python train.py experiment=synth_emo_grpo '+tag=a b' hydra.run.dir=/r ckpt_path=last"
     )
+
+
+def test_printed_commands_survive_a_path_with_spaces(fake_run_dir, tmp_path):
+    import shlex
+
+    run = tmp_path / "my runs" / "run 1"
+    shutil.copytree(fake_run_dir, run)
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (run / "hf_model").mkdir()
+    (run / "tensorboard").mkdir()
+    text = run_summary(run, ["steps=30"])
+    commands = [
+        line.split("  ", 1)[1].strip().split("   (")[0]
+        for line in text.splitlines()
+        if line.startswith(("resume", "TensorBoard", "evaluate it"))
+    ]
+    assert len(commands) == 3
+    for cmd in commands:  # one argument per path, however the shell splits
+        args = shlex.split(cmd)
+        assert any(str(run) in a for a in args), (cmd, args)
+    assert [run / "tensorboard"] == [
+        Path(a) for c in commands for a in shlex.split(c) if a.endswith("/tensorboard")
+    ]

@@ -1,5 +1,6 @@
-"""The end-of-run summary train.py prints: the before/after table as `python -m mapo.analysis.report`
-lays it out, then where everything is and the commands that use it."""
+"""The end-of-run summary train.py prints: the before/after table as `python -m
+mapo.analysis.report` lays it out, then where everything is and the commands that use it (every
+argument shell-quoted: a run folder's path may hold spaces)."""
 
 from __future__ import annotations
 
@@ -43,11 +44,14 @@ def run_summary(run_dir: str | Path, overrides: Sequence[str] = ()) -> str:
         rows.append(
             (
                 "report image",
-                f"{report}   (redraw: python -m mapo.analysis.report {run_dir} --plot)",
+                f"{report}   (redraw: python -m mapo.analysis.report "
+                f"{shlex.quote(str(run_dir))} --plot)",
             )
         )
     if (run_dir / "tensorboard").is_dir():
-        rows.append(("TensorBoard", f"tensorboard --logdir {run_dir / 'tensorboard'}"))
+        rows.append(
+            ("TensorBoard", f"tensorboard --logdir {shlex.quote(str(run_dir / 'tensorboard'))}")
+        )
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
         rows.append(("checkpoint", str(last)))
@@ -55,7 +59,7 @@ def run_summary(run_dir: str | Path, overrides: Sequence[str] = ()) -> str:
     model = run_dir / "hf_model"
     if model.is_dir():
         rows.append(("exported model", str(model)))
-        rows.append(("evaluate it", f"python eval.py model_to_eval={model}"))
+        rows.append(("evaluate it", "python eval.py " + shlex.quote(f"model_to_eval={model}")))
     rows.append(("metrics", str(run_dir / "metrics.json")))
     width = max(len(k) for k, _ in rows)
     lines += [f"{k:<{width}}  {v}" for k, v in rows]

@@ -90,7 +90,10 @@ def _given(args: argparse.Namespace, *names: str) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.n_train is not None and args.n_train < 1:  # 0 would write no rows and exit 0
+        parser.error(f"--n-train {args.n_train}: give at least 1 row, or leave it out")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     console = Console()
     try:

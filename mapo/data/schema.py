@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -93,6 +94,13 @@ COLUMN_HINTS = {
     "pid": "id",
 }
 
+# The Qwen2-VL processor's smart_resize refuses an image whose long side is over 200 times its
+# short side, with its own error in the middle of a step.
+MAX_ASPECT_RATIO = 200
+# A special token of the chat template (`<|im_end|>`, `<|image_pad|>`, `<|vision_start|>`, ...):
+# in a row's text the tokenizer reads it as that token, not as characters.
+CONTROL_TOKEN = re.compile(r"<\|[A-Za-z0-9_]+\|>")
+
 # reason -> how to fix it (the tail of every BadRowError message).
 FIXES = {
     "missing_id": "give every row a non-empty string `id`",
@@ -110,6 +118,11 @@ FIXES = {
     "strings (decode binary columns, unwrap list-valued answers) and re-write the parquet",
     "answer_too_long": f"the reward grades at most {MAX_ANSWER_CHARS} characters of an answer; "
     "shorten the gold answer",
+    "control_token": "remove the chat/vision control token from the text: the prompt template "
+    "adds those itself, and inside a problem they are read as control tokens (a turn ends there, "
+    "or an image placeholder has no image)",
+    "bad_aspect_ratio": f"crop or pad the image to a width/height ratio of at most {MAX_ASPECT_RATIO}"
+    " (the Qwen2-VL processor refuses larger ones)",
     "image_too_large": "downscale the image (data.max_pixels resizes it for the model anyway) "
     "or raise data.max_image_pixels",
 }
@@ -143,9 +156,22 @@ def encode_image(image: Image.Image, fmt: str = "PNG", **save_kwargs: Any) -> di
 def decode_image(entry: dict[str, Any] | Image.Image) -> Image.Image:
     """A schema image entry (or a PIL image) as a loaded RGB PIL image."""
     if isinstance(entry, Image.Image):
-        return entry.convert("RGB")
+        return _to_rgb(entry)
     with Image.open(io.BytesIO(entry["bytes"])) as im:
+        return _to_rgb(im)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """RGB, with 16-bit and 32-bit grayscale scaled down: Pillow's own convert("RGB") clips
+    every value over 255, so a 16-bit grayscale PNG became an all-white image."""
+    if im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
         return im.convert("RGB")
+    import numpy as np
+
+    a = np.asarray(im, dtype=np.float64)
+    if im.mode.startswith("I;16") or (a.size and a.max() > 255):  # 16-bit data: 0..65535
+        a = a / 257.0
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
 
 
 def check_columns(names: Iterable[str], origin: str) -> None:
@@ -188,6 +214,8 @@ def _image_problem(data: bytes, max_image_pixels: int | None) -> tuple[str, str]
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size  # from the header, before any pixel is decoded
+            if max(w, h) > MAX_ASPECT_RATIO * max(1, min(w, h)):
+                return "bad_aspect_ratio", f"{w}x{h}, a ratio over {MAX_ASPECT_RATIO}"
             if max_image_pixels is not None and w * h > max_image_pixels:
                 return "image_too_large", (
                     f"{w}x{h} = {w * h / 1e6:.0f} M pixels, over data.max_image_pixels="
@@ -238,6 +266,9 @@ def _check_row(
         return out, "empty_problem", "empty problem"
     if out["answer"] is None or not out["answer"].strip():
         return out, "missing_answer", "missing answer"
+    for name in ("problem", "answer"):
+        if token := CONTROL_TOKEN.search(out[name]):
+            return out, "control_token", f"`{name}` holds the control token {token.group()}"
     if len(out["answer"]) > MAX_ANSWER_CHARS:
         return (
             out,

@@ -8,7 +8,7 @@ evaluation sets, the logger and callback objects, Hydra's own). `trainer.*` keys
 arguments of `lightning.pytorch.Trainer`, which receives them.
 
 `check_types` compares the values of a dataclass-backed group (algorithm, optim) with the
-field types, so `algorithm.group_size=abc` is named as "must be an int" instead of failing
+field types (`check_number_types` the plain numeric keys such as `steps`), so `algorithm.group_size=abc` is named as "must be an int" instead of failing
 with `TypeError: '<' not supported` inside a rule.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import MISSING, asdict, fields, is_dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -123,5 +123,56 @@ def check_types(cls: type, values: Mapping[str, Any], prefix: str) -> None:
         if f.name in values and not _matches(values[f.name], _type_names(f.type)):
             raise ConfigError(
                 f"{prefix}.{f.name}={values[f.name]!r} must be of type {f.type} "
-                f"(the default is {f.default!r})"
+                f"(the default is {_default(f)!r})"
             )
+
+
+def _default(f) -> Any:
+    """A field's default as the user writes it (a nested dataclass as its mapping)."""
+    if f.default is not MISSING:
+        return f.default
+    value = f.default_factory() if f.default_factory is not MISSING else None
+    return asdict(value) if is_dataclass(value) else value
+
+
+# Plain (not dataclass-backed) keys whose values rules compare as numbers: a wrong type is named
+# here, not as a TypeError after the model loads (`steps=1.5`) or read as 1 (`steps=true`).
+INT_KEYS = (
+    "steps",
+    "seed",
+    "rollout.max_new_tokens",
+    "rollout.eval.max_new_tokens",
+    "rollout.eval.batch_size",
+    "data.max_prompt_tokens",
+    "data.min_pixels",
+    "data.max_pixels",
+    "eval.every_n_steps",
+)
+INT_OR_NULL_KEYS = (
+    "data.eval_limit",
+    "data.max_image_pixels",
+    "callbacks.model_checkpoint.every_n_train_steps",
+)
+NUMBER_KEYS = (
+    "rollout.temperature",
+    "rollout.top_p",
+    "rollout.eval.temperature",
+    "rollout.eval.top_p",
+    "reward.format_weight",
+    "reward.timeout_s",
+    "reward.budget_s",
+)
+
+
+def check_number_types(select) -> None:
+    """ConfigError naming the first key of INT_KEYS / INT_OR_NULL_KEYS / NUMBER_KEYS whose value
+    has the wrong type; `select(key)` returns the value, or the string "<absent>"."""
+    for keys, names, what in (
+        (INT_KEYS, {"int"}, "a whole number"),
+        (INT_OR_NULL_KEYS, {"int", "None"}, "a whole number or null"),
+        (NUMBER_KEYS, {"float"}, "a number"),
+    ):
+        for key in keys:
+            value = select(key)
+            if value != "<absent>" and not _matches(value, names):
+                raise ConfigError(f"{key}={value!r} must be {what}: e.g. {key}=1")

@@ -40,10 +40,13 @@ def _load_model(cfg: DictConfig, data: dict[str, Any]) -> tuple[Any, Any, str]:
                 f"model_to_eval={target}: no such checkpoint; pass "
                 "model_to_eval=RUN_DIR/checkpoints/last.ckpt of an existing run"
             )
+        from mapo.trainer.checkpointing import AtomicCheckpointIO
+
+        # the training loader: checksum verified, weights_only (data, never code); before the
+        # model builds, so a refused file costs nothing
+        state = AtomicCheckpointIO().load_checkpoint(target, map_location="cpu")["state_dict"]
         base = prepare_model(cfg, data)
         policy = load_policy(base, **kw)
-        # weights_only: a checkpoint is data, never code
-        state = torch.load(target, map_location="cpu", weights_only=True)["state_dict"]
         policy_state = {
             k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")
         }

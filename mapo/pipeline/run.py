@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from mapo.analysis.report_image import finish_report
 from mapo.console import filter_warnings
+from mapo.pipeline import run_folder
 from mapo.pipeline.build import (
     build_trainer,
     filter_long,
@@ -28,12 +29,14 @@ from mapo.pipeline.build import (
 )
 from mapo.pipeline.export import export_hf
 from mapo.pipeline.run_identity import (
+    IDENTITY_FILE,
     IdentityInCheckpoint,
+    folder_holds_this_run,
     resolve_resume,
     run_identity,
     write_identity,
 )
-from mapo.pipeline.validate import check_world_size, run_dir_is_explicit, validate
+from mapo.pipeline.validate import check_world_size, run_dir_is_explicit, run_dir_of, validate
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,11 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run one experiment; returns (metrics, objects) so tests can inspect both."""
     filter_warnings()  # also for notebooks and scripts that call train() without train.py
+    with run_folder.locked(run_dir_of(cfg)):  # one process per run folder
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     settings, ckpt_path, identity = _start(cfg)
     run_dir = settings.run_dir
     data = prepare_data(cfg)
@@ -93,11 +101,18 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 def _start(cfg: DictConfig):
     """Validate (fail fast), make the run dir, check a resume against the run's identity,
     write that identity and seed everything. Returns (settings, checkpoint to resume, identity)."""
-    settings = validate(cfg)
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = resolve_resume(
-        cfg, settings.run_dir, run_dir_is_explicit(cfg)
-    )  # refuses a changed run
+    try:
+        settings = validate(cfg)
+        settings.run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_path = resolve_resume(cfg, settings.run_dir, run_dir_is_explicit(cfg))  # a changed run
+        same_run = folder_holds_this_run(cfg, settings.run_dir)
+        run_folder.refuse_second_run(
+            settings.run_dir, ckpt_path, cfg.ckpt_path, IDENTITY_FILE, same_run
+        )
+    except Exception:  # the folder keeps describing the run it holds
+        run_folder.restore_accepted_config(run_dir_of(cfg))
+        raise
+    run_folder.save_accepted_config(settings.run_dir)
     identity = run_identity(cfg)
     write_identity(settings.run_dir, identity)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -11,8 +11,10 @@ Not part of the identity (free to change on resume): `steps` (grow it to extend 
 `optim.schedule=cosine` the decay spans `steps`, so there it is compared too), logging,
 evaluation and checkpoint intervals, paths other than the data and model, `records_text`,
 `export_hf`, and speed knobs that leave the maths alone (attention kernel, gradient
-checkpointing, shared prompt/prefill, the rollout engine's memory settings). Every
-`algorithm.*` key is compared, the memory knob `micro_batch_size` included.
+checkpointing, shared prompt/prefill, the rollout engine's memory settings) and the memory-only
+micro-batch knobs `algorithm.micro_batch_size` and `algorithm.max_tokens_per_micro_batch`
+(lowering them after running out of memory is the usual fix; the update is the same sum).
+Every other `algorithm.*` key is compared.
 
 Where the identity lives: inside every checkpoint (`checkpoint["run_identity"]`, by
 `IdentityInCheckpoint`), in the checkpoint's sha256 sidecar (so reading it needs no
@@ -25,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mapo.algorithm.config import ConfigError
 from mapo.atomic import atomic_write
-from mapo.trainer.checkpoint_integrity import read_sidecar
+from mapo.trainer.checkpoint_integrity import try_read_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,8 @@ IDENTITY_KEYS = (
     "trainer.num_nodes",
     "trainer.precision",
 )
+# Inside IDENTITY_KEYS but memory only: how a step's rows are split, not what it computes.
+MEMORY_KEYS = ("algorithm.micro_batch_size", "algorithm.max_tokens_per_micro_batch")
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -89,22 +94,37 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
             continue
         value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
         _flatten(key, value, out)
+    for key in MEMORY_KEYS:
+        out.pop(key, None)
     if OmegaConf.select(cfg, "optim.schedule", default=None) == "cosine":
         out["steps"] = cfg.steps  # the decay spans `steps`: extending it changes past-step LRs
     return json.loads(json.dumps(out, default=str))  # tuples -> lists, as they come back
 
 
 def stored_identity(ckpt: Path) -> dict[str, Any] | None:
-    """The identity saved with checkpoint `ckpt`: its sidecar, else its run dir's file."""
+    """The identity saved with checkpoint `ckpt`: its sidecar, else its run dir's file, else
+    the checkpoint itself (read weights-only and memory-mapped: no code runs, no copy)."""
     if ckpt.is_file():
-        meta = read_sidecar(ckpt)
+        meta = try_read_sidecar(ckpt)  # the loader refuses a damaged one later
         if meta and isinstance(meta.get("run_identity"), dict):
             return meta["run_identity"]
     path = ckpt.resolve().parent.parent / IDENTITY_FILE  # <run dir>/checkpoints/<ckpt>
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
+        pass
+    return _identity_inside(ckpt) if ckpt.is_file() else None
+
+
+def _identity_inside(ckpt: Path) -> dict[str, Any] | None:
+    import torch
+
+    try:
+        found = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable: the loader names the file and the fix
         return None
+    identity = found.get("run_identity") if isinstance(found, dict) else None
+    return identity if isinstance(identity, dict) else None
 
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -135,10 +155,22 @@ def check_resume(cfg: DictConfig, ckpt: Path) -> None:
         raise ConfigError(
             f"ckpt_path={ckpt} was saved by a run with other settings ({lines}). Resuming would "
             "mix two runs in one folder (records, metrics, cold start and KL reference). Fix: "
-            "use the checkpoint run's values (its config is in <run dir>/.hydra/config.yaml), "
+            "use the checkpoint run's values (listed here; its whole config stays in <run "
+            "dir>/.hydra/config.yaml: a refused start puts it back), "
             "or start a new run (ckpt_path=null and a new hydra.run.dir), or allow the change "
             f"explicitly: resume.allow_changed=[{','.join(refused)}]"
         )
+
+
+def folder_holds_this_run(cfg: DictConfig, run_dir: Path) -> bool:
+    """Whether `<run dir>/run_identity.json` names the run `cfg` describes (keys that
+    `resume.allow_changed` lists may differ)."""
+    try:
+        old = json.loads((run_dir / IDENTITY_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    allow = list(OmegaConf.select(cfg, "resume.allow_changed", default=None) or [])
+    return all(_allowed(k, allow) for k in differences(old, run_identity(cfg)))
 
 
 def resolve_resume(cfg: DictConfig, run_dir: Path, explicit_run_dir: bool) -> str | None:
@@ -158,6 +190,8 @@ def resolve_resume(cfg: DictConfig, run_dir: Path, explicit_run_dir: bool) -> st
             raise ConfigError(_no_run_dir_message(run_dir))
         if not ckpt.exists():
             log.warning("ckpt_path=last but %s does not exist: starting from scratch", ckpt)
+            if (run_dir / IDENTITY_FILE).exists():  # a run killed before its first save
+                check_resume(cfg, ckpt)
             return None
     check_resume(cfg, ckpt)
     return str(ckpt)
@@ -170,7 +204,8 @@ def _no_run_dir_message(run_dir: Path) -> str:
     return (
         "ckpt_path=last resumes the run in hydra.run.dir, but no hydra.run.dir was given, so "
         f"this is a new folder ({run_dir}) with nothing to resume. Fix: python train.py "
-        f"hydra.run.dir={example} ckpt_path=last (plus the run's other overrides). Runs with a "
+        f"{shlex.quote(f'hydra.run.dir={example}')} ckpt_path=last (plus the run's other "
+        "overrides). Runs with a "
         f"last.ckpt next to this one, newest first: {runs or 'none'}"
     )
 

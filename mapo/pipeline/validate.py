@@ -8,6 +8,7 @@ The one home of the config's rules: `validate` turns the config into typed objec
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from mapo.algorithm.policy_losses import POLICY_LOSSES, policy_loss_error
 from mapo.algorithm.rollout_correction import MASKED_IS, MODES, REJECT, TRUNCATE, RolloutCorrection
 from mapo.data.prepare import prepare_hint
 from mapo.models.loading import check_model_folder
-from mapo.pipeline.config_keys import check_known_keys, check_types
+from mapo.pipeline.config_keys import check_known_keys, check_number_types, check_types
 from mapo.registry import import_plugins
 from mapo.rollout import ENGINES
 from mapo.types import OptimConfig, SamplingConfig
@@ -284,12 +285,23 @@ def _check_inputs(cfg: DictConfig) -> None:
             _check_path(path, f"evaluation set {name!r}", prepare_hint(name))
 
 
+def _check_attention(cfg: DictConfig) -> None:
+    """transformers' own ImportError does not name the setting that asked for flash-attn."""
+    attn = OmegaConf.select(cfg, "model.attn_implementation", default=None)
+    if attn == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError(
+            "model.attn_implementation=flash_attention_2 needs the flash-attn package, which is "
+            "not installed. Fix: pip install flash-attn, or use model.attn_implementation=sdpa"
+        )
+
+
 def validate(cfg: DictConfig) -> RunSettings:
     """Fail fast, before any model or dataset loads."""
     import_plugins(cfg.plugins)  # first: plugins add names the checks below look up
     check_known_keys(OmegaConf.to_container(cfg, resolve=False))  # `+rollout.temprature=0.5`
     check_types(AlgorithmConfig, OmegaConf.to_container(cfg.algorithm, resolve=True), "algorithm")
     check_types(OptimConfig, OmegaConf.to_container(cfg.optim, resolve=True), "optim")
+    check_number_types(lambda key: OmegaConf.select(cfg, key, default="<absent>"))
     algo = AlgorithmConfig.from_dict(OmegaConf.to_container(cfg.algorithm, resolve=True))
     check_algorithm(algo)
     optim = OptimConfig(**{k: (tuple(v) if k == "betas" else v) for k, v in cfg.optim.items()})
@@ -318,6 +330,7 @@ def validate(cfg: DictConfig) -> RunSettings:
 
     load_template(cfg.data.template)  # raises naming the known templates
     _check_inputs(cfg)
+    _check_attention(cfg)  # after the paths: a missing model is the first thing to fix
     r = cfg.rollout
     # seed=None: training rollouts draw from the global RNG (seeded once, saved in checkpoints),
     # so every step gets fresh noise and a resumed run continues the same random stream.

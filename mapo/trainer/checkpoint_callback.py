@@ -7,7 +7,14 @@ Here the step that reaches `trainer.max_steps` is saved too (top-k file and `las
 
 With `save_top_k=1` Lightning saves the new numbered file, then removes the previous one; a kill
 in between leaves both. `on_train_end` removes numbered `.ckpt` files in the checkpoint folder
-that this callback does not track (not the best / top-k / last one), with their sidecars.
+that this callback does not track (not the best / top-k / last one), with their sidecars, and
+only files of this run: their sidecar carries the same run identity as the kept `last.ckpt`. A
+file of another run (or one without a sidecar) is left alone and named in a warning.
+
+Names never version: Lightning would write `last-v1.ckpt` beside a `last.ckpt` it does not
+track (a moved run folder, whose checkpoint state names the old path), and `ckpt_path=last`
+would then resume the older file. A run folder holds one run (`mapo.pipeline.run_folder`), so a
+name already there is this run's own older file and is overwritten.
 """
 
 from __future__ import annotations
@@ -18,10 +25,20 @@ from pathlib import Path
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from mapo.trainer.checkpoint_integrity import try_read_sidecar
+
 log = logging.getLogger(__name__)
 
 
 class RunCheckpoint(ModelCheckpoint):
+    def __init__(self, *args, **kwargs):
+        if kwargs.get("enable_version_counter"):
+            raise ValueError(
+                "RunCheckpoint overwrites a name (a run folder holds one run); drop "
+                "callbacks.model_checkpoint.enable_version_counter"
+            )
+        super().__init__(*args, **{**kwargs, "enable_version_counter": False})
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         final = trainer.max_steps is not None and trainer.global_step >= trainer.max_steps
@@ -41,11 +58,19 @@ class RunCheckpoint(ModelCheckpoint):
         """Remove untracked numbered checkpoints in `dirpath`; returns what was removed."""
         tracked = {self.best_model_path, self.last_model_path, *self.best_k_models}
         tracked = {Path(p).resolve() for p in tracked if p}
-        stale = [
+        untracked = [
             p
             for p in sorted(Path(self.dirpath).glob(f"*{self.FILE_EXTENSION}"))
             if p.resolve() not in tracked and not p.name.startswith(self.CHECKPOINT_NAME_LAST)
         ]
+        ours = _identity(Path(self.last_model_path)) if self.last_model_path else None
+        stale = [p for p in untracked if ours is not None and _identity(p) == ours]
+        if len(stale) < len(untracked):
+            log.warning(
+                "left %s in %s: not provably this run's (no sidecar with this run's identity)",
+                [p.name for p in untracked if p not in stale],
+                self.dirpath,
+            )
         for p in stale:
             trainer.strategy.remove_checkpoint(p)  # the checkpoint IO removes the sidecar too
         if stale:
@@ -57,3 +82,8 @@ class RunCheckpoint(ModelCheckpoint):
                 [p.name for p in stale],
             )
         return stale
+
+
+def _identity(path: Path) -> dict | None:
+    meta = try_read_sidecar(path) if path.is_file() else None
+    return meta.get("run_identity") if meta else None

@@ -72,7 +72,18 @@ def atomic_torch_save(obj: Any, path: _PATH, extra_meta: dict[str, Any] | None =
         meta.update(sha256=w.sha.hexdigest(), bytes=w.bytes, **(extra_meta or {}))
         integrity.accept_both(path, meta)
 
-    atomic_write(path, write, tmp=temp_path(path, TMP_MARK), before_replace=accept_both)
+    try:
+        atomic_write(path, write, tmp=temp_path(path, TMP_MARK), before_replace=accept_both)
+    except RuntimeError as err:  # torch's zip writer buries the OSError (ENOSPC) it hit
+        cause = hashed["w"].error if "w" in hashed else None
+        if cause is None:
+            raise
+        raise OSError(
+            cause.errno,
+            f"saving checkpoint {path} failed: {cause.strerror or cause} (the "
+            f"previous {path.name} is kept). Fix: free space on {path.parent} (or save "
+            "elsewhere with a new hydra.run.dir), then resume with ckpt_path=last",
+        ) from err
     integrity.write_sidecar(path, {**meta, "accept": [meta["sha256"]]})
 
 
@@ -157,6 +168,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if why is None and status.startswith("mismatch"):
             why = f"its checksum does not match ({status[len('mismatch: ') :]}): the file was "
             why += "changed after it was saved (disk or copy corruption, or an edit)"
+        elif why is None and status.startswith("bad sidecar"):
+            why = f"its checksum sidecar {status[len('bad sidecar: ') :]}, so the file cannot "
+            why += "be verified; if you trust the file, delete the sidecar to load it unverified"
         if why is not None:
             raise CheckpointLoadError(f"checkpoint {path} was refused: {why}. {cls._hint(path)}")
         if status == "unverified":

@@ -1,9 +1,11 @@
 """DeepSpeed under Lightning on CPU, and the one optimizer update the RL module calls.
 
 - ``CPUDeepSpeedStrategy``: Lightning's ``DeepSpeedStrategy`` refuses every accelerator but CUDA.
-  On CUDA this subclass *is* the stock strategy (every override delegates to it); on CPU it skips
+  On CUDA this subclass is the stock strategy (the device overrides delegate to it); on CPU it skips
   the two CUDA-only checks and tells DeepSpeed which process it is, so ZeRO-1/2/3 run on CPU
-  with gloo. Tests and CI exercise the real DeepSpeed code path this way.
+  with gloo. Tests and CI exercise the real DeepSpeed code path this way. On CPU and CUDA it
+  also writes a sha256 manifest into every checkpoint folder and refuses to load a folder that
+  does not match it (`checkpoint_integrity.manifest_problem`): DeepSpeed unpickles with code.
 - ``optimizer_update``: one optimizer step from several micro-batches with exact gradient
   accumulation, norm clipping of the accumulated gradient and the pre-clip norm, identical under
   plain Lightning (single device, DDP) and DeepSpeed ZeRO-1/2/3. docs/deepspeed.md explains the
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -36,6 +39,8 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from mapo.ranks import all_reduce
+from mapo.trainer import checkpoint_integrity as integrity
+from mapo.trainer.checkpointing import CheckpointLoadError
 
 T = TypeVar("T")
 
@@ -100,6 +105,27 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
             yield
         finally:
             deepspeed.initialize = stock_initialize
+
+    def save_checkpoint(self, checkpoint: dict, filepath: Any, storage_options: Any = None) -> None:
+        """The stock save (every rank writes its shards), then rank 0 writes the manifest."""
+        super().save_checkpoint(checkpoint, filepath, storage_options)
+        self.barrier("shards written")
+        if self.is_global_zero:
+            integrity.write_manifest(filepath)  # the path every rank saved under
+        self.barrier("manifest written")
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict:
+        """Refuse a folder that does not match its manifest before DeepSpeed unpickles it (its
+        loader runs code). A single file goes through the checkpoint IO (weights-only)."""
+        path = Path(str(checkpoint_path))
+        if path.is_dir() and (why := integrity.manifest_problem(path)) is not None:
+            raise CheckpointLoadError(
+                f"DeepSpeed checkpoint {path} was refused: {why}. DeepSpeed's loader can run "
+                "code, so only a folder whose every file matches the manifest this code wrote "
+                "is loaded. Fix: resume from a checkpoint this run wrote, or start over with "
+                "ckpt_path=null and a new hydra.run.dir"
+            )
+        return super().load_checkpoint(checkpoint_path, weights_only)
 
     @classmethod
     def register_strategies(cls, strategy_registry: Any) -> None:
