@@ -275,7 +275,7 @@ def test_every_default_key_and_free_form_map_is_known(tmp_path):
         (
             "algorithm.rollout_correction=null",
             r"rollout_correction=None must be of type "
-            r"RolloutCorrection \(the default is \{",
+            r"RolloutCorrection; the default config \(conf/algorithm/\) shows the form",
         ),
     ],
 )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Mapping
-from dataclasses import MISSING, asdict, fields, is_dataclass
+from dataclasses import fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -122,17 +122,9 @@ def check_types(cls: type, values: Mapping[str, Any], prefix: str) -> None:
     for f in fields(cls):
         if f.name in values and not _matches(values[f.name], _type_names(f.type)):
             raise ConfigError(
-                f"{prefix}.{f.name}={values[f.name]!r} must be of type {f.type} "
-                f"(the default is {_default(f)!r})"
+                f"{prefix}.{f.name}={values[f.name]!r} must be of type {f.type}; the default "
+                f"config (conf/{prefix}/) shows the form"
             )
-
-
-def _default(f) -> Any:
-    """A field's default as the user writes it (a nested dataclass as its mapping)."""
-    if f.default is not MISSING:
-        return f.default
-    value = f.default_factory() if f.default_factory is not MISSING else None
-    return asdict(value) if is_dataclass(value) else value
 
 
 # Plain (not dataclass-backed) keys whose values rules compare as numbers: a wrong type is named
