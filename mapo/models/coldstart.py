@@ -114,9 +114,11 @@ def _batches(n_rows: int, batch_size: int, steps: int, generator: torch.Generato
 
 
 def _train(
-    model, processor, prompt_of, n_rows, labels, *, steps, batch_size, lr, seed, think, progress
-):
-    """The SFT loop over rows 0..n_rows-1 (``prompt_of(i)`` -> Prompt); returns the losses."""
+    model, processor, prompt_of, n_rows, labels, *, steps, batch_size, lr, seed, think, progress,
+    gold=None,
+):  # fmt: skip
+    """The SFT loop over rows 0..n_rows-1 (``prompt_of(i)`` -> Prompt); returns the losses.
+    ``gold``: each row's label index, taught instead of the random draw (None: random)."""
     from mapo.models.batching import build_policy_inputs
     from mapo.models.logprobs import token_logprobs
     from mapo.models.processor import suppressed_token_ids
@@ -136,6 +138,8 @@ def _train(
     with Progress("cold start", steps, unit="steps", enabled=progress) as bar:
         for rows in _batches(n_rows, batch_size, steps, generator):
             picks = torch.randint(len(labels), (len(rows),), generator=generator).tolist()
+            if gold is not None:  # drawn all the same: the random stream does not depend on it
+                picks = [gold[r] for r in rows]
             completions = Completions(
                 prompt_index=list(range(len(rows))),
                 token_ids=[target_ids[k] for k in picks],
@@ -218,12 +222,16 @@ def coldstart(
     think: str = THINK_TEXT,
     num_threads: int | None = None,
     progress: bool = True,
+    sources: Sequence[str] | None = None,
+    gold_labels: bool = False,
 ) -> Path:
     """Warm ``base_model_dir`` up on ``rows`` (schema rows of one task) and save model +
     processor files to ``out_dir`` atomically. ``template``: a template name ("emotion",
     "math"), a path, template text, or None for the rows' task's own template.
     ``num_threads`` sets torch's intra-op threads during training only; ``progress`` shows
-    the steps (`mapo.console.progress.Progress`)."""
+    the steps (`mapo.console.progress.Progress`). ``sources``: train only on rows of these
+    sources (None: all), so the others stay unseen; ``gold_labels``: teach each row's own
+    answer instead of a random label (the task itself, on the rows it sees)."""
     from mapo.models.loading import load_policy, load_processor, resolve_model_path
 
     if steps < 1 or batch_size < 1 or lr <= 0:
@@ -235,6 +243,11 @@ def coldstart(
         raise FileExistsError(f"{out} exists; remove it or use coldstarted_model_path to reuse it.")
     base = Path(resolve_model_path(base_model_dir))
     labels = label_set(rows)
+    if sources is not None:
+        rows = [r for r in rows if r.get("source") in set(sources)]
+        if not rows:
+            raise ValueError(f"Cold start: no rows of the sources {list(sources)}.")
+    gold = [labels.index(str(r["answer"]).strip()) for r in rows] if gold_labels else None
     template_text = _resolve_template(template)
     recipe = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, think=think)
     with _threads(num_threads), torch.random.fork_rng(devices=[]):
@@ -251,9 +264,12 @@ def coldstart(
             return prompts[i]
 
         start = time.perf_counter()
-        losses = _train(model, processor, prompt_of, len(rows), labels, progress=progress, **recipe)
+        losses = _train(
+            model, processor, prompt_of, len(rows), labels, progress=progress, gold=gold, **recipe
+        )
         seconds = time.perf_counter() - start
     meta = {"base": str(base), "labels": labels, **recipe, "final_loss": losses[-1],
+            "sources": None if sources is None else list(sources), "gold_labels": gold_labels,
             "train_seconds": round(seconds, 2), "version": COLDSTART_VERSION}  # fmt: skip
     _save(model.eval(), processor, base, out, meta)
     return out
@@ -288,6 +304,8 @@ def coldstarted_model_path(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     think: str = THINK_TEXT,
     num_threads: int | None = None,
+    sources: Sequence[str] | None = None,
+    gold_labels: bool = False,
 ) -> Path:
     """The cached warm model ``<cache>/coldstart-<hash>``, trained on first use only.
 
@@ -310,6 +328,8 @@ def coldstarted_model_path(
         "template": _resolve_template(template),
         "data": data_fingerprint(rows),
     }
+    if sources is not None or gold_labels:  # keys of the plain recipe's caches stay the same
+        settings.update(sources=None if sources is None else list(sources), gold=gold_labels)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     final = cache / f"coldstart-{base.name}-{key}"
@@ -332,4 +352,6 @@ def coldstarted_model_path(
         max_pixels=max_pixels,
         think=think,
         num_threads=num_threads,
+        sources=sources,
+        gold_labels=gold_labels,
     )
