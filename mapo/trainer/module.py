@@ -315,6 +315,7 @@ class MAPOModule(pl.LightningModule):
         t: dict,
         mismatch: Any = None,  # mapo.algorithm.rollout_correction.StepMismatch, when the engine gave log-probs
     ) -> None:
+        from mapo.analysis.mechanism import mechanism_metrics
         from mapo.analysis.metrics import advantage_metrics, response_metrics, reward_metrics
 
         lengths = torch.tensor([len(x) for x in rb.completions.token_ids])
@@ -330,6 +331,8 @@ class MAPOModule(pl.LightningModule):
             m["reward/pooled_frac"] = float(rewards.get("pooled", 0.0)) / float(rewards["scored"])
         scalars, hists = _split_hists(advantage_metrics(adv))
         m.update(scalars)
+        m.update(mechanism_metrics(adv, rewards["overall"], rb.group_ids, rewards["accuracy"],
+                                   eps=self.algo.eps, std=self.algo.std))  # fmt: skip
         m.update(response_metrics(lengths, truncated, None))
         m.update({f"actor/{k}": v for k, v in upd.items()})
         m["actor/lr"] = float(self.optimizers().param_groups[0]["lr"])
