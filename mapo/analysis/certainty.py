@@ -92,3 +92,23 @@ def read_records(run_dir: str | Path, steps: Iterable[int] | None = None) -> lis
         if wanted is None or int(path.name.split("_")[1]) in wanted:
             rows += pq.read_table(path).to_pylist()
     return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """``python -m mapo.analysis.certainty RUN_DIR [--steps K]``: the summary of the first K
+    steps (all when omitted) as JSON."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--steps", type=int, default=None, help="only steps 0 .. K-1")
+    a = ap.parse_args(argv)
+    steps = None if a.steps is None else range(a.steps)
+    summary = certainty_summary(read_records(a.run_dir, steps))
+    print(json.dumps(summary, indent=1))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
