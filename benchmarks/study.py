@@ -39,7 +39,7 @@ METRICS = {
     "gain_rate": "wrong before RL, right after (all eval prompts)",
 }
 QUICK = ["data.synthetic.n_train=64", "data.synthetic.n_test=8", "model.coldstart.steps=5",
-         "algorithm.rollout_batch_size=4", "algorithm.mini_batch_size=4"]  # fmt: skip
+         "algorithm.rollout_batch_size=4", "algorithm.mini_batch_size=4", "algorithm.micro_batch_size=32"]  # fmt: skip
 
 
 def commit() -> dict:
