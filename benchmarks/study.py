@@ -53,7 +53,8 @@ def run_command(method: str, seed: int, a: argparse.Namespace, out: Path) -> lis
     return [sys.executable, "train.py", f"experiment=synth_mix_{method}", f"seed={seed}",
             f"steps={a.steps}", "export_hf=false", "callbacks.progress_bar=null",
             "callbacks.model_checkpoint=null", "trainer.enable_checkpointing=false",
-            "+trainer.enable_progress_bar=false", f"hydra.run.dir={out}",
+            "+trainer.enable_progress_bar=false", "trainer.deterministic=true",
+            f"hydra.run.dir={out}",
             *(QUICK if a.quick else []), *a.override]  # fmt: skip
 
 
