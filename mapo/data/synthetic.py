@@ -191,7 +191,9 @@ def _flip(label: str) -> str:
 
 def _mix_generate(rng: np.random.Generator, variant: str, options: dict) -> dict[str, Any]:
     """One SynthMix row; variant "in" / "shift" draws the tier by weight, "in:<tier>" fixes it."""
-    tiers = options["tiers"]
+    tiers = options.get("tiers")
+    if not tiers:
+        raise ValueError("synth_mix needs options={'tiers': ...}: see conf/data/synth_mix.yaml")
     if ":" in variant:
         variant, tier = variant.split(":")
     else:
