@@ -11,7 +11,7 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv test test-fast test-vllm test-deepspeed demo notebook lint bench bench-10m curves curves-losses clean gpu-wheels gpu-check
+.PHONY: venv test test-fast test-vllm test-deepspeed demo notebook lint bench bench-10m curves curves-losses clean gpu-wheels gpu-check study
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ gpu-wheels: $(STAMP)  ## wheels/gpu: what the offline GPU machine lacks (CPython
 GPU_OUT ?= $(or $(OUT),outputs/gpu_check)
 gpu-check:
 	bash scripts/gpu_check.sh $(GPU_OUT)
+
+study: $(STAMP)  ## the pre-registered estimator comparison on SynthMix (docs/study.md); resumable
+	$(PY) -m benchmarks.study
 
 demo: $(STAMP)  ## the embedded default: tiny VLM, synthetic emotion task, CPU
 	$(PY) train.py

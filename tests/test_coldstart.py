@@ -193,3 +193,50 @@ def test_deterministic_from_the_seed(tiny_model_dir, emo_train, tmp_path):
     assert any(not torch.equal(wa[k], base[k]) for k in wa)  # it trained at all
     assert torch.get_num_threads() == before_threads
     assert torch.equal(torch.random.get_rng_state(), before_rng)  # caller's stream untouched
+
+
+def test_sources_without_rows_are_refused(tiny_model_dir, tmp_path, emo_train):
+    with pytest.raises(ValueError, match="no rows of the sources"):
+        cs.coldstart(
+            tiny_model_dir,
+            emo_train,
+            template="emotion",
+            out_dir=tmp_path / "x",
+            sources=["nowhere"],
+            steps=1,
+            batch_size=8,
+            lr=1e-3,
+            seed=0,
+        )
+
+
+def test_sources_and_gold_labels_pick_rows_and_targets(tiny_model_dir, tmp_path, monkeypatch):
+    """SynthMix's cold start: only the covered tier's rows, each with its own label."""
+    rows = generate("synth_emo", "train", 12, seed=0)
+    for i, row in enumerate(rows):
+        row["source"] = "seen" if i % 3 == 0 else "unseen"
+    seen = []
+
+    def fake_train(model, processor, prompt_of, n_rows, labels, *, gold, **kw):
+        seen.append((n_rows, gold, labels))
+        return [0.0]
+
+    monkeypatch.setattr(cs, "_train", fake_train)
+    out = cs.coldstart(
+        tiny_model_dir,
+        rows,
+        template="emotion",
+        out_dir=tmp_path / "w",
+        steps=1,
+        batch_size=8,
+        lr=1e-3,
+        seed=0,
+        sources=["seen"],
+        gold_labels=True,
+        progress=False,
+    )
+    n_rows, gold, labels = seen[0]
+    kept = [r for r in rows if r["source"] == "seen"]
+    assert n_rows == len(kept) == 4
+    assert [labels[g] for g in gold] == [r["answer"] for r in kept]
+    assert '"gold_labels": true' in (out / "coldstart.json").read_text()

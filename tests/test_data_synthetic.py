@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,11 +35,15 @@ def nearest(colour, palette: dict):
 
 @pytest.mark.parametrize("name", sorted(SPLITS))
 def test_every_split_is_valid_schema(name):
+    import yaml
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "data" / f"{name}.yaml"
+    options = yaml.safe_load(conf.read_text())["synthetic"].get("options")  # SynthMix's tiers
     for split in SPLITS[name]:
-        rows = generate(name, split, 20, seed=3)
+        rows = generate(name, split, 20, seed=3, options=options)
         kept, skipped = validate_rows(rows, origin=f"{name}/{split}")
         assert len(kept) == 20 and not skipped
-        assert all(r["task"] == ("emotion" if name == "synth_emo" else "math") for r in kept)
+        assert all(r["task"] == ("math" if name == "synth_math" else "emotion") for r in kept)
 
 
 def test_deterministic_seeded_and_prefix_stable():

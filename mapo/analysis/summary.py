@@ -29,7 +29,18 @@ def _table(run_dir: Path) -> str | None:
     if not present:
         return None
     block = "both" if len(present) == 2 else present[0]
-    return to_markdown(load_rows(run_dir, block)).rstrip()
+    table = to_markdown(load_rows(run_dir, block)).rstrip()
+    reg = metrics.get("after", {}).get("regression")
+    if reg:  # right before RL and wrong after (regressed), and the reverse (gained), greedy
+        parts = [f"{n} {r['regressed']}/{r['gained']}" for n, r in reg["datasets"].items()]
+        a = reg["all"]
+        table += (
+            f"\n\nregression rate {100 * a['regression_rate']:.2f} %, gain rate "
+            f"{100 * a['gain_rate']:.2f} % of {a['prompts']} prompts (regressed/gained: "
+            + ", ".join(parts)
+            + ")"
+        )
+    return table
 
 
 def run_summary(run_dir: str | Path, overrides: Sequence[str] = ()) -> str:

@@ -21,6 +21,16 @@ its own dot colour and a light tint of it as background, so the count is readabl
   - ood_shift: palette jitter, strong noise, grey square distractors.
   - ood_layout: white background without the tint and smaller dots.
 
+SynthMix (task "emotion", SynthEmo's labels): difficulty is a property of each prompt. Every row
+belongs to a tier (``source`` = ``synth_mix_<tier>``) whose rendering is set by the config's
+``data.synthetic.options.tiers``: ``cue`` blends the class colour toward grey (1: pure
+colour), ``noise`` and ``distractors`` as in SynthEmo, and ``flip`` renders the class with the
+other tone of its hue inside a black frame (a misleading cue a model that learned the plain
+map answers wrongly with confidence). ``weight`` sets a tier's share of train and OOD rows;
+each tier has its own test split ``test_<tier>``; ``ood_shift`` jitters the palette and
+triples the noise. Which tiers are solved before RL is set by the cold start's coverage
+(``data.coldstart``).
+
 Every row is generated from its own RNG seeded by (seed, split, index), so a split of n rows
 is a prefix of a split of n + m rows, and ``write_synthetic`` skips regeneration when the
 folder already holds the same sets (``meta.json``).
@@ -131,7 +141,7 @@ def _emo_row(rng: np.random.Generator, variant: str) -> tuple[Image.Image, str, 
     return image, label, list(labels)
 
 
-def _emo_generate(rng: np.random.Generator, variant: str) -> dict[str, Any]:
+def _emo_generate(rng: np.random.Generator, variant: str, options: dict) -> dict[str, Any]:
     image, label, choices = _emo_row(rng, variant)
     noise = {"in": 12.0, "webemo": 36.0, "emotion6": 12.0}[variant]
     return {
@@ -143,7 +153,7 @@ def _emo_generate(rng: np.random.Generator, variant: str) -> dict[str, Any]:
     }
 
 
-def _math_generate(rng: np.random.Generator, variant: str) -> dict[str, Any]:
+def _math_generate(rng: np.random.Generator, variant: str, options: dict) -> dict[str, Any]:
     count = int(rng.integers(1, 10))
     colour = _count_colour(count)
     if variant == "shift":
@@ -173,6 +183,47 @@ def _math_generate(rng: np.random.Generator, variant: str) -> dict[str, Any]:
     }
 
 
+def _flip(label: str) -> str:
+    """The label of the other tone of the same hue (light <-> dark)."""
+    i = EMOSET_LABELS.index(label)
+    return EMOSET_LABELS[(i + 4) % 8 if i < 4 else {4: 3, 5: 2, 6: 0, 7: 1}[i]]
+
+
+def _mix_generate(rng: np.random.Generator, variant: str, options: dict) -> dict[str, Any]:
+    """One SynthMix row; variant "in" / "shift" draws the tier by weight, "in:<tier>" fixes it."""
+    tiers = options.get("tiers")
+    if not tiers:
+        raise ValueError("synth_mix needs options={'tiers': ...}: see conf/data/synth_mix.yaml")
+    if ":" in variant:
+        variant, tier = variant.split(":")
+    else:
+        names = sorted(tiers)
+        weights = np.array([float(tiers[t]["weight"]) for t in names])
+        tier = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+    spec = tiers[tier]
+    label = EMOSET_LABELS[int(rng.integers(len(EMOSET_LABELS)))]
+    colour = EMO_COLOURS[_flip(label) if spec["flip"] else label]
+    cue = float(spec["cue"])
+    colour = tuple(int(cue * c + (1 - cue) * 128) for c in colour)
+    if variant == "shift":
+        colour = _jitter(colour, rng, 25)
+    image = Image.new("RGB", (SIZE, SIZE), colour)
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(spec["distractors"])):
+        _shape(draw, rng, _grey(rng), ("circle", "square"), (8, 21))
+    if spec["flip"]:  # the marker that tells the flipped tone apart
+        draw.rectangle((0, 0, SIZE - 1, SIZE - 1), outline=(0, 0, 0), width=4)
+    noise = float(spec["noise"]) * (3.0 if variant == "shift" else 1.0)
+    return {
+        "images": [_finish(image, rng, noise)],
+        "problem": EMO_QUESTION,
+        "answer": label,
+        "choices": list(EMOSET_LABELS),
+        "task": "emotion",
+        "source": f"synth_mix_{tier}" if variant == "in" else "synth_mix_shift",
+    }
+
+
 # name -> {split: (source, variant)}; every split is written as <split>.parquet
 SPLITS: dict[str, dict[str, tuple[str, str]]] = {
     "synth_emo": {
@@ -187,15 +238,26 @@ SPLITS: dict[str, dict[str, tuple[str, str]]] = {
         "ood_shift": ("synth_math_shift", "shift"),
         "ood_layout": ("synth_math_layout", "layout"),
     },
+    "synth_mix": {  # the row's own source names its tier
+        "train": ("synth_mix", "in"),
+        "test_easy": ("synth_mix", "in:easy"),
+        "test_medium": ("synth_mix", "in:medium"),
+        "test_hard": ("synth_mix", "in:hard"),
+        "ood_shift": ("synth_mix_shift", "shift"),
+    },
 }
-_GENERATORS: dict[str, Callable[[np.random.Generator, str], dict[str, Any]]] = {
+_GENERATORS: dict[str, Callable[[np.random.Generator, str, dict], dict[str, Any]]] = {
     "synth_emo": _emo_generate,
     "synth_math": _math_generate,
+    "synth_mix": _mix_generate,
 }
 
 
-def generate(name: str, split: str, n: int, *, seed: int = 0) -> list[dict[str, Any]]:
-    """``n`` schema rows of one split of a synthetic task, deterministic in (seed, split)."""
+def generate(
+    name: str, split: str, n: int, *, seed: int = 0, options: dict | None = None
+) -> list[dict[str, Any]]:
+    """``n`` schema rows of one split of a synthetic task, deterministic in (seed, split,
+    options); ``options``: the task's knobs (SynthMix's tiers), None for the others."""
     if name not in SPLITS:
         raise ValueError(f"Unknown synthetic task {name!r}; known: {sorted(SPLITS)}")
     if split not in SPLITS[name]:
@@ -204,7 +266,7 @@ def generate(name: str, split: str, n: int, *, seed: int = 0) -> list[dict[str, 
     split_key = zlib.crc32(split.encode())  # stable across runs, unlike hash()
     rows = []
     for i in range(n):
-        row = _GENERATORS[name](np.random.default_rng([seed, split_key, i]), variant)
+        row = _GENERATORS[name](np.random.default_rng([seed, split_key, i]), variant, options or {})
         rows.append({"id": f"{name}-{split}-{i:06d}", "source": source, **row})
     return rows
 
@@ -217,6 +279,7 @@ def write_synthetic(
     n_train: int = 2000,
     n_test: int = 400,
     n_ood: int | None = None,
+    options: dict | None = None,
     overwrite: bool = False,
 ) -> dict[str, Path]:
     """Write train.parquet, test.parquet and ood_*.parquet of a synthetic task to out_dir.
@@ -230,13 +293,15 @@ def write_synthetic(
     sizes = {s: n_train if s == "train" else n_test for s in SPLITS[name]}
     sizes.update({s: n_ood if n_ood is not None else n_test for s in sizes if s.startswith("ood")})
     meta = {"name": name, "seed": seed, "sizes": sizes, "version": GENERATOR_VERSION}
+    if options:  # only SynthMix has knobs; the other tasks' meta.json stays as it was
+        meta["options"] = options
     paths = {s: out / f"{s}.parquet" for s in sizes}
     meta_path = out / "meta.json"
     cached = meta_path.is_file() and json.loads(meta_path.read_text()) == meta
     if cached and not overwrite and all(p.is_file() for p in paths.values()):
         return paths
     for split, n in sizes.items():
-        write_rows(generate(name, split, n, seed=seed), paths[split])
+        write_rows(generate(name, split, n, seed=seed, options=options), paths[split])
     meta_path.write_text(json.dumps(meta, indent=2))
     return paths
 

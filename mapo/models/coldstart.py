@@ -114,9 +114,22 @@ def _batches(n_rows: int, batch_size: int, steps: int, generator: torch.Generato
 
 
 def _train(
-    model, processor, prompt_of, n_rows, labels, *, steps, batch_size, lr, seed, think, progress
+    model,
+    processor,
+    prompt_of,
+    n_rows,
+    labels,
+    *,
+    steps,
+    batch_size,
+    lr,
+    seed,
+    think,
+    progress,
+    gold=None,
 ):
-    """The SFT loop over rows 0..n_rows-1 (``prompt_of(i)`` -> Prompt); returns the losses."""
+    """The SFT loop over rows 0..n_rows-1 (``prompt_of(i)`` -> Prompt); returns the losses.
+    ``gold``: each row's label index, taught instead of the random draw (None: random)."""
     from mapo.models.batching import build_policy_inputs
     from mapo.models.logprobs import token_logprobs
     from mapo.models.processor import suppressed_token_ids
@@ -136,6 +149,8 @@ def _train(
     with Progress("cold start", steps, unit="steps", enabled=progress) as bar:
         for rows in _batches(n_rows, batch_size, steps, generator):
             picks = torch.randint(len(labels), (len(rows),), generator=generator).tolist()
+            if gold is not None:  # drawn all the same: the random stream does not depend on it
+                picks = [gold[r] for r in rows]
             completions = Completions(
                 prompt_index=list(range(len(rows))),
                 token_ids=[target_ids[k] for k in picks],
@@ -205,6 +220,37 @@ def _save(model, processor, base: Path, out: Path, meta: dict[str, Any]) -> None
     build_dir(out, write, done=(out / "coldstart.json").is_file)
 
 
+def _covered_rows(rows, labels, sources, gold_labels):
+    """The rows the cold start trains on (those of ``sources``; all when None) and, with
+    ``gold_labels``, each row's own label index (None: random labels)."""
+    if sources is not None:
+        rows = [r for r in rows if r.get("source") in set(sources)]
+        if not rows:
+            raise ValueError(f"Cold start: no rows of the sources {list(sources)}.")
+    gold = [labels.index(str(r["answer"]).strip()) for r in rows] if gold_labels else None
+    return rows, gold
+
+
+def _warm_up(base, rows, labels, template, gold, pixels, recipe, progress):
+    """(model, processor, losses) after the SFT steps of ``recipe`` on ``rows``."""
+    from mapo.models.loading import load_policy, load_processor
+
+    template_text = _resolve_template(template)
+    processor = load_processor(base)
+    model = load_policy(base)
+    prompts: dict[int, Any] = {}  # built on first use: images are decoded once, lazily
+
+    def prompt_of(i: int):
+        if i not in prompts:
+            prompts[i] = to_prompt(rows[i], processor, template_text, **pixels)
+        return prompts[i]
+
+    losses = _train(
+        model, processor, prompt_of, len(rows), labels, progress=progress, gold=gold, **recipe
+    )
+    return model, processor, losses
+
+
 def coldstart(
     base_model_dir: str | os.PathLike,
     rows: Sequence[dict[str, Any]],
@@ -220,13 +266,17 @@ def coldstart(
     think: str = THINK_TEXT,
     num_threads: int | None = None,
     progress: bool = True,
+    sources: Sequence[str] | None = None,
+    gold_labels: bool = False,
 ) -> Path:
     """Warm ``base_model_dir`` up on ``rows`` (schema rows of one task) and save model +
     processor files to ``out_dir`` atomically. ``template``: a template name ("emotion",
     "math"), a path, template text, or None for the rows' task's own template.
     ``num_threads`` sets torch's intra-op threads during training only; ``progress`` shows
-    the steps (`mapo.console.progress.Progress`)."""
-    from mapo.models.loading import load_policy, load_processor, resolve_model_path
+    the steps (`mapo.console.progress.Progress`). ``sources``: train only on rows of these
+    sources (None: all), so the others stay unseen; ``gold_labels``: teach each row's own
+    answer instead of a random label (the task itself, on the rows it sees)."""
+    from mapo.models.loading import resolve_model_path
 
     if steps < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(
@@ -237,29 +287,23 @@ def coldstart(
         raise FileExistsError(f"{out} exists; remove it or use coldstarted_model_path to reuse it.")
     base = Path(resolve_model_path(base_model_dir))
     labels = label_set(rows)
-    template_text = _resolve_template(template)
+    rows, gold = _covered_rows(rows, labels, sources, gold_labels)
     recipe = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, think=think)
+    pixels = dict(min_pixels=min_pixels, max_pixels=max_pixels)
     with _threads(num_threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the caller's random stream stays untouched
-        processor = load_processor(base)
-        model = load_policy(base)
-        prompts: dict[int, Any] = {}  # built on first use: images are decoded once, lazily
-
-        def prompt_of(i: int):
-            if i not in prompts:
-                prompts[i] = to_prompt(
-                    rows[i], processor, template_text, min_pixels=min_pixels, max_pixels=max_pixels
-                )
-            return prompts[i]
-
         start = time.perf_counter()
-        losses = _train(model, processor, prompt_of, len(rows), labels, progress=progress, **recipe)
+        model, processor, losses = _warm_up(
+            base, rows, labels, template, gold, pixels, recipe, progress
+        )
         seconds = time.perf_counter() - start
     meta = {
         "base": str(base),
         "labels": labels,
         **recipe,
         "final_loss": losses[-1],
+        "sources": None if sources is None else list(sources),
+        "gold_labels": gold_labels,
         "train_seconds": round(seconds, 2),
         "version": COLDSTART_VERSION,
     }
@@ -296,6 +340,8 @@ def coldstarted_model_path(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     think: str = THINK_TEXT,
     num_threads: int | None = None,
+    sources: Sequence[str] | None = None,
+    gold_labels: bool = False,
 ) -> Path:
     """The cached warm model ``<cache>/coldstart-<hash>``, trained on first use only.
 
@@ -305,19 +351,12 @@ def coldstarted_model_path(
     from mapo.models.tiny import default_cache_dir
 
     base = Path(resolve_model_path(base_model_dir))
-    settings = {
-        "v": COLDSTART_VERSION,
-        "base": base.name,
-        "steps": steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "seed": seed,
-        "min_pixels": min_pixels,
-        "max_pixels": max_pixels,
-        "think": think,
-        "template": _resolve_template(template),
-        "data": data_fingerprint(rows),
-    }
+    recipe = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, think=think)
+    pixels = dict(min_pixels=min_pixels, max_pixels=max_pixels)
+    settings = {"v": COLDSTART_VERSION, "base": base.name, **recipe, **pixels}
+    settings.update(template=_resolve_template(template), data=data_fingerprint(rows))
+    if sources is not None or gold_labels:  # keys of the plain recipe's caches stay the same
+        settings.update(sources=None if sources is None else list(sources), gold=gold_labels)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     final = cache / f"coldstart-{base.name}-{key}"
@@ -327,17 +366,14 @@ def coldstarted_model_path(
         log.info("cold start: reusing %s", final)
         return final
     log.info("cold start: training %s (%d steps) -> %s", base.name, steps, final)
+    coverage = dict(sources=sources, gold_labels=gold_labels)
     return coldstart(
         base,
         rows,
         template=template,
         out_dir=final,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        min_pixels=min_pixels,
-        max_pixels=max_pixels,
-        think=think,
         num_threads=num_threads,
+        **recipe,
+        **pixels,
+        **coverage,
     )

@@ -59,8 +59,14 @@ def prepare_data(cfg: DictConfig) -> dict[str, Any]:
     if syn is not None:  # cached: reused when meta.json matches
         from mapo.data.synthetic import write_synthetic
 
+        options = syn.get("options")
         write_synthetic(
-            syn.name, cfg.data.root, seed=syn.seed, n_train=syn.n_train, n_test=syn.n_test
+            syn.name,
+            cfg.data.root,
+            seed=syn.seed,
+            n_train=syn.n_train,
+            n_test=syn.n_test,
+            options=OmegaConf.to_container(options, resolve=True) if options else None,
         )
     load = partial(
         load_split, on_bad_row=cfg.data.on_bad_row, max_image_pixels=cfg.data.max_image_pixels
@@ -98,6 +104,8 @@ def prepare_model(cfg: DictConfig, data: dict[str, Any]) -> Path:
         return base
     from mapo.models.coldstart import coldstarted_model_path
 
+    cover = cfg.data.get("coldstart") or {}  # the data's own cold-start coverage (SynthMix)
+    sources = cover.get("sources")
     return coldstarted_model_path(
         base,
         data["train"],
@@ -109,6 +117,8 @@ def prepare_model(cfg: DictConfig, data: dict[str, Any]) -> Path:
         seed=cfg.seed,
         min_pixels=cfg.data.min_pixels,
         max_pixels=cfg.data.max_pixels,
+        sources=None if sources is None else list(sources),
+        gold_labels=bool(cover.get("gold_labels", False)),
     )
 
 

@@ -51,6 +51,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 def _train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     settings, ckpt_path, identity = _start(cfg)
     run_dir = settings.run_dir
+    if cfg.trainer.get("deterministic"):
+        # Bit-identical reruns: with several intra-op threads the CPU kernels' reduction
+        # order depends on how many threads they get, which varies under load; one thread
+        # fixes it (Lightning also turns on torch.use_deterministic_algorithms).
+        torch.set_num_threads(1)
     data = prepare_data(cfg)
     model_path = prepare_model(cfg, data)
     processor, policy, reference = _load_models(cfg, settings, model_path)

@@ -213,7 +213,7 @@ class Evaluation(Callback):
         self.rollout._sync(module)  # the engine the rollouts use, on the current weights
         was = module.policy.training
         module.policy.eval()
-        block, _ = evaluate(
+        block, preds = evaluate(
             self.rollout.engine,
             self.sets,
             self.scorer,
@@ -221,6 +221,7 @@ class Evaluation(Callback):
             batch_size=self.batch_size,
             rank=trainer.global_rank,
             world_size=trainer.world_size,
+            keep_predictions=tag != "history",
             desc=f"evaluation {tag}"
             if tag != "history"
             else f"evaluation at step {module.rl_step}",
@@ -236,10 +237,30 @@ class Evaluation(Callback):
         scalars.update(
             {f"val/acc/{k}": float(v) for k, v in block["datasets"].items() if v is not None}
         )
+        if tag != "history":
+            self._regression(trainer, tag, preds, block, scalars)
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=module.rl_step)
         self._write(trainer, tag, block)
         return block
+
+    def _regression(self, trainer, tag: str, preds: list, block: dict, scalars: dict) -> None:
+        """Keep each prompt's correctness before RL (a file, so a resumed run has it) and,
+        after RL, add the regression and gain rates to the block. Single-process only: each
+        rank sees its own shard of the predictions."""
+        from mapo.analysis.regression import correctness, regression_block
+
+        if trainer.world_size != 1:
+            return
+        path = self.run_dir / "eval_correct_before.json"
+        if tag == "before":
+            data = json.dumps(correctness(preds), sort_keys=True).encode()
+            atomic_write(path, lambda f: f.write(data))
+        elif path.exists():
+            reg = regression_block(json.loads(path.read_text()), correctness(preds))
+            block["regression"] = reg
+            scalars["val/regression_rate"] = float(reg["all"]["regression_rate"])
+            scalars["val/gain_rate"] = float(reg["all"]["gain_rate"])
 
     def _write(self, trainer: pl.Trainer, tag: str, block: dict[str, Any]) -> None:
         if trainer.global_rank != 0:

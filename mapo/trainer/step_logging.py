@@ -50,6 +50,7 @@ def step_metrics(
 ) -> tuple[dict[str, float], dict[str, Tensor]]:
     """(scalars, histograms) of the step: rewards and their counters, advantages, responses,
     the update's actor/* means, the learning rate, rollout metrics and timings."""
+    from mapo.analysis.mechanism import mechanism_metrics
     from mapo.analysis.metrics import advantage_metrics, response_metrics, reward_metrics
 
     rewards = rollouts.rewards
@@ -64,6 +65,17 @@ def step_metrics(
         metrics["reward/pooled_frac"] = float(rewards.get("pooled", 0.0)) / float(rewards["scored"])
     scalars, hists = _split_hists(advantage_metrics(advantages))
     metrics.update(scalars)
+    # what the estimator assigns per certainty bucket, and what GRPO would on the same rewards
+    metrics.update(
+        mechanism_metrics(
+            advantages,
+            rewards["overall"],
+            rollouts.group_ids,
+            rewards["accuracy"],
+            eps=module.algo.eps,
+            std=module.algo.std,
+        )
+    )
     metrics.update(response_metrics(lengths, truncated, None))
     metrics.update({f"actor/{k}": v for k, v in update.items()})
     metrics["actor/lr"] = float(module.optimizers().param_groups[0]["lr"])
