@@ -28,7 +28,6 @@ from __future__ import annotations
 import inspect
 
 import torch
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mapo.models.batching import PolicyInputs
 from mapo.models.packing import (
@@ -59,15 +58,35 @@ def _backbone_kwargs(model: torch.nn.Module, inputs: PolicyInputs, share_vision:
     accepts_features = "mm_encoder_outputs" in inspect.signature(base.forward).parameters
     if share_vision and accepts_features and hasattr(base, "get_image_features"):
         # Encode each distinct image once; the G rows of a group reuse its features.
-        features = base.get_image_features(
-            inputs.pixel_values, inputs.image_grid_thw, return_dict=True
-        ).pooler_output  # tuple over distinct images of [tokens_i, H]
-        per_row = tuple(features[i] for i in inputs.row_images().tolist())
-        kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=per_row)}
+        kwargs["mm_encoder_outputs"] = {
+            "image": image_features(base, inputs, inputs.row_images().tolist())
+        }
     else:
         kwargs["pixel_values"] = inputs.row_pixel_values()  # [row patches, D]
         kwargs["image_grid_thw"] = inputs.row_image_grid_thw()  # [row images, 3], row order
     return kwargs
+
+
+def image_features(base: torch.nn.Module, inputs: PolicyInputs, order: list[int]):
+    """The vision tower's outputs for the distinct images, each once, re-ordered (and repeated)
+    to ``order``: one distinct-image index per image placeholder run of the forward.
+
+    Every per-image field is kept: ``pooler_output`` (the merged features the placeholders
+    take) and, on Qwen3-VL, ``deepstack_features`` (one tuple per DeepStack level, added to the
+    first decoder layers' hidden states at the image positions), so the forward gets exactly
+    what it computes itself from ``pixel_values``."""
+    out = base.get_image_features(inputs.pixel_values, inputs.image_grid_thw, return_dict=True)
+    count = len(out.pooler_output)  # distinct images
+
+    def select(value):
+        if isinstance(value, tuple) and len(value) == count:  # one tensor per image
+            return tuple(value[i] for i in order)
+        if isinstance(value, list) and all(isinstance(v, tuple) for v in value):
+            return [select(v) for v in value]  # one tuple per level
+        return None  # whole-batch fields (last_hidden_state, ...): the forward reads none
+
+    fields = {k: select(v) for k, v in out.items()}
+    return type(out)(**{k: v for k, v in fields.items() if v is not None})
 
 
 def _one_row_per_prompt(inputs: PolicyInputs) -> torch.Tensor:
@@ -165,11 +184,7 @@ def packed_hidden_states(
         )
     if inputs.pixel_values is not None:
         order = packed_image_order(inputs, layout).tolist()
-        features = base.get_image_features(
-            inputs.pixel_values, inputs.image_grid_thw, return_dict=True
-        ).pooler_output  # tuple over distinct images
-        per_run = tuple(features[i] for i in order)
-        kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=per_run)}
+        kwargs["mm_encoder_outputs"] = {"image": image_features(base, inputs, order)}
     hidden = base(**kwargs).last_hidden_state[0]  # [T, H]
     return unpack_rows(hidden, layout)  # [N, L, H]
 

@@ -45,7 +45,7 @@ IDENTITY_KEYS = (
     "algorithm",
     "optim",
     "reward",
-    "model.name", "model.path", "model.size", "model.seed", "model.dtype",
+    "model.name", "model.path", "model.size", "model.family", "model.seed", "model.dtype",
     "model.freeze_vision", "model.coldstart",
     "data.name", "data.task", "data.template", "data.train", "data.synthetic",
     "data.on_bad_row", "data.max_prompt_tokens", "data.min_pixels", "data.max_pixels",
