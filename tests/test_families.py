@@ -167,8 +167,8 @@ def test_every_family_is_tested():
     assert sorted(FAMILIES) == sorted(FAMILY_NAMES)
 
 
-def test_unknown_family_is_a_config_error():
-    from mapo.algorithm.config import ConfigError
+def test_unknown_family_is_refused_naming_the_supported_ones():
+    from mapo.models.families import UnsupportedFamily
 
-    with pytest.raises(ConfigError, match=r"'llava'.*supported families: \['qwen2_5_vl'"):
+    with pytest.raises(UnsupportedFamily, match=r"'llava'.*supported families: \['qwen2_5_vl'"):
         get_family("llava")

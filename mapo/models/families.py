@@ -1,7 +1,8 @@
 """The model families the project runs, one entry each: the one place a family is named.
 
 A family is found from the checkpoint's ``config.json`` ``model_type`` (``family_of``) before
-any model loads; an unknown one is a ``ConfigError`` naming the supported ones. Each entry says
+any model loads; an unknown one is ``UnsupportedFamily`` (a ConfigError in
+``pipeline/validate.py``) naming the supported ones. Each entry says
 which transformers classes build it, which processor class its checkpoints name, where its
 vision tower and decoder layers are, what vLLM calls the architecture, which log-prob routes
 are exact for it (``ROUTES``; a route it lacks is refused, or taken on the plain route and
@@ -20,7 +21,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mapo.algorithm.config import ConfigError
 from mapo.registry import Registry
 
 # The log-prob routes (docs/models.md): the plain padded forward, the shared prompt through the
@@ -45,6 +45,12 @@ class Family:
     tiny_text: dict = field(default_factory=dict)
     vision_tower: str = "model.visual"  # module paths in the HF model
     decoder_layers: str = "model.language_model.layers"
+
+
+class UnsupportedFamily(ValueError):
+    """A checkpoint or config of a family (or route) this project does not run; the message
+    names it, the supported ones and the fix. ``pipeline/validate.py`` raises it as a
+    ConfigError before any model loads."""
 
 
 FAMILIES: Registry[Family] = Registry("model family")
@@ -115,9 +121,9 @@ def supported() -> list[str]:
 
 
 def get_family(name: str) -> Family:
-    """The family called ``name``; else a ConfigError naming the supported ones."""
+    """The family called ``name``; else UnsupportedFamily naming the supported ones."""
     if name not in FAMILIES:
-        raise ConfigError(
+        raise UnsupportedFamily(
             f"model family {name!r} is not supported; supported families: {supported()}. Fix: "
             "use a checkpoint of a supported family (model.family for the tiny model)"
         )
@@ -133,7 +139,7 @@ def model_type_of(path: str | os.PathLike) -> str | None:
 
 
 def family_of(path: str | os.PathLike) -> Family | None:
-    """The family of the checkpoint at ``path`` (a ConfigError for an unsupported VLM family);
+    """The family of the checkpoint at ``path`` (UnsupportedFamily for an unsupported VLM family);
     None for a text-only model or a folder without config.json."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 

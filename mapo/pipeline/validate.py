@@ -144,6 +144,15 @@ def check_model_block(model: DictConfig) -> None:
     """The model folder and its family (``mapo.models.families``), before any model loads: the
     tiny model's ``model.family`` must be a supported family, and a local folder's config.json
     model_type must be one (and the one ``model.family`` names, where it names one)."""
+    from mapo.models.families import UnsupportedFamily
+
+    try:
+        _check_model_block(model)
+    except UnsupportedFamily as err:
+        raise ConfigError(str(err)) from None
+
+
+def _check_model_block(model: DictConfig) -> None:
     from mapo.models.families import family_of, get_family
 
     if model.path is None and model.name != "tiny":
