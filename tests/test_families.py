@@ -25,7 +25,7 @@ from mapo.types import Completions, Prompt
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
 
-FAMILY_NAMES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+FAMILY_NAMES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"]
 PROMPT_INDEX = [0, 0, 0, 1, 2]  # prompts 1 and 2 have a single rollout
 LENGTHS = [23, 1, 6, 15, 3]
 IMAGE_SIZES = [[(56, 56)], [(56, 56), (84, 28)], [(112, 56)]]  # (width, height)
@@ -78,6 +78,8 @@ def family_setup(request, tmp_path_factory, sharpen):
     weights = torch.randn(inputs.completion_mask.shape, generator=gen)
     ref, ref_grads = _reference(model, processor, prompts, comps, suppress, weights)
     return dict(
+        processor=processor,
+        prompts=prompts,
         model=model,
         inputs=inputs,
         suppress=suppress,
@@ -161,6 +163,40 @@ def test_route_equals_per_row_forward(family_setup, route, checkpointing):
     for name, grad in grads.items():
         torch.testing.assert_close(grad, s["ref_grads"][name], atol=2e-4, rtol=1e-3, msg=name)
     model.zero_grad(set_to_none=True)
+
+
+def test_a_route_a_family_lacks_takes_the_plain_route_counted(family_setup):
+    from mapo.models.logprobs import route_fallbacks
+
+    s = family_setup
+    before = route_fallbacks()
+    with torch.no_grad():
+        _route_logprobs(s["model"].eval(), s["inputs"], s["suppress"], "packed")
+    after = route_fallbacks()
+    key = "perf/route_fallbacks/packed"
+    lacks = "packed" not in get_family(s["name"]).routes
+    assert after.get(key, 0) - before.get(key, 0) == (1 if lacks else 0)
+
+
+@torch.no_grad()
+def test_hf_engine_generates(family_setup):
+    from mapo.rollout.hf import HFEngine
+    from mapo.types import SamplingConfig
+
+    s = family_setup
+    engine = HFEngine(s["model"].eval(), s["processor"], share_prefill=True)
+    sampling = SamplingConfig(n=3, temperature=1.0, top_p=1.0, max_new_tokens=6, seed=0)
+    out = engine.generate(s["prompts"], sampling)
+    assert len(out) == 9 and all(1 <= len(t) <= 6 for t in out.token_ids)
+    inputs = build_policy_inputs(
+        s["processor"], s["prompts"], out, pad_token_id=engine.pad_token_id
+    )
+    kw = dict(suppress_ids=engine.suppress_ids, share_prompt=True, padding_free=False)
+    logp = token_logprobs(s["model"], inputs, **kw)
+    for row, sampled in enumerate(out.logprobs):  # the sampler's log-probs are the trainer's
+        torch.testing.assert_close(
+            logp[row, : len(sampled)], torch.tensor(sampled), atol=2e-4, rtol=0
+        )
 
 
 def test_every_family_is_tested():

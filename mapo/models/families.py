@@ -36,6 +36,7 @@ class Family:
     model_class: str
     processor_class: str  # the stock processor the checkpoints name
     vllm_architecture: str  # what vLLM calls the architecture (config.json "architectures")
+    vllm_module: str  # vllm.model_executor.models.<module> defining it
     routes: tuple[str, ...]  # the exact log-prob routes; the others take the plain route
     patch_size: int  # vision patch size in pixels (the tiny processor's)
     tiny_rope: dict = field(default_factory=dict)  # the tiny text config's rope_parameters
@@ -64,10 +65,16 @@ def _all_blocks(spec) -> list[int]:
     return list(range(spec.vision_depth))
 
 
+def _linear_then_full(spec) -> list[str]:
+    """Qwen3.5's hybrid stack: linear-attention layers, every last of a pair full attention."""
+    return ["full_attention" if i % 2 else "linear_attention" for i in range(spec.layers)]
+
+
 FAMILIES.add(
     "qwen2_vl",
     Family(
         model_type="qwen2_vl",
+        vllm_module="qwen2_vl",
         config_class="Qwen2VLConfig",
         model_class="Qwen2VLForConditionalGeneration",
         processor_class="Qwen2VLProcessor",
@@ -84,6 +91,7 @@ FAMILIES.add(
     "qwen2_5_vl",
     Family(
         model_type="qwen2_5_vl",
+        vllm_module="qwen2_5_vl",
         config_class="Qwen2_5_VLConfig",
         model_class="Qwen2_5_VLForConditionalGeneration",
         processor_class="Qwen2_5_VLProcessor",
@@ -99,6 +107,7 @@ FAMILIES.add(
     "qwen3_vl",
     Family(
         model_type="qwen3_vl",
+        vllm_module="qwen3_vl",
         config_class="Qwen3VLConfig",
         model_class="Qwen3VLForConditionalGeneration",
         processor_class="Qwen3VLProcessor",
@@ -107,13 +116,50 @@ FAMILIES.add(
         patch_size=16,
         # interleaved MRoPE over head_dim 32: 16 frequencies, t/h/w sections as the real 8B's
         # [24, 20, 20] scaled down (each h/w section x3 must fit in 16)
-        tiny_rope={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [6, 5, 5],
-                   "mrope_interleaved": True},
+        tiny_rope={
+            "rope_type": "default",
+            "rope_theta": 5e6,
+            "mrope_section": [6, 5, 5],
+            "mrope_interleaved": True,
+        },
         # DeepStack on: every vision block's features feed the first decoder layers
         tiny_vision={"num_position_embeddings": 64, "deepstack_visual_indexes": _all_blocks},
         tiny_text={"head_dim": 32},
     ),
-)  # fmt: skip
+)
+
+
+FAMILIES.add(
+    "qwen3_5",
+    Family(
+        model_type="qwen3_5",
+        vllm_module="qwen3_5",
+        config_class="Qwen3_5Config",
+        model_class="Qwen3_5ForConditionalGeneration",
+        processor_class="Qwen3VLProcessor",  # transformers' AutoProcessor entry for qwen3_5
+        vllm_architecture="Qwen3_5ForConditionalGeneration",
+        # Gated DeltaNet (linear attention) layers carry a recurrent state: no packed
+        # sequence (segments would leak state into each other) and no shared KV cache
+        routes=("padded", "shared_vision"),
+        patch_size=16,
+        tiny_rope={
+            "rope_type": "default",
+            "rope_theta": 1e7,
+            "mrope_section": [6, 5, 5],
+            "mrope_interleaved": True,
+            "partial_rotary_factor": 1.0,
+        },
+        tiny_vision={"num_position_embeddings": 64},
+        tiny_text={
+            "head_dim": 32,
+            "linear_key_head_dim": 16,
+            "linear_value_head_dim": 16,
+            "linear_num_key_heads": 2,
+            "linear_num_value_heads": 4,
+            "layer_types": _linear_then_full,
+        },
+    ),
+)
 
 
 def supported() -> list[str]:
@@ -154,6 +200,13 @@ def family_of(path: str | os.PathLike) -> Family | None:
 def family_of_model(model) -> Family | None:
     """The family of a loaded model (its config's model_type), None if not a listed one."""
     return FAMILIES.get(getattr(model.config, "model_type", None))
+
+
+def family_shares_cache(model) -> bool:
+    """Whether a prompt's KV cache can be shared by its rollouts (the shared prompt route):
+    False for a listed family without it (a linear-attention state), True otherwise."""
+    family = family_of_model(model)
+    return family is None or "shared_prompt" in family.routes
 
 
 def transformers_class(name: str):

@@ -26,10 +26,13 @@ flash_attention_2 / 3 and sdpa (``mapo.models.varlen_attention``), by a 4-D mask
 from __future__ import annotations
 
 import inspect
+import logging
+from collections import Counter
 
 import torch
 
 from mapo.models.batching import PolicyInputs
+from mapo.models.families import family_of_model
 from mapo.models.packing import (
     MASK_BACKENDS,
     VARLEN_BACKENDS,
@@ -39,6 +42,7 @@ from mapo.models.packing import (
 )
 from mapo.models.varlen_attention import install as install_varlen
 
+log = logging.getLogger(__name__)
 _CHUNK_ELEMENTS = 1 << 26  # logits per head chunk: 64 M fp32 = 256 MiB
 
 
@@ -130,13 +134,45 @@ def completion_hidden_states(
     ``get_output_embeddings()`` head (Qwen2/2.5-VL, Qwen2, Llama, ...). ``padding_free`` runs the rows
     padding-free as one sequence (``mapo.models.packing``); under gradient checkpointing the
     shared prompt pass takes that route too, since checkpointing disables the cache."""
-    if padding_free or (share_prompt and _checkpointing(model) and packs_shared_prompt(model)):
+    packed = padding_free or (share_prompt and _checkpointing(model) and packs_shared_prompt(model))
+    if packed and route_allowed(model, "packed"):
         return packed_hidden_states(model, inputs, share_prompt=share_prompt)
-    if share_prompt and can_share_prompt(model, inputs):
+    if share_prompt and can_share_prompt(model, inputs) and route_allowed(model, "shared_prompt"):
         return _shared_prompt_hidden_states(model, inputs)
+    if share_vision and inputs.pixel_values is not None:
+        share_vision = route_allowed(model, "shared_vision")
     hidden = model.model(**_backbone_kwargs(model, inputs, share_vision)).last_hidden_state
     p, length = inputs.prompt_len, inputs.completion_len
     return hidden[:, p - 1 : p - 1 + length]  # [N, L, H]: column P-1+j predicts token j
+
+
+_FALLBACKS: Counter = Counter()  # route -> forwards that took the plain route instead
+
+
+def route_allowed(model: torch.nn.Module, route: str) -> bool:
+    """Whether ``route`` is exact for the model's family (``mapo.models.families``; other
+    models take every route). A route that is not says so once, is counted (``fallbacks``)
+    and the caller takes the plain route."""
+    family = family_of_model(model)
+    if family is None or route in family.routes:
+        return True
+    if not _FALLBACKS[route]:
+        log.warning(
+            "the %s route is not exact for model family %s (exact: %s); it takes the plain "
+            "padded route (counted in perf/route_fallbacks/%s)",
+            route,
+            family.model_type,
+            ", ".join(family.routes),
+            route,
+        )
+    _FALLBACKS[route] += 1
+    return False
+
+
+def route_fallbacks() -> dict[str, float]:
+    """perf/route_fallbacks/<route>: forwards so far that took the plain route instead (only
+    the routes that did, so a run without any logs no such metric)."""
+    return {f"perf/route_fallbacks/{k}": float(v) for k, v in sorted(_FALLBACKS.items())}
 
 
 def _checkpointing(model: torch.nn.Module) -> bool:

