@@ -4,7 +4,7 @@ Only the L completion positions go through the LM head: the backbone's hidden st
 sliced to [N, L, H] first, and the head runs over row chunks in fp32, so no [N, P+L, V]
 tensor (and, without autograd, no [N, L, V] one beyond a chunk) is ever materialised.
 
-Positions: Qwen2.5-VL needs 3-D rope positions built from ``mm_token_type_ids`` and the image
+Positions: the Qwen-VL families (``mapo.models.families``) need 3-D rope positions built from ``mm_token_type_ids`` and the image
 grids on the unpadded tokens. We build them with the model's own ``get_rope_index`` once per
 distinct prompt and pass ``position_ids``; given neither, transformers 5.x silently falls back
 to plain 1-D positions and the log-probs are wrong (docs/facts.md, "CPU machines").
@@ -16,11 +16,17 @@ the one prompt pass), and only the completion tokens run on top of it. A group t
 P + G*L token positions instead of G*(P+L) in the reference, old-policy and policy forwards
 and in the backward (180 instead of 544 for SynthEmo's P=52, L=16, G=8; docs/benchmarks.md).
 Same numbers as the full pass up to float rounding (tests/test_logprobs.py). It needs a
-Qwen2/2.5-VL-style backbone (``get_rope_index`` + ``language_model``) and images; text-only
+Qwen-VL-style backbone (``get_rope_index`` + ``language_model``) and images; text-only
 batches, other architectures and batches without repeated prompts take the full pass. Under
 gradient checkpointing in training (which disables the cache) the shared pass runs instead as
 one packed sequence without a cache (``mapo.models.packing``): by varlen key segments on
 flash_attention_2 / 3 and sdpa (``mapo.models.varlen_attention``), by a 4-D mask on eager.
+
+Families: a route that is not exact for the model's family (its ``mapo.models.families``
+entry; e.g. packing through Qwen3.5's linear-attention layers) logs once, is counted
+(``route_fallbacks``) and takes the plain padded route. The shared-vision and packed routes
+hand the forward every per-image output of the vision tower (``image_features``), Qwen3-VL's
+DeepStack features included; docs/models.md has the table of what is exact per family.
 """
 
 from __future__ import annotations
@@ -102,7 +108,7 @@ def _one_row_per_prompt(inputs: PolicyInputs) -> torch.Tensor:
 
 
 def _rope_positions(base: torch.nn.Module, inputs: PolicyInputs) -> torch.Tensor:
-    """[3, N, P+L] Qwen2.5-VL 3-D rope positions, from the model's own ``get_rope_index`` run
+    """[3, N, P+L] 3-D rope positions (Qwen2/2.5/3-VL, Qwen3.5), from the model's own ``get_rope_index`` run
     once per distinct prompt (not per rollout). The completion continues the prompt's last
     text segment, so its positions are the prompt's last position + 1, 2, ..."""
     p, length = inputs.prompt_len, inputs.completion_len
