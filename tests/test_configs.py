@@ -191,14 +191,14 @@ def test_paper_experiment_on_each_family(model, family, tmp_path):
         ),
         (
             ["experiment=emoset_mapo", "model.path=FOLDER", "model.family=null"],
-            r"model family 'qwen2_vl_moe' is not supported",
+            r"model family 'llava' is not supported",
         ),
     ],
 )
 def test_unsupported_family_fails_before_any_model_loads(overrides, msg, tmp_path, no_model):
     folder = tmp_path / "model"
     folder.mkdir()
-    model_type = "qwen2_vl_moe" if "model.family=null" in overrides else "qwen2_5_vl"
+    model_type = "llava" if "model.family=null" in overrides else "qwen2_5_vl"
     (folder / "config.json").write_text(f'{{"model_type": "{model_type}"}}')
     (folder / "model.safetensors").write_bytes(b"")
     overrides = [o.replace("FOLDER", str(folder)) for o in overrides]
