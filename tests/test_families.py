@@ -199,6 +199,15 @@ def test_hf_engine_generates(family_setup):
         )
 
 
+def test_the_entry_names_the_model_modules(family_setup):
+    model, family = family_setup["model"], get_family(family_setup["name"])
+    layers = model.get_submodule(family.decoder_layers)
+    assert len(layers) == model.config.get_text_config().num_hidden_layers
+    assert model.get_submodule(family.vision_tower) is model.model.visual
+    assert type(model).__name__ == family.model_class
+    assert model.config.model_type == family.model_type
+
+
 def test_every_family_is_tested():
     assert sorted(FAMILIES) == sorted(FAMILY_NAMES)
 

@@ -5,8 +5,9 @@ any model loads; an unknown one is ``UnsupportedFamily`` (a ConfigError in
 ``pipeline/validate.py``) naming the supported ones. Each entry says
 which transformers classes build it, which processor class its checkpoints name, where its
 vision tower and decoder layers are, what vLLM calls the architecture, which log-prob routes
-are exact for it (``ROUTES``; a route it lacks is refused, or taken on the plain route and
-counted, by ``route_for``) and how the tiny offline model of that family is configured.
+are exact for it (``ROUTES``; a route it lacks takes the plain route, logged once and
+counted: ``mapo.models.logprobs.route_allowed``) and how the tiny offline model of that family
+is configured.
 
 Every family here builds its 3-D rope positions with the model's own ``get_rope_index``
 (``mapo.models.logprobs``), takes the image features of ``get_image_features`` (with
