@@ -1,7 +1,7 @@
 """Build a tiny VLM offline, deterministically from a seed, as a real checkpoint folder.
 
-One per model family (``mapo.models.families``; Qwen2.5-VL by default, Qwen2-VL and Qwen3-VL
-with DeepStack too), from the transformers config classes. The folder holds what
+One per model family (``mapo.models.families``; Qwen2.5-VL by default, Qwen2-VL, Qwen3-VL
+with DeepStack and Qwen3.5 too), from the transformers config classes. The folder holds what
 ``save_pretrained`` writes for a real checkpoint (config.json with e.g.
 ``Qwen2_5_VLForConditionalGeneration`` / model_type ``qwen2_5_vl``, safetensors weights,
 generation_config.json, tokenizer files, chat template, processor config), so
