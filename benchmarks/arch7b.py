@@ -52,20 +52,47 @@ QWEN25_VL_7B = {
 # MRoPE, DeepStack from vision blocks 8, 16, 24).
 QWEN2_VL_7B = {
     "text": dict(QWEN25_VL_7B["text"]),
-    "vision": dict(depth=32, embed_dim=1280, hidden_size=3584, mlp_ratio=4, num_heads=16,
-                   patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
-}  # fmt: skip
+    "vision": dict(
+        depth=32,
+        embed_dim=1280,
+        hidden_size=3584,
+        mlp_ratio=4,
+        num_heads=16,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    ),
+}
 QWEN3_VL_8B = {
-    "text": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
-                 num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=151936,
-                 max_position_embeddings=262144,
-                 rope_parameters={"rope_type": "default", "rope_theta": 5e6,
-                                  "mrope_section": [24, 20, 20], "mrope_interleaved": True}),
-    "vision": dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16,
-                   out_hidden_size=4096, patch_size=16, spatial_merge_size=2,
-                   temporal_patch_size=2, num_position_embeddings=2304,
-                   deepstack_visual_indexes=[8, 16, 24]),
-}  # fmt: skip
+    "text": dict(
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=151936,
+        max_position_embeddings=262144,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 5e6,
+            "mrope_section": [24, 20, 20],
+            "mrope_interleaved": True,
+        },
+    ),
+    "vision": dict(
+        depth=27,
+        hidden_size=1152,
+        intermediate_size=4304,
+        num_heads=16,
+        out_hidden_size=4096,
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        num_position_embeddings=2304,
+        deepstack_visual_indexes=[8, 16, 24],
+    ),
+}
 ARCHITECTURES = {"qwen2_5_vl": QWEN25_VL_7B, "qwen2_vl": QWEN2_VL_7B, "qwen3_vl": QWEN3_VL_8B}
 # Same code path at CPU size: head_dim 32 for mrope [4, 6, 6], as the tiny model.
 SMALL = {
