@@ -62,6 +62,53 @@ QWEN25_VL_7B = {
         fullatt_block_indexes=[7, 15, 23, 31],
     ),
 }
+# The other families' 7B-class architectures, from their public config.json values (not
+# loaded here): Qwen2-VL-7B (vision hidden = merger output) and Qwen3-VL-8B (interleaved
+# MRoPE, DeepStack from vision blocks 8, 16, 24).
+QWEN2_VL_7B = {
+    "text": dict(QWEN25_VL_7B["text"]),
+    "vision": dict(
+        depth=32,
+        embed_dim=1280,
+        hidden_size=3584,
+        mlp_ratio=4,
+        num_heads=16,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    ),
+}
+QWEN3_VL_8B = {
+    "text": dict(
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=151936,
+        max_position_embeddings=262144,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 5e6,
+            "mrope_section": [24, 20, 20],
+            "mrope_interleaved": True,
+        },
+    ),
+    "vision": dict(
+        depth=27,
+        hidden_size=1152,
+        intermediate_size=4304,
+        num_heads=16,
+        out_hidden_size=4096,
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        num_position_embeddings=2304,
+        deepstack_visual_indexes=[8, 16, 24],
+    ),
+}
+ARCHITECTURES = {"qwen2_5_vl": QWEN25_VL_7B, "qwen2_vl": QWEN2_VL_7B, "qwen3_vl": QWEN3_VL_8B}
 # Same code path at CPU size: head_dim 32 for mrope [4, 6, 6], as the tiny model.
 SMALL = {
     "text": dict(
@@ -87,41 +134,54 @@ SMALL = {
 }
 
 
-def build(out: Path, *, small: bool = False, seed: int = 0, dtype: str = "bfloat16") -> Path:
-    """Random-initialised Qwen2.5-VL of the 7B architecture (or SMALL) saved into ``out`` with
-    the tiny model's tokenizer and processor, loadable by train.py as ``model.path=out``."""
-    from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+def build(
+    out: Path,
+    *,
+    small: bool = False,
+    seed: int = 0,
+    dtype: str = "bfloat16",
+    family: str = "qwen2_5_vl",
+) -> Path:
+    """Random-initialised VLM of ``family``'s 7B-class architecture (or, ``small``, a CPU-size
+    one: SMALL for Qwen2.5-VL, the tiny model's config otherwise) saved into ``out`` with the
+    tiny model's tokenizer and processor, loadable by train.py as ``model.path=out``."""
+    from transformers import GenerationConfig
 
-    from mapo.models.tiny import SPECIAL_TOKENS, save_processor
+    from mapo.models.families import get_family, transformers_class
+    from mapo.models.tiny import SIZES, SPECIAL_TOKENS, save_processor, tiny_config
     from mapo.models.tiny_tokenizer import default_corpus, train_tiny_tokenizer
 
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; choose another --out or delete it")
-    dims = SMALL if small else QWEN25_VL_7B
+    fam = get_family(family)
     tokenizer = train_tiny_tokenizer(list(default_corpus()), vocab_size=1024)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    if len(tokenizer) > dims["text"]["vocab_size"]:
-        raise ValueError(f"tokenizer has {len(tokenizer)} tokens > vocab_size")
     eot, im_end = ids["<|endoftext|>"], ids["<|im_end|>"]
-    config = Qwen2_5_VLConfig(
-        text_config=dict(dims["text"], bos_token_id=eot, eos_token_id=im_end, pad_token_id=eot),
-        vision_config=dims["vision"],
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
-    )
+    if small and family != "qwen2_5_vl":
+        config = tiny_config(SIZES["tiny"], tokenizer, family)
+    else:
+        dims = SMALL if small else ARCHITECTURES[family]
+        if len(tokenizer) > dims["text"]["vocab_size"]:
+            raise ValueError(f"tokenizer has {len(tokenizer)} tokens > vocab_size")
+        config = transformers_class(fam.config_class)(
+            text_config=dict(dims["text"], bos_token_id=eot, eos_token_id=im_end, pad_token_id=eot),
+            vision_config=dims["vision"],
+            image_token_id=ids["<|image_pad|>"],
+            video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"],
+            vision_end_token_id=ids["<|vision_end|>"],
+            tie_word_embeddings=False,
+        )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config).to(getattr(torch, dtype))
+        model = transformers_class(fam.model_class)(config).to(getattr(torch, dtype))
     model.generation_config = GenerationConfig(
         bos_token_id=eot, eos_token_id=[im_end, eot], pad_token_id=eot
     )
     params = sum(p.numel() for p in model.parameters())
     model.save_pretrained(out)
-    save_processor(tokenizer, out)
+    save_processor(tokenizer, out, family)
     print(f"built {params / 1e6:,.1f} M parameters ({dtype}) -> {out}")
     return out
 
@@ -241,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--small", action="store_true", help="tiny dimensions (CPU check)")
     b.add_argument("--dtype", default="bfloat16")
+    b.add_argument("--family", default="qwen2_5_vl", help="model family (docs/models.md)")
     t = sub.add_parser("time", help="time RL steps on a built folder")
     t.add_argument("--model", type=Path, required=True)
     t.add_argument("--engine", default="vllm", choices=["hf", "vllm"])
@@ -267,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("override", nargs="*", help="extra Hydra overrides (key=value)")
     a = ap.parse_args(argv)
     if a.cmd == "build":
-        build(a.out, small=a.small, dtype=a.dtype)
+        build(a.out, small=a.small, dtype=a.dtype, family=a.family)
         return
     out = time_steps(a)
     if a.json:

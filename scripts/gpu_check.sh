@@ -41,9 +41,12 @@ export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True  # less fragmentation at
 # 256 new tokens; ZeRO-3 + gradient checkpointing, HF engine, no KL reference (beta 0: one 7B
 # copy fewer in memory), vision tower frozen (ZeRO-3's ~16 bytes per trained parameter for all
 # 8.29 B would leave ~15 GiB of the 139 GiB for everything else; ARCH7B_FREEZE_VISION=0 trains it).
-MODEL_DIR=$WORK/qwen25vl7b-random
+# ARCH7B_FAMILY picks the family's 7B-class architecture (docs/models.md): qwen2_5_vl (the
+# default, 7B), qwen2_vl (7B) or qwen3_vl (8B).
+FAMILY=${ARCH7B_FAMILY:-qwen2_5_vl}
+MODEL_DIR=$WORK/$FAMILY-7b-random
 if [[ -d /dev/shm ]] && (( $(df -Pk /dev/shm | awk 'NR==2 {print $4}') > 24 * 1024 * 1024 )); then
-    MODEL_DIR=/dev/shm/mapo-qwen25vl7b-random  # 16.6 GB in RAM: written and read in seconds
+    MODEL_DIR=/dev/shm/mapo-$FAMILY-7b-random  # ~17 GB in RAM: written and read in seconds
 fi
 FREEZE=(--freeze-vision)
 [[ "${ARCH7B_FREEZE_VISION:-1}" == 0 ]] && FREEZE=()
@@ -52,10 +55,10 @@ ARCH7B_TIME=(-m benchmarks.arch7b time --model "$MODEL_DIR" --engine hf
     --min-pixels 200704 --max-pixels 200704 --beta 0 --warmup 1 --timed 2 "${FREEZE[@]}"
     --steps-jsonl "$OUT_DIR/arch7b_steps.jsonl" --json "$OUT_DIR/arch7b.json"
     trainer.devices=1 trainer.strategy.sub_group_size=100000000 model.attn_implementation=sdpa)
-BUILD=(-m benchmarks.arch7b build --out "$MODEL_DIR")
+BUILD=(-m benchmarks.arch7b build --family "$FAMILY" --out "$MODEL_DIR")
 if [[ "${GPU_CHECK_SMALL:-0}" == 1 ]]; then  # the same path at CPU size: tests/test_gpu_kit.py
     MODEL_DIR=$WORK/arch-small
-    BUILD=(-m benchmarks.arch7b build --small --dtype float32 --out "$MODEL_DIR")
+    BUILD=(-m benchmarks.arch7b build --small --family "$FAMILY" --dtype float32 --out "$MODEL_DIR")
     ARCH7B_TIME=(-m benchmarks.arch7b time --model "$MODEL_DIR" --engine hf --trainer default
         --dtype float32 --prompts 8 --group 2 --max-new-tokens 3 --micro-batch 4 --beta 0
         --warmup 1 --timed 1 --steps-jsonl "$OUT_DIR/arch7b_steps.jsonl"

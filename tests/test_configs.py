@@ -175,3 +175,58 @@ def test_the_yaml_instantiates_the_settings(tmp_path):
         max_new_tokens=r.eval.max_new_tokens,
         seed=cfg.seed,
     )
+
+
+@pytest.mark.parametrize(
+    "model, family",
+    [
+        ("qwen3_vl_2b", "qwen3_vl"),
+        ("qwen3_vl_4b", "qwen3_vl"),
+        ("qwen3_vl_8b", "qwen3_vl"),
+        ("qwen2_vl_7b", "qwen2_vl"),
+        ("qwen2_5_vl_7b", "qwen2_5_vl"),
+    ],
+)
+def test_paper_experiment_on_each_family(model, family, tmp_path):
+    """experiment=emoset_mapo model=NAME composes with that model and validates up to the
+    data (a folder of the family passes the model checks, no model loads)."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(f'{{"model_type": "{family}"}}')
+    (folder / "model.safetensors").write_bytes(b"")
+    cfg = compose_cfg(["experiment=emoset_mapo", f"model={model}"], tmp_path)
+    assert cfg.model.name == model and cfg.model.family == family
+    assert cfg.algorithm.group_size == 12 and cfg.rollout.engine == "vllm"
+    overrides = [
+        "experiment=emoset_mapo",
+        f"model={model}",
+        f"model.path={folder}",
+        f"data.root={tmp_path}/data",
+    ]
+    with pytest.raises(FileNotFoundError, match="data.train"):  # past the model checks
+        validate(compose_cfg(overrides, tmp_path))
+
+
+@pytest.mark.parametrize(
+    "overrides, msg",
+    [
+        (["model.family=llava"], r"model family 'llava' is not supported; supported families"),
+        (
+            ["experiment=emoset_mapo", "model=qwen3_vl_8b", "model.path=FOLDER"],
+            r"model.family=qwen3_vl but .*model_type qwen2_5_vl",
+        ),
+        (
+            ["experiment=emoset_mapo", "model.path=FOLDER", "model.family=null"],
+            r"model family 'llava' is not supported",
+        ),
+    ],
+)
+def test_unsupported_family_fails_before_any_model_loads(overrides, msg, tmp_path, no_model):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    model_type = "llava" if "model.family=null" in overrides else "qwen2_5_vl"
+    (folder / "config.json").write_text(f'{{"model_type": "{model_type}"}}')
+    (folder / "model.safetensors").write_bytes(b"")
+    overrides = [o.replace("FOLDER", str(folder)) for o in overrides]
+    with pytest.raises(ConfigError, match=msg):
+        validate(compose_cfg(overrides, tmp_path))

@@ -1,4 +1,4 @@
-"""Models: the tiny Qwen2.5-VL built offline, loading, training batches and log-probs."""
+"""Models: the model families, the tiny VLMs built offline, loading, training batches and log-probs."""
 
 from mapo.models.batching import PolicyInputs, build_policy_inputs, encode_prompts
 from mapo.models.loading import load_policy, load_processor, load_reference, resolve_model_path

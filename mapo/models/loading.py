@@ -94,7 +94,10 @@ def _load_model(path, dtype, attn_implementation, trust_remote_code):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
+    from mapo.models.families import family_of
+
     path = resolve_model_path(path)
+    family_of(path)  # an unsupported VLM family fails here, before the weights load
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     is_vlm = config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
     auto_class = AutoModelForImageTextToText if is_vlm else AutoModelForCausalLM
@@ -107,9 +110,14 @@ def _load_model(path, dtype, attn_implementation, trust_remote_code):
 
 
 def vision_tower(model: torch.nn.Module) -> torch.nn.Module | None:
-    """The vision encoder (with its merger) of a Qwen2/2.5-VL-style model, or None."""
-    base = getattr(model, "model", model)
-    return getattr(base, "visual", None)
+    """The vision encoder (with its merger) of a supported family's model (the module its
+    ``mapo.models.families`` entry names), or None."""
+    from mapo.models.families import family_of_model
+
+    family = family_of_model(model)
+    if family is None:
+        return None
+    return model.get_submodule(family.vision_tower)
 
 
 def load_policy(
@@ -148,27 +156,24 @@ def load_reference(
 
 
 def load_processor(path: str | os.PathLike, **kwargs):
-    """The model's processor. Without (a working) torchvision, Qwen2.5-VL folders get the
-    image-only processor, which gives identical text and image inputs."""
+    """The model's processor. Without (a working) torchvision, the folders of a supported
+    family (``mapo.models.families``) get its image-only processor, which gives identical text
+    and image inputs; an unsupported VLM family is a ConfigError naming the supported ones."""
     from transformers import AutoProcessor, AutoTokenizer
     from transformers.utils import is_torchvision_available
 
-    from mapo.models.processor import ImageOnlyQwen2_5_VLProcessor
+    from mapo.models.families import family_of
+    from mapo.models.processor import image_only_class
 
     path = resolve_model_path(path)
+    family = family_of(path)  # None: a hub name or a text-only model
     if is_torchvision_available():
         try:
             return AutoProcessor.from_pretrained(path, **kwargs)
         except Exception as err:  # a CUDA-linked torchvision breaks AutoProcessor on CPU
             log.warning("AutoProcessor failed (%s); trying the image-only processor", err)
-    try:
-        from transformers import AutoConfig
-
-        model_type = AutoConfig.from_pretrained(path).model_type
-    except (OSError, ValueError):
-        model_type = None
-    if model_type == "qwen2_5_vl":
-        return ImageOnlyQwen2_5_VLProcessor.from_pretrained(path, **kwargs)
+    if family is not None:
+        return image_only_class(family.processor_class).from_pretrained(path, **kwargs)
     try:
         return AutoProcessor.from_pretrained(path, **kwargs)
     except (OSError, ValueError, ImportError):

@@ -4,7 +4,7 @@ Only the L completion positions go through the LM head: the backbone's hidden st
 sliced to [N, L, H] first, and the head runs over row chunks in fp32, so no [N, P+L, V]
 tensor (and, without autograd, no [N, L, V] one beyond a chunk) is ever materialised.
 
-Positions: Qwen2.5-VL needs 3-D rope positions built from ``mm_token_type_ids`` and the image
+Positions: the Qwen-VL families (``mapo.models.families``) need 3-D rope positions built from ``mm_token_type_ids`` and the image
 grids on the unpadded tokens. We build them with the model's own ``get_rope_index`` once per
 distinct prompt and pass ``position_ids``; given neither, transformers 5.x silently falls back
 to plain 1-D positions and the log-probs are wrong (docs/facts.md, "CPU machines").
@@ -16,21 +16,29 @@ the one prompt pass), and only the completion tokens run on top of it. A group t
 P + G*L token positions instead of G*(P+L) in the reference, old-policy and policy forwards
 and in the backward (180 instead of 544 for SynthEmo's P=52, L=16, G=8; docs/benchmarks.md).
 Same numbers as the full pass up to float rounding (tests/test_logprobs.py). It needs a
-Qwen2/2.5-VL-style backbone (``get_rope_index`` + ``language_model``) and images; text-only
+Qwen-VL-style backbone (``get_rope_index`` + ``language_model``) and images; text-only
 batches, other architectures and batches without repeated prompts take the full pass. Under
 gradient checkpointing in training (which disables the cache) the shared pass runs instead as
 one packed sequence without a cache (``mapo.models.packing``): by varlen key segments on
 flash_attention_2 / 3 and sdpa (``mapo.models.varlen_attention``), by a 4-D mask on eager.
+
+Families: a route that is not exact for the model's family (its ``mapo.models.families``
+entry; e.g. packing through Qwen3.5's linear-attention layers) logs once, is counted
+(``route_fallbacks``) and takes the plain padded route. The shared-vision and packed routes
+hand the forward every per-image output of the vision tower (``image_features``), Qwen3-VL's
+DeepStack features included; docs/models.md has the table of what is exact per family.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
+from collections import Counter
 
 import torch
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mapo.models.batching import PolicyInputs
+from mapo.models.families import family_of_model
 from mapo.models.packing import (
     MASK_BACKENDS,
     VARLEN_BACKENDS,
@@ -40,6 +48,7 @@ from mapo.models.packing import (
 )
 from mapo.models.varlen_attention import install as install_varlen
 
+log = logging.getLogger(__name__)
 _CHUNK_ELEMENTS = 1 << 26  # logits per head chunk: 64 M fp32 = 256 MiB
 
 
@@ -59,15 +68,35 @@ def _backbone_kwargs(model: torch.nn.Module, inputs: PolicyInputs, share_vision:
     accepts_features = "mm_encoder_outputs" in inspect.signature(base.forward).parameters
     if share_vision and accepts_features and hasattr(base, "get_image_features"):
         # Encode each distinct image once; the G rows of a group reuse its features.
-        features = base.get_image_features(
-            inputs.pixel_values, inputs.image_grid_thw, return_dict=True
-        ).pooler_output  # tuple over distinct images of [tokens_i, H]
-        per_row = tuple(features[i] for i in inputs.row_images().tolist())
-        kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=per_row)}
+        kwargs["mm_encoder_outputs"] = {
+            "image": image_features(base, inputs, inputs.row_images().tolist())
+        }
     else:
         kwargs["pixel_values"] = inputs.row_pixel_values()  # [row patches, D]
         kwargs["image_grid_thw"] = inputs.row_image_grid_thw()  # [row images, 3], row order
     return kwargs
+
+
+def image_features(base: torch.nn.Module, inputs: PolicyInputs, order: list[int]):
+    """The vision tower's outputs for the distinct images, each once, re-ordered (and repeated)
+    to ``order``: one distinct-image index per image placeholder run of the forward.
+
+    Every per-image field is kept: ``pooler_output`` (the merged features the placeholders
+    take) and, on Qwen3-VL, ``deepstack_features`` (one tuple per DeepStack level, added to the
+    first decoder layers' hidden states at the image positions), so the forward gets exactly
+    what it computes itself from ``pixel_values``."""
+    out = base.get_image_features(inputs.pixel_values, inputs.image_grid_thw, return_dict=True)
+    count = len(out.pooler_output)  # distinct images
+
+    def select(value):
+        if isinstance(value, tuple) and len(value) == count:  # one tensor per image
+            return tuple(value[i] for i in order)
+        if isinstance(value, list) and all(isinstance(v, tuple) for v in value):
+            return [select(v) for v in value]  # one tuple per level
+        return None  # whole-batch fields (last_hidden_state, ...): the forward reads none
+
+    fields = {k: select(v) for k, v in out.items()}
+    return type(out)(**{k: v for k, v in fields.items() if v is not None})
 
 
 def _one_row_per_prompt(inputs: PolicyInputs) -> torch.Tensor:
@@ -79,7 +108,7 @@ def _one_row_per_prompt(inputs: PolicyInputs) -> torch.Tensor:
 
 
 def _rope_positions(base: torch.nn.Module, inputs: PolicyInputs) -> torch.Tensor:
-    """[3, N, P+L] Qwen2.5-VL 3-D rope positions, from the model's own ``get_rope_index`` run
+    """[3, N, P+L] 3-D rope positions (Qwen2/2.5/3-VL, Qwen3.5), from the model's own ``get_rope_index`` run
     once per distinct prompt (not per rollout). The completion continues the prompt's last
     text segment, so its positions are the prompt's last position + 1, 2, ..."""
     p, length = inputs.prompt_len, inputs.completion_len
@@ -111,13 +140,45 @@ def completion_hidden_states(
     ``get_output_embeddings()`` head (Qwen2/2.5-VL, Qwen2, Llama, ...). ``padding_free`` runs the rows
     padding-free as one sequence (``mapo.models.packing``); under gradient checkpointing the
     shared prompt pass takes that route too, since checkpointing disables the cache."""
-    if padding_free or (share_prompt and _checkpointing(model) and packs_shared_prompt(model)):
+    packed = padding_free or (share_prompt and _checkpointing(model) and packs_shared_prompt(model))
+    if packed and route_allowed(model, "packed"):
         return packed_hidden_states(model, inputs, share_prompt=share_prompt)
-    if share_prompt and can_share_prompt(model, inputs):
+    if share_prompt and can_share_prompt(model, inputs) and route_allowed(model, "shared_prompt"):
         return _shared_prompt_hidden_states(model, inputs)
+    if share_vision and inputs.pixel_values is not None:
+        share_vision = route_allowed(model, "shared_vision")
     hidden = model.model(**_backbone_kwargs(model, inputs, share_vision)).last_hidden_state
     p, length = inputs.prompt_len, inputs.completion_len
     return hidden[:, p - 1 : p - 1 + length]  # [N, L, H]: column P-1+j predicts token j
+
+
+_FALLBACKS: Counter = Counter()  # route -> forwards that took the plain route instead
+
+
+def route_allowed(model: torch.nn.Module, route: str) -> bool:
+    """Whether ``route`` is exact for the model's family (``mapo.models.families``; other
+    models take every route). A route that is not says so once, is counted (``fallbacks``)
+    and the caller takes the plain route."""
+    family = family_of_model(model)
+    if family is None or route in family.routes:
+        return True
+    if not _FALLBACKS[route]:
+        log.warning(
+            "the %s route is not exact for model family %s (exact: %s); it takes the plain "
+            "padded route (counted in perf/route_fallbacks/%s)",
+            route,
+            family.model_type,
+            ", ".join(family.routes),
+            route,
+        )
+    _FALLBACKS[route] += 1
+    return False
+
+
+def route_fallbacks() -> dict[str, float]:
+    """perf/route_fallbacks/<route>: forwards so far that took the plain route instead (only
+    the routes that did, so a run without any logs no such metric)."""
+    return {f"perf/route_fallbacks/{k}": float(v) for k, v in sorted(_FALLBACKS.items())}
 
 
 def _checkpointing(model: torch.nn.Module) -> bool:
@@ -165,11 +226,7 @@ def packed_hidden_states(
         )
     if inputs.pixel_values is not None:
         order = packed_image_order(inputs, layout).tolist()
-        features = base.get_image_features(
-            inputs.pixel_values, inputs.image_grid_thw, return_dict=True
-        ).pooler_output  # tuple over distinct images
-        per_run = tuple(features[i] for i in order)
-        kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=per_run)}
+        kwargs["mm_encoder_outputs"] = {"image": image_features(base, inputs, order)}
     hidden = base(**kwargs).last_hidden_state[0]  # [T, H]
     return unpack_rows(hidden, layout)  # [N, L, H]
 

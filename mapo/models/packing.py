@@ -120,8 +120,8 @@ class PackedLayout:
 
     def text_positions(self) -> Tensor:
         """[T] position of each token inside its segment (0 at each segment start): the text
-        row of the [4, 1, T] positions of the varlen route (Qwen2.5-VL reads row 0 as text
-        positions; the segments themselves come from ``varlen_segments``)."""
+        row of the [4, 1, T] positions of the varlen route (the Qwen-VL text decoders read row 0
+        as text positions; the segments themselves come from ``varlen_segments``)."""
         starts = torch.ones_like(self.owner, dtype=torch.bool)
         starts[1:] = self.owner[1:] != self.owner[:-1]
         index = torch.arange(self.num_tokens, device=self.owner.device)

@@ -1,23 +1,22 @@
-"""An image-only Qwen2.5-VL processor, and the token ids generation must never produce.
+"""Image-only processors of each model family, and the token ids generation must never produce.
 
-The stock ``Qwen2_5_VLProcessor`` also builds a video processor, which needs torchvision; on
-CPU machines torchvision cannot be installed (docs/facts.md, "CPU machines"). This subclass takes only
-the image processor and the tokenizer (plus the chat template) and otherwise behaves exactly
-like the stock one: same placeholder expansion, same ``mm_token_type_ids``.
+The stock ``Qwen2VLProcessor`` / ``Qwen2_5_VLProcessor`` / ``Qwen3VLProcessor`` also build a
+video processor, which needs torchvision; on CPU machines torchvision cannot be installed
+(docs/facts.md, "CPU machines"). The image-only subclasses take only the image processor and
+the tokenizer (plus the chat template) and otherwise behave exactly like the stock ones: same
+placeholder expansion, same ``mm_token_type_ids``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import cache
 
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 
-# Checkpoint folders name the stock class, so the folder loads anywhere (vLLM, AutoProcessor).
-STOCK_PROCESSOR_CLASS = "Qwen2_5_VLProcessor"
 
-
-class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
-    """Qwen2.5-VL processor without the video processor (images and text only)."""
+class _ImageOnly:
+    """Mixin: the stock processor without its video processor (images and text only)."""
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         # The parent passes video_processor=None on to ProcessorMixin, which zips the
@@ -27,10 +26,32 @@ class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
     def __call__(self, images=None, text=None, videos=None, **kwargs):
         if videos is not None:
             raise ValueError(
-                "ImageOnlyQwen2_5_VLProcessor cannot process videos (the video processor needs "
+                f"{type(self).__name__} cannot process videos (the video processor needs "
                 "torchvision). Install torchvision and load the stock processor for videos."
             )
         return super().__call__(images=images, text=text, **kwargs)
+
+
+class ImageOnlyQwen2_5_VLProcessor(_ImageOnly, Qwen2_5_VLProcessor):
+    """Qwen2.5-VL processor without the video processor (images and text only)."""
+
+
+@cache
+def image_only_class(stock_class: str) -> type:
+    """The image-only subclass of the stock processor class named ``stock_class``."""
+    if stock_class == "Qwen2_5_VLProcessor":
+        return ImageOnlyQwen2_5_VLProcessor
+    import transformers
+
+    stock = getattr(transformers, stock_class)
+    return type(f"ImageOnly{stock_class}", (_ImageOnly, stock), {"__doc__": _ImageOnly.__doc__})
+
+
+def image_only_processor_class(family: str) -> type:
+    """The image-only processor class of the model family ``family`` (its model_type)."""
+    from mapo.models.families import get_family
+
+    return image_only_class(get_family(family).processor_class)
 
 
 def suppressed_token_ids(

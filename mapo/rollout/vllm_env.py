@@ -6,7 +6,9 @@ vLLM reads these variables when the engine is built, so they are set (only when 
 
 from __future__ import annotations
 
+import logging
 import os
+from typing import Any
 
 import torch
 
@@ -16,6 +18,8 @@ import torch
 # of KV cache, no core reserved for the (absent) frontend process.
 _ENV_DEFAULTS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 _CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+
+log = logging.getLogger(__name__)
 
 
 def cpu_cores_for(local_rank: int, local_world: int) -> list[int]:
@@ -72,3 +76,27 @@ def distributed_env() -> bool:
     # CPU runs are one machine: every rank is local unless the launcher says otherwise.
     env_defaults(local, int(os.environ.get("LOCAL_WORLD_SIZE") or world))
     return True
+
+
+def checked_engine_args(sync_bucket_mb: float | None, sleep_level: int) -> int | None:
+    """The weight-sync bucket in bytes (None: the whole model at once), after the checks that
+    need no engine."""
+    if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0":
+        raise ValueError(
+            "VLLM_ENABLE_V1_MULTIPROCESSING must be 0 (unset it): weight sync hands the "
+            "policy's tensors to an engine in this process by reference."
+        )
+    if sync_bucket_mb is not None and not sync_bucket_mb > 0:
+        raise ValueError(f"sync_bucket_mb must be > 0 or None (one bucket); got {sync_bucket_mb}")
+    if sleep_level not in (1, 2):
+        raise ValueError(
+            f"sleep_level must be 1 (offload weights) or 2 (discard), got {sleep_level}"
+        )
+    return None if sync_bucket_mb is None else int(sync_bucket_mb * 2**20)
+
+
+def sleep_mode_available(platform: Any) -> bool:
+    if platform.is_sleep_mode_available():
+        return True
+    log.warning("vLLM sleep mode is not available on %s; running without it.", platform.device_name)
+    return False

@@ -52,6 +52,7 @@ def step_metrics(
     the update's actor/* means, the learning rate, rollout metrics and timings."""
     from mapo.analysis.mechanism import mechanism_metrics
     from mapo.analysis.metrics import advantage_metrics, response_metrics, reward_metrics
+    from mapo.models.logprobs import route_fallbacks
 
     rewards = rollouts.rewards
     truncated = torch.tensor(rollouts.completions.truncated)
@@ -81,6 +82,7 @@ def step_metrics(
     metrics["actor/lr"] = float(module.optimizers().param_groups[0]["lr"])
     metrics.update(rollouts.metrics)
     metrics.update(timings)
+    metrics.update(route_fallbacks())  # empty unless a family took the plain route
     return metrics, hists
 
 

