@@ -63,7 +63,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
                 weights_only=True)  # a checkpoint never runs code on load  # fmt: skip
 
     if cfg.export_hf:
-        export_hf(module, processor, run_dir / "hf_model", trainer)
+        out = run_dir / "hf_model"
+        export_hf(
+            module, processor, out, trainer, base=model_path, merged=cfg.model.lora.export_merged
+        )
     if trainer.is_global_zero:  # report.png, also logged to TensorBoard
         finish_report(run_dir, trainer.loggers, step=module.rl_step)
     metrics = _read_metrics(run_dir)
@@ -101,6 +104,19 @@ def _load_models(cfg: DictConfig, plan, model_path):
         gradient_checkpointing=m.gradient_checkpointing,
         **kw,
     )
+    lora = m.lora
+    if lora.rank > 0:  # the reference is the policy with its adapters off: no second model
+        from mapo.models.lora import apply_lora
+
+        apply_lora(
+            policy,
+            rank=lora.rank,
+            alpha=lora.alpha,
+            dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            vision=lora.vision,
+        )
+        return processor, policy, None
     reference = load_reference(model_path, **kw) if plan.algo.needs_reference else None
     return processor, policy, reference
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from mapo.algorithm.config import AlgorithmConfig, ConfigError
 from mapo.data.prepare import prepare_hint
 from mapo.models.loading import check_model_folder
+from mapo.models.lora import check_lora_values
 from mapo.pipeline.config_keys import check_known_keys, check_types
 from mapo.registry import import_plugins
 from mapo.rollout import ENGINES
@@ -131,6 +133,20 @@ def _check_values(cfg: DictConfig, algo: AlgorithmConfig) -> None:
         )
 
 
+def _lora_optim(lora: DictConfig, optim: OptimConfig) -> OptimConfig:
+    """Check model.lora; with adapters on, model.lora.lr (when set) is the optimizer's lr."""
+    targets = lora.target_modules
+    targets = list(targets) if OmegaConf.is_list(targets) else targets
+    check_lora_values(lora.rank, lora.alpha, lora.dropout, targets)
+    if not isinstance(lora.vision, bool) or not isinstance(lora.export_merged, bool):
+        raise ConfigError("model.lora.vision and model.lora.export_merged must be true or false")
+    if lora.rank == 0 or lora.lr is None:
+        return optim
+    if isinstance(lora.lr, bool) or not isinstance(lora.lr, (int, float)) or lora.lr <= 0:
+        raise ConfigError(f"model.lora.lr={lora.lr!r} must be > 0, or null for optim.lr")
+    return dataclasses.replace(optim, lr=float(lora.lr))
+
+
 def check_optim(optim: OptimConfig) -> None:
     if optim.schedule not in ("constant", "cosine"):
         raise ConfigError(f"optim.schedule={optim.schedule!r}; use constant or cosine")
@@ -148,6 +164,7 @@ def validate(cfg: DictConfig) -> RunSettings:
     check_types(OptimConfig, OmegaConf.to_container(cfg.optim, resolve=True), "optim")
     algo = AlgorithmConfig.from_dict(OmegaConf.to_container(cfg.algorithm, resolve=True))
     optim = OptimConfig(**{k: (tuple(v) if k == "betas" else v) for k, v in cfg.optim.items()})
+    optim = _lora_optim(cfg.model.lora, optim)
     check_optim(optim)
     if cfg.rollout.engine not in ENGINES:
         raise ConfigError(
