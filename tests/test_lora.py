@@ -150,6 +150,7 @@ def _small(run_dir, *extra):
             "algorithm.mini_batch_size=2",
             "algorithm.micro_batch_size=4",
             "algorithm.group_size=4",
+            "model.coldstart.steps=20",
             "data.eval_limit=8",
             "eval.before=false",
             "eval.after=false",

@@ -153,8 +153,10 @@ def save_adapter(model: torch.nn.Module, out: Path, base: str, state: dict | Non
     config = model.peft_config[ADAPTER_NAME]
     config.base_model_name_or_path = str(base)
     config.save_pretrained(str(out))
+    # PeftModel wraps the model as base_model.model: its saved names carry that prefix
     tensors = {
-        k: v.detach().cpu().contiguous() for k, v in adapter_state_dict(model, state).items()
+        f"base_model.model.{k}": v.detach().cpu().contiguous()
+        for k, v in adapter_state_dict(model, state).items()
     }
     save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
 
