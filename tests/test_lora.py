@@ -14,9 +14,10 @@ from mapo.algorithm.config import ConfigError
 from mapo.models.batching import build_policy_inputs
 from mapo.models.loading import load_policy
 from mapo.models.logprobs import token_logprobs
-from mapo.models.lora import adapters_disabled, apply_lora, check_lora_values, has_lora
+from mapo.models.lora import adapters_disabled, apply_lora, has_lora
 from mapo.models.micro_batching import StepLayout
 from mapo.pipeline.quickrun import algorithm_config, compose_config, lora_config, optim_config
+from mapo.pipeline.validate import check_lora_values
 from mapo.types import Completions, SamplingConfig
 
 SAMPLING = SamplingConfig(n=2, temperature=1.0, top_p=1.0, max_new_tokens=8)
@@ -125,7 +126,7 @@ def test_bad_values_are_config_errors(changes, key):
 
 
 def test_unknown_target_is_a_config_error(tiny_model_dir):
-    with pytest.raises(ConfigError, match=r"model.lora.target_modules: \['qkv_proj'\]"):
+    with pytest.raises(ValueError, match=r"model.lora.target_modules: \['qkv_proj'\]"):
         apply_lora(load_policy(tiny_model_dir), **lora_config(rank=4, target_modules=["qkv_proj"]))
 
 

@@ -15,31 +15,7 @@ from pathlib import Path
 
 import torch
 
-from mapo.algorithm.config import ConfigError
-
 ADAPTER_NAME = "default"  # peft's name; the adapter folder drops it from the keys
-
-
-def check_lora_values(rank, alpha, dropout, target_modules) -> None:
-    """ConfigError naming the ``model.lora`` key unless the values make an adapter."""
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
-        raise ConfigError(f"model.lora.rank={rank!r} must be an integer >= 0 (0: full fine-tuning)")
-    if rank == 0:
-        return
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
-        raise ConfigError(f"model.lora.alpha={alpha!r} must be > 0 (the scale is alpha / rank)")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ConfigError(f"model.lora.dropout={dropout!r} must be in [0, 1)")
-    if isinstance(target_modules, str) or not isinstance(target_modules, Sequence):
-        raise ConfigError(
-            f"model.lora.target_modules={target_modules!r} must be a list of projection names, "
-            "e.g. [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]"
-        )
-    if not target_modules or not all(isinstance(t, str) and t for t in target_modules):
-        raise ConfigError(
-            f"model.lora.target_modules={list(target_modules)!r} must name at least one "
-            "projection, e.g. [q_proj, v_proj]"
-        )
 
 
 def _tower_prefix(model: torch.nn.Module) -> str | None:
@@ -55,11 +31,11 @@ def _tower_prefix(model: torch.nn.Module) -> str | None:
 def target_names(model: torch.nn.Module, target_modules: Sequence[str], vision: bool) -> list[str]:
     """Full names of the Linear layers that get adapters: the decoder's whose last name part is
     in ``target_modules`` (the vision tower's blocks use some of the same names), and with
-    ``vision`` every Linear layer of the vision tower and its merger. Raises ConfigError for a
+    ``vision`` every Linear layer of the vision tower and its merger. Raises ValueError for a
     name that matches no decoder layer."""
     tower = _tower_prefix(model)
     if vision and tower is None:
-        raise ConfigError(
+        raise ValueError(
             f"model.lora.vision=true but {type(model).__name__} has no vision tower; "
             "set model.lora.vision=false"
         )
@@ -74,7 +50,7 @@ def target_names(model: torch.nn.Module, target_modules: Sequence[str], vision: 
     missing = [t for t in target_modules if t not in found]
     if missing:
         known = sorted({n.rsplit(".", 1)[-1] for n in decoder})
-        raise ConfigError(
+        raise ValueError(
             f"model.lora.target_modules: {missing} match no Linear layer of the decoder; "
             f"known: {known}"
         )
@@ -94,7 +70,6 @@ def apply_lora(
     at zero, so the adapted model computes exactly what the base model does until a step."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    check_lora_values(rank, alpha, dropout, target_modules)
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,

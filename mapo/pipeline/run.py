@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig
 
+from mapo.algorithm.config import ConfigError
 from mapo.analysis.report_image import finish_report
 from mapo.console import filter_warnings
 from mapo.pipeline.build import (
@@ -106,19 +107,26 @@ def _load_models(cfg: DictConfig, plan, model_path):
     )
     lora = m.lora
     if lora.rank > 0:  # the reference is the policy with its adapters off: no second model
-        from mapo.models.lora import apply_lora
-
-        apply_lora(
-            policy,
-            rank=lora.rank,
-            alpha=lora.alpha,
-            dropout=lora.dropout,
-            target_modules=list(lora.target_modules),
-            vision=lora.vision,
-        )
+        try:  # a target that matches no layer is known only now
+            _apply_lora(policy, lora)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         return processor, policy, None
     reference = load_reference(model_path, **kw) if plan.algo.needs_reference else None
     return processor, policy, reference
+
+
+def _apply_lora(policy, lora) -> None:
+    from mapo.models.lora import apply_lora
+
+    apply_lora(
+        policy,
+        rank=lora.rank,
+        alpha=lora.alpha,
+        dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        vision=lora.vision,
+    )
 
 
 def _callbacks(cfg, plan, data, model_path, policy, processor, to_prompt, long_train: int):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,6 @@ from omegaconf import DictConfig, OmegaConf
 from mapo.algorithm.config import AlgorithmConfig, ConfigError
 from mapo.data.prepare import prepare_hint
 from mapo.models.loading import check_model_folder
-from mapo.models.lora import check_lora_values
 from mapo.pipeline.config_keys import check_known_keys, check_types
 from mapo.registry import import_plugins
 from mapo.rollout import ENGINES
@@ -130,6 +130,28 @@ def _check_values(cfg: DictConfig, algo: AlgorithmConfig) -> None:
         raise FileNotFoundError(
             f"checkpoint not found: ckpt_path={cfg.ckpt_path}\n  fix: give an existing .ckpt, "
             "ckpt_path=last (resume in hydra.run.dir) or ckpt_path=null"
+        )
+
+
+def check_lora_values(rank, alpha, dropout, target_modules) -> None:
+    """ConfigError naming the ``model.lora`` key unless the values make an adapter."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise ConfigError(f"model.lora.rank={rank!r} must be an integer >= 0 (0: full fine-tuning)")
+    if rank == 0:
+        return
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+        raise ConfigError(f"model.lora.alpha={alpha!r} must be > 0 (the scale is alpha / rank)")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ConfigError(f"model.lora.dropout={dropout!r} must be in [0, 1)")
+    if isinstance(target_modules, str) or not isinstance(target_modules, Sequence):
+        raise ConfigError(
+            f"model.lora.target_modules={target_modules!r} must be a list of projection names, "
+            "e.g. [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]"
+        )
+    if not target_modules or not all(isinstance(t, str) and t for t in target_modules):
+        raise ConfigError(
+            f"model.lora.target_modules={list(target_modules)!r} must name at least one "
+            "projection, e.g. [q_proj, v_proj]"
         )
 
 
