@@ -200,3 +200,30 @@ def _check_exports(run, policy, base_path):
             assert out.shape[0] == 1 and out.shape[1] > ids.shape[1]
     with adapters_disabled(policy), torch.no_grad():
         assert not torch.allclose(policy(input_ids=ids).logits, want)
+
+
+FEATURES = {  # the step's features with the adapters on: each short run must train them
+    "budget_packed_checkpointing": [
+        "algorithm.max_tokens_per_micro_batch=400",
+        "model.padding_free=true",
+        "model.gradient_checkpointing=true",
+    ],
+    "seq_mask_correction_cispo": [
+        "algorithm.rollout_correction.mode=seq_mask",
+        "algorithm.policy_loss=cispo",
+        "algorithm.dual_clip=null",
+    ],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(FEATURES))
+def test_step_features_train_the_adapters(tmp_path, name):
+    from mapo.pipeline.run import train
+
+    _, objs = train(_small(tmp_path / "run", "steps=1", "export_hf=false", *FEATURES[name]))
+    policy = objs["module"].policy
+    assert objs["engine"].model is policy  # the HF engine samples with the adapters on
+    trained = {n for n, p in policy.named_parameters() if p.requires_grad}
+    assert trained and all(".lora_" in n for n in trained)
+    assert "actor/grad_norm" in objs["module"].last_metrics  # the update ran
