@@ -17,7 +17,8 @@ from omegaconf import DictConfig
 
 from mapo.algorithm.config import ConfigError
 from mapo.pipeline.build import make_scorer, prepare_data, prepare_model, to_prompt_fn
-from mapo.pipeline.validate import run_dir_of, validate
+from mapo.pipeline.run_folder import run_dir_of
+from mapo.pipeline.validate import validate
 from mapo.rollout import build_engine
 from mapo.trainer.evaluation import EvalSets, evaluate
 

@@ -62,6 +62,13 @@ def optim_config(**changes: Any):
     return optim
 
 
+def lora_config(**changes: Any) -> dict[str, Any]:
+    """The ``model.lora`` block of ``conf/model/tiny.yaml`` with ``changes`` applied: the
+    keyword arguments of ``mapo.models.lora.apply_lora`` (lr and export_merged left out)."""
+    block = {**_yaml("model/tiny.yaml")["lora"], **changes}
+    return {k: block[k] for k in ("rank", "alpha", "dropout", "target_modules", "vision")}
+
+
 def _yaml(path: str) -> dict[str, Any]:
     """A config group file with its defaults list merged in first (``- mapo``, ``_self_``)."""
     from omegaconf import OmegaConf

@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig
 
+from mapo.algorithm.config import ConfigError
 from mapo.analysis.report_image import finish_report
 from mapo.console import filter_warnings
 from mapo.pipeline import run_folder
@@ -28,6 +29,7 @@ from mapo.pipeline.build import (
     to_prompt_fn,
 )
 from mapo.pipeline.export import export_hf
+from mapo.pipeline.run_folder import run_dir_is_explicit, run_dir_of
 from mapo.pipeline.run_identity import (
     IDENTITY_FILE,
     IdentityInCheckpoint,
@@ -36,7 +38,7 @@ from mapo.pipeline.run_identity import (
     run_identity,
     write_identity,
 )
-from mapo.pipeline.validate import check_world_size, run_dir_is_explicit, run_dir_of, validate
+from mapo.pipeline.validate import check_world_size, validate
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,10 @@ def _train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     )  # a checkpoint never runs code on load
 
     if cfg.export_hf:
-        export_hf(module, processor, run_dir / "hf_model", trainer)
+        out = run_dir / "hf_model"
+        export_hf(
+            module, processor, out, trainer, base=model_path, merged=cfg.model.lora.export_merged
+        )
     if trainer.is_global_zero:  # report.png, also logged to TensorBoard
         finish_report(run_dir, trainer.loggers, step=module.rl_step)
     metrics = _read_metrics(run_dir)
@@ -141,8 +146,28 @@ def _load_models(cfg: DictConfig, settings, model_path):
         gradient_checkpointing=m.gradient_checkpointing,
         **kw,
     )
+    lora = m.lora
+    if lora.rank > 0:  # the reference is the policy with its adapters off: no second model
+        try:  # a target that matches no layer is known only now
+            _apply_lora(policy, lora)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        return processor, policy, None
     reference = load_reference(model_path, **kw) if settings.algo.needs_reference else None
     return processor, policy, reference
+
+
+def _apply_lora(policy, lora) -> None:
+    from mapo.models.lora import apply_lora
+
+    apply_lora(
+        policy,
+        rank=lora.rank,
+        alpha=lora.alpha,
+        dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        vision=lora.vision,
+    )
 
 
 def _callbacks(cfg, settings, data, model_path, policy, processor, to_prompt, long_train: int):

@@ -22,6 +22,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from omegaconf import DictConfig
+
 from mapo.algorithm.config import ConfigError
 
 LOCK_FILE = ".lock"
@@ -102,3 +104,21 @@ def restore_accepted_config(run_dir: Path) -> None:
     if src.is_dir():
         for f in src.glob("*.yaml"):
             shutil.copy2(f, run_dir / HYDRA_DIR / f.name)
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    if cfg.get("run_dir"):
+        return Path(cfg.run_dir)
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def run_dir_is_explicit(cfg: DictConfig) -> bool:
+    """Whether the user chose the run dir (hydra.run.dir / run_dir), not Hydra's timestamp."""
+    if cfg.get("run_dir"):
+        return True
+    from hydra.core.hydra_config import HydraConfig
+
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.hydra}
+    return bool(keys & {"hydra.run.dir", "hydra.sweep.dir"})

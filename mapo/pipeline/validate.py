@@ -8,8 +8,10 @@ The one home of the config's rules: `validate` turns the config into typed objec
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from mapo.algorithm.policy_losses import POLICY_LOSSES, policy_loss_error
 from mapo.algorithm.rollout_correction import MASKED_IS, MODES, REJECT, TRUNCATE, RolloutCorrection
 from mapo.data.prepare import prepare_hint
 from mapo.models.loading import check_model_folder
+from mapo.pipeline import run_folder
 from mapo.pipeline.config_keys import check_known_keys, check_number_types, check_types
 from mapo.registry import import_plugins
 from mapo.rollout import ENGINES
@@ -39,24 +42,6 @@ class RunSettings:
     sampling: SamplingConfig
     eval_sampling: SamplingConfig
     run_dir: Path
-
-
-def run_dir_of(cfg: DictConfig) -> Path:
-    if cfg.get("run_dir"):
-        return Path(cfg.run_dir)
-    from hydra.core.hydra_config import HydraConfig
-
-    return Path(HydraConfig.get().runtime.output_dir)
-
-
-def run_dir_is_explicit(cfg: DictConfig) -> bool:
-    """Whether the user chose the run dir (hydra.run.dir / run_dir), not Hydra's timestamp."""
-    if cfg.get("run_dir"):
-        return True
-    from hydra.core.hydra_config import HydraConfig
-
-    keys = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.hydra}
-    return bool(keys & {"hydra.run.dir", "hydra.sweep.dir"})
 
 
 def _check_path(value: Any, what: str, how: str) -> None:
@@ -257,6 +242,42 @@ def _check_rollout_correction(rc: RolloutCorrection) -> None:
         )
 
 
+def check_lora_values(rank, alpha, dropout, target_modules) -> None:
+    """ConfigError naming the ``model.lora`` key unless the values make an adapter."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise ConfigError(f"model.lora.rank={rank!r} must be an integer >= 0 (0: full fine-tuning)")
+    if rank == 0:
+        return
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+        raise ConfigError(f"model.lora.alpha={alpha!r} must be > 0 (the scale is alpha / rank)")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ConfigError(f"model.lora.dropout={dropout!r} must be in [0, 1)")
+    if isinstance(target_modules, str) or not isinstance(target_modules, Sequence):
+        raise ConfigError(
+            f"model.lora.target_modules={target_modules!r} must be a list of projection names, "
+            "e.g. [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]"
+        )
+    if not target_modules or not all(isinstance(t, str) and t for t in target_modules):
+        raise ConfigError(
+            f"model.lora.target_modules={list(target_modules)!r} must name at least one "
+            "projection, e.g. [q_proj, v_proj]"
+        )
+
+
+def _lora_optim(lora: DictConfig, optim: OptimConfig) -> OptimConfig:
+    """Check model.lora; with adapters on, model.lora.lr (when set) is the optimizer's lr."""
+    targets = lora.target_modules
+    targets = list(targets) if OmegaConf.is_list(targets) else targets
+    check_lora_values(lora.rank, lora.alpha, lora.dropout, targets)
+    if not isinstance(lora.vision, bool) or not isinstance(lora.export_merged, bool):
+        raise ConfigError("model.lora.vision and model.lora.export_merged must be true or false")
+    if lora.rank == 0 or lora.lr is None:
+        return optim
+    if isinstance(lora.lr, bool) or not isinstance(lora.lr, (int, float)) or lora.lr <= 0:
+        raise ConfigError(f"model.lora.lr={lora.lr!r} must be > 0, or null for optim.lr")
+    return dataclasses.replace(optim, lr=float(lora.lr))
+
+
 def check_optim(optim: OptimConfig) -> None:
     if optim.schedule not in ("constant", "cosine"):
         raise ConfigError(f"optim.schedule={optim.schedule!r}; use constant or cosine")
@@ -330,6 +351,7 @@ def validate(cfg: DictConfig) -> RunSettings:
     algo = AlgorithmConfig.from_dict(OmegaConf.to_container(cfg.algorithm, resolve=True))
     check_algorithm(algo)
     optim = OptimConfig(**{k: (tuple(v) if k == "betas" else v) for k, v in cfg.optim.items()})
+    optim = _lora_optim(cfg.model.lora, optim)
     check_optim(optim)
     if cfg.rollout.engine not in ENGINES:
         raise ConfigError(
@@ -375,4 +397,4 @@ def validate(cfg: DictConfig) -> RunSettings:
         max_new_tokens=ev.max_new_tokens,
         seed=cfg.seed,
     )
-    return RunSettings(algo, optim, sampling, eval_sampling, run_dir_of(cfg))
+    return RunSettings(algo, optim, sampling, eval_sampling, run_folder.run_dir_of(cfg))

@@ -5,6 +5,7 @@
 Who is who:
   * policy     the trainable model (pi_theta).
   * reference  the frozen initial model (pi_ref) for the KL term; not built when kl_coef = 0.
+               With LoRA (model.lora.rank > 0) it is the policy with its adapters switched off.
   * pi_old     realised as log-probs of the policy taken once per rollout batch, before any
                update (as EasyR1/verl do); the rollout engine holds the sampling weights. With a
                single update per rollout batch pi_old == pi_theta at the update, so the extra
@@ -29,6 +30,7 @@ from mapo.algorithm.losses import Normalizer, policy_loss
 from mapo.algorithm.rollout_correction import correction, sampler_logprobs, step_mismatch
 from mapo.models.batching import PolicyInputs, build_policy_inputs
 from mapo.models.logprobs import token_logprobs
+from mapo.models.lora import adapters_disabled, has_lora
 from mapo.models.micro_batching import MicroBatch, StepLayout
 from mapo.ranks import all_reduce, world_size
 from mapo.rng import rng_state, set_rng_state
@@ -221,7 +223,8 @@ class MAPOModule(pl.LightningModule):
         its mask from pi_old before the update) and pi_ref's, [N, L] each, or None."""
         rc = self.algo.rollout_correction
         need_old = self.algo.updates_per_rollout > 1 or rc.rejects
-        need_ref = self.reference is not None and self.algo.needs_reference
+        base_ref = self.reference is None and has_lora(self.policy)  # adapters off: pi_ref
+        need_ref = (self.reference is not None or base_ref) and self.algo.needs_reference
         if not (need_old or need_ref):
             return None, None
         micro_batches = layout.micro_batches(torch.arange(layout.batch.num_rows))
@@ -230,7 +233,10 @@ class MAPOModule(pl.LightningModule):
             sub = layout.inputs(mb)
             if need_old:
                 old.append(self._logprobs(self.policy, sub)[0])
-            if need_ref:
+            if need_ref and base_ref:
+                with adapters_disabled(self.policy):
+                    ref.append(self._logprobs(self.policy, sub)[0])
+            elif need_ref:
                 ref.append(self._logprobs(self.reference, sub)[0])
         real = [i for i, mb in enumerate(micro_batches) if not mb.dummy]
         old_logp = layout.scatter(micro_batches, [old[i] for i in real]) if old else None
@@ -342,6 +348,9 @@ class MAPOModule(pl.LightningModule):
         if state is not None:  # the reference is rebuilt from its path; don't store it twice
             for key in [k for k in state if k.startswith("reference.")]:
                 del state[key]
+            if has_lora(self.policy):  # the frozen base is rebuilt from its path too
+                for key in [k for k in state if ".lora_" not in k]:
+                    del state[key]
         checkpoint["mapo"] = {
             "stream": self.stream.state_dict() if self.stream is not None else None,
             "weights_version": self.weights_version,
