@@ -66,8 +66,24 @@ def local_files(tmp_path):
     return [f"paths.model_dir={tmp_path / 'models'}", f"paths.data_dir={tmp_path / 'data'}"]
 
 
+@pytest.fixture
+def flash_attn_installed(monkeypatch):
+    """The documented launch is for GPU machines with flash-attn; this CPU machine has none,
+    and validate() rightly refuses flash_attention_2 without it."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        return object() if name == "flash_attn" else real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+
+
 @pytest.mark.parametrize("kind", ["srun", "torchrun"])
-def test_documented_two_node_launch_composes_and_validates(kind, local_files, tmp_path):
+def test_documented_two_node_launch_composes_and_validates(
+    kind, local_files, tmp_path, flash_attn_installed
+):
     nodes, per_node, overrides = _launch(kind)
     assert (nodes, per_node) == (2, 8)
     assert any(o.startswith("hydra.run.dir=") for o in overrides), "pin the run dir"
