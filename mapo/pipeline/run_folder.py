@@ -74,6 +74,8 @@ def refuse_second_run(
     the folder's (`same_run`: the folder's identity file names this config's run), would write
     into a folder that holds a run already. `ckpt_path=last` (`requested`) in a folder whose run
     was killed before its first checkpoint restarts that run: its identity was compared."""
+    if not _is_rank_zero():  # rank 0 decided for the run; the others find its identity file
+        return
     if requested == "last" or not holds_a_run(run_dir, identity_file):
         return
     ours = (run_dir / "checkpoints").resolve()
