@@ -52,10 +52,14 @@ def _module_class():
             self.result: dict = {}
 
         def training_step(self, batch, batch_idx):
+            from mapo.pipeline.quickrun import vllm_engine_args
             from mapo.rollout.vllm import VLLMEngine
 
             engine = VLLMEngine(
-                self.model_dir, max_model_len=256, enforce_eager=True, sync_bucket_mb=self.bucket_mb
+                self.model_dir,
+                **vllm_engine_args(
+                    max_model_len=256, enforce_eager=True, sync_bucket_mb=self.bucket_mb
+                ),
             )
             engine.sync_weights(self.policy)  # warm-up: first-call allocations
             extra, seconds = [], []

@@ -199,13 +199,6 @@ pytestmark = [
         importlib.util.find_spec("vllm") is None,
         reason="vLLM is not installed: run `make test-vllm`",
     ),
-    # KNOWN FAILURE, not fixed: since the run-folder / families / LoRA / testbed merges both
-    # ranks stall right after DeepSpeed loads (no CPU, no log line; seen twice). It passed at
-    # 5129e07. Bisect with MAPO_RUN_TOPOLOGY=1 (docs/vllm.md, "Known failure").
-    pytest.mark.skipif(
-        os.environ.get("MAPO_RUN_TOPOLOGY") != "1",
-        reason="2-rank vLLM topology run stalls (known failure, docs/vllm.md); MAPO_RUN_TOPOLOGY=1 runs it",
-    ),
 ]
 
 

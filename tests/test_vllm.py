@@ -34,6 +34,7 @@ GREEDY = SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_new_tokens=8)
 @pytest.fixture(scope="module")
 def built(tiny_model_dir):
     """(engine, process state seen before and after building it)."""
+    from mapo.pipeline.quickrun import vllm_engine_args
     from mapo.rollout.vllm import VLLMEngine
 
     set_num_threads = torch.set_num_threads
@@ -44,10 +45,12 @@ def built(tiny_model_dir):
     torch.manual_seed(11)
     engine = VLLMEngine(
         tiny_model_dir,
-        max_model_len=1024,
-        limit_mm_per_prompt={"image": 2},
-        enforce_eager=True,
-        sync_bucket_mb=None,
+        **vllm_engine_args(
+            max_model_len=1024,
+            limit_mm_per_prompt={"image": 2},
+            enforce_eager=True,
+            sync_bucket_mb=None,
+        ),
     )
     after = (random.random(), torch.rand(3))
     return engine, {"rng": (before, after), "set_num_threads": set_num_threads}
@@ -256,8 +259,9 @@ def test_bucketed_sync_equals_one_shot(built, policy, prompts):
 
 @vllm_test
 def test_multiprocessing_engine_is_refused(monkeypatch, tiny_model_dir):
+    from mapo.pipeline.quickrun import vllm_engine_args
     from mapo.rollout.vllm import VLLMEngine
 
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
     with pytest.raises(ValueError, match="VLLM_ENABLE_V1_MULTIPROCESSING must be 0"):
-        VLLMEngine(tiny_model_dir, sync_bucket_mb=None)
+        VLLMEngine(tiny_model_dir, **vllm_engine_args(sync_bucket_mb=None))

