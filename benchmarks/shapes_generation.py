@@ -69,11 +69,11 @@ def hf_generation(w: dict) -> dict:
 
 def save_model(folder: Path, w: dict) -> Path:
     """The DIMS model and the tiny processor as a checkpoint folder (for vLLM)."""
-    from mapo.models.tiny import save_processor
+    from mapo.models.tiny import UNKEYED_FAMILY, save_processor
 
     model, processor = build(w["pixels"])
     model.save_pretrained(folder)
-    save_processor(processor.tokenizer, folder)
+    save_processor(processor.tokenizer, folder, UNKEYED_FAMILY)
     return folder
 
 

@@ -100,11 +100,13 @@ def main(argv: list[str] | None = None) -> None:
 
     import lightning.pytorch as pl
 
-    from mapo.models.tiny import tiny_model_path
+    from mapo.models.tiny import UNKEYED_FAMILY, tiny_model_path
     from mapo.trainer.strategies import CPUDeepSpeedStrategy
 
     torch.set_num_threads(1)
-    model_dir = str(tiny_model_path(Path(args.cache), seed=0, size=args.size))
+    model_dir = str(
+        tiny_model_path(Path(args.cache), seed=0, size=args.size, family=UNKEYED_FAMILY)
+    )
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=2,

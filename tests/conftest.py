@@ -16,8 +16,9 @@ from mapo.types import Prompt
 def tiny_model_dir(tmp_path_factory) -> Path:
     """The tiny Qwen2.5-VL (seed 0, default corpus), built once per session in a temp dir."""
     from mapo.models.tiny import tiny_model_path
+    from mapo.pipeline.quickrun import tiny_model_args
 
-    return tiny_model_path(tmp_path_factory.mktemp("tiny-cache"), seed=0)
+    return tiny_model_path(tmp_path_factory.mktemp("tiny-cache"), **tiny_model_args())
 
 
 @pytest.fixture(scope="session")

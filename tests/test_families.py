@@ -55,8 +55,11 @@ def _prompt(processor, question: str, sizes, seed: int) -> Prompt:
 @pytest.fixture(scope="module", params=FAMILY_NAMES)
 def family_setup(request, tmp_path_factory, sharpen):
     from mapo.models.tiny import tiny_model_path
+    from mapo.pipeline.quickrun import tiny_model_args
 
-    path = tiny_model_path(tmp_path_factory.mktemp(request.param), family=request.param)
+    path = tiny_model_path(
+        tmp_path_factory.mktemp(request.param), **tiny_model_args(family=request.param)
+    )
     processor = load_processor(path)
     model = sharpen(load_policy(path))
     questions = ["Which emotion?", "How many dots are there in both images?", "Count the dots."]

@@ -18,6 +18,7 @@ from mapo.models.tiny_tokenizer import (
     default_corpus,
     single_token_words,
 )
+from mapo.pipeline.quickrun import tiny_model_args
 
 SMALL_CORPUS = [
     "Which emotion does this image evoke? amusement, awe, fear or joy?",
@@ -32,9 +33,9 @@ def _params(path) -> dict[str, torch.Tensor]:
 
 
 def test_same_seed_builds_identical_model_and_tokenizer(tmp_path):
-    a = build_tiny_vlm(tmp_path / "a", seed=3, corpus=SMALL_CORPUS)
-    b = build_tiny_vlm(tmp_path / "b", seed=3, corpus=SMALL_CORPUS)
-    c = build_tiny_vlm(tmp_path / "c", seed=4, corpus=SMALL_CORPUS)
+    a = build_tiny_vlm(tmp_path / "a", **tiny_model_args(seed=3), corpus=SMALL_CORPUS)
+    b = build_tiny_vlm(tmp_path / "b", **tiny_model_args(seed=3), corpus=SMALL_CORPUS)
+    c = build_tiny_vlm(tmp_path / "c", **tiny_model_args(seed=4), corpus=SMALL_CORPUS)
     wa, wb, wc = _params(a), _params(b), _params(c)
     assert wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -43,10 +44,10 @@ def test_same_seed_builds_identical_model_and_tokenizer(tmp_path):
 
 
 def test_build_refuses_to_overwrite_unless_asked(tmp_path):
-    out = build_tiny_vlm(tmp_path / "m", corpus=SMALL_CORPUS)
+    out = build_tiny_vlm(tmp_path / "m", **tiny_model_args(), corpus=SMALL_CORPUS)
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        build_tiny_vlm(out, corpus=SMALL_CORPUS)
-    assert build_tiny_vlm(out, corpus=SMALL_CORPUS, overwrite=True) == out
+        build_tiny_vlm(out, **tiny_model_args(), corpus=SMALL_CORPUS)
+    assert build_tiny_vlm(out, **tiny_model_args(), corpus=SMALL_CORPUS, overwrite=True) == out
 
 
 def test_folder_reloads_as_a_standard_qwen2_5_vl(tiny_model_dir):
@@ -157,19 +158,19 @@ def test_suppressed_ids_cover_vision_tokens_but_not_eos_or_think(tiny_processor)
 
 
 def test_tiny_model_path_builds_once_and_reuses(tmp_path):
-    first = tiny_model_path(tmp_path, seed=5, corpus=SMALL_CORPUS)
+    first = tiny_model_path(tmp_path, **tiny_model_args(seed=5), corpus=SMALL_CORPUS)
     stamp = (first / "model.safetensors").stat().st_mtime_ns
-    assert tiny_model_path(tmp_path, seed=5, corpus=SMALL_CORPUS) == first
+    assert tiny_model_path(tmp_path, **tiny_model_args(seed=5), corpus=SMALL_CORPUS) == first
     assert (first / "model.safetensors").stat().st_mtime_ns == stamp
-    assert tiny_model_path(tmp_path, seed=6, corpus=SMALL_CORPUS) != first
+    assert tiny_model_path(tmp_path, **tiny_model_args(seed=6), corpus=SMALL_CORPUS) != first
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
 
 
 def test_10m_variant_has_about_ten_million_parameters(tmp_path):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    path = build_tiny_vlm(tmp_path / "m", size="10m", corpus=SMALL_CORPUS)
+    path = build_tiny_vlm(tmp_path / "m", **tiny_model_args(size="10m"), corpus=SMALL_CORPUS)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path)
     assert 7_000_000 < sum(p.numel() for p in model.parameters()) < 13_000_000
     with pytest.raises(ValueError, match="known sizes"):
-        build_tiny_vlm(tmp_path / "x", size="huge", corpus=SMALL_CORPUS)
+        build_tiny_vlm(tmp_path / "x", **tiny_model_args(size="huge"), corpus=SMALL_CORPUS)

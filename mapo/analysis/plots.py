@@ -94,3 +94,73 @@ def plot_gradient_ratio(table: pd.DataFrame | None = None, points: int = 199) ->
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def plot_tier_histograms(hists: dict[str, pd.DataFrame], normalize: bool = True) -> Figure:
+    """The histogram drift of `plot_success_heatmap`, one panel per tier
+    (`analysis.testbed.tier_histograms`)."""
+    if not hists:
+        raise ValueError("no tier histogram to draw")
+    fig = Figure(figsize=(4 * len(hists), 3.8))
+    axes = np.atleast_1d(fig.subplots(1, len(hists), sharey=True))
+    for ax, (tier, hist) in zip(axes, hists.items()):
+        values = hist.to_numpy(dtype=float)  # [T, G+1]
+        if normalize:
+            values = values / np.maximum(values.sum(1, keepdims=True), 1.0)
+        t = np.asarray(hist.index, dtype=float)
+        g = values.shape[1] - 1
+        extent = (-0.5, g + 0.5, t.max() + 0.5, t.min() - 0.5)
+        im = ax.imshow(values, aspect="auto", interpolation="nearest", extent=extent, vmin=0)
+        ax.set_title(tier, fontsize=10)
+        ax.set_xlabel("successful trajectories N")
+        ax.set_xticks(range(g + 1))
+    axes[0].set_ylabel(next(iter(hists.values())).index.name or "step")
+    fig.colorbar(im, ax=list(axes), label="fraction of groups" if normalize else "groups")
+    return fig
+
+
+def plot_estimator_advantages(table: pd.DataFrame) -> Figure:
+    """Mean advantage per certainty bucket N, successful and failed rollouts side by side, one
+    line per estimator, with its min..max as a band (`analysis.testbed.estimator_advantages`)."""
+    fig = Figure(figsize=(10, 3.8))
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, outcome in zip(axes, ("success", "failure")):
+        part = table[table["outcome"] == outcome]
+        for i, (name, rows) in enumerate(part.groupby("estimator", sort=False)):
+            rows = rows.sort_values("N")
+            ax.plot(rows["N"], rows["mean"], "o-", color=f"C{i}", label=name)
+            ax.fill_between(rows["N"], rows["min"], rows["max"], color=f"C{i}", alpha=0.15)
+        ax.axhline(0.0, color="grey", lw=0.8)
+        ax.set_title(f"{outcome}ful rollouts" if outcome == "success" else "failed rollouts")
+        ax.set_xlabel("successes in the group N")
+    axes[0].set_ylabel("advantage (mean; band: min..max)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_regression(table: pd.DataFrame) -> Figure:
+    """Per evaluation set: accuracy before / after RL, and the regression and gain rates
+    (`analysis.testbed.regression_table`)."""
+    sets = [name for name in table.index if name != "all"]
+    x = np.arange(len(sets))
+    fig = Figure(figsize=(10, 3.8))
+    ax_acc, ax_rate = fig.subplots(1, 2)
+    for ax, cols, labels in (
+        (ax_acc, ("acc_before", "acc_after"), ("before RL", "after RL")),
+        (ax_rate, ("regression_rate", "gain_rate"), ("regressed", "gained")),
+    ):
+        for i, (col, label) in enumerate(zip(cols, labels)):
+            ax.bar(x + (i - 0.5) * 0.4, table.loc[sets, col].astype(float), 0.4, label=label)
+        ax.set_xticks(x, sets, rotation=20, fontsize=8)
+        ax.legend(fontsize=8)
+    ax_acc.set_ylabel("greedy accuracy")
+    ax_rate.set_ylabel("share of the set's prompts")
+    if "all" in table.index:
+        row = table.loc["all"]
+        ax_rate.set_title(
+            f"all sets: {row['regression_rate']:.1%} regressed, {row['gain_rate']:.1%} gained",
+            fontsize=10,
+        )
+    fig.tight_layout()
+    return fig

@@ -18,6 +18,7 @@ import torch
 log = logging.getLogger(__name__)
 
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "org/name", as on the HF hub
+# names of the seed-0 tiny models of the original family (benchmarks, scripts): name -> size
 _TINY_ALIASES = {"tiny": "tiny", "tiny-10m": "10m"}
 _DTYPES = {
     "float32": torch.float32,
@@ -35,9 +36,10 @@ def resolve_model_path(path: str | os.PathLike) -> str:
     if Path(text).expanduser().exists():
         return str(Path(text).expanduser())
     if text in _TINY_ALIASES:
-        from mapo.models.tiny import tiny_model_path
+        from mapo.models.tiny import UNKEYED_FAMILY, tiny_model_path
 
-        return str(tiny_model_path(size=_TINY_ALIASES[text]))
+        path = tiny_model_path(None, seed=0, size=_TINY_ALIASES[text], family=UNKEYED_FAMILY)
+        return str(path)
     if _HUB_NAME.match(text) and not text.startswith((".", "~")):
         return text
     raise FileNotFoundError(

@@ -31,7 +31,7 @@ from mapo.models.processor import image_only_processor_class
 from mapo.models.tiny_tokenizer import SPECIAL_TOKENS, default_corpus, train_tiny_tokenizer
 
 BUILDER_VERSION = 1  # bump when the build changes, to invalidate cached folders
-DEFAULT_FAMILY = "qwen2_5_vl"  # the family of the tiny model whose cache key omits it
+UNKEYED_FAMILY = "qwen2_5_vl"  # its cache key and folder name omit the family (they predate it)
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def _resolve(values: dict, spec: TinySpec) -> dict:
     return out
 
 
-def tiny_config(spec: TinySpec, tokenizer, family: str = DEFAULT_FAMILY):
+def tiny_config(spec: TinySpec, tokenizer, family: str):
     """A standard config of ``family`` (Qwen2_5_VLConfig by default) for ``spec`` whose token
     ids match ``tokenizer``."""
     fam = get_family(family)
@@ -120,7 +120,7 @@ def pixel_limits(family: str) -> tuple[int, int]:
     return factor * factor, (2 * factor) ** 2
 
 
-def save_processor(tokenizer, out_dir: Path, family: str = DEFAULT_FAMILY) -> None:
+def save_processor(tokenizer, out_dir: Path, family: str) -> None:
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
         Qwen2VLImageProcessorPil,
     )
@@ -152,11 +152,11 @@ def save_processor(tokenizer, out_dir: Path, family: str = DEFAULT_FAMILY) -> No
 def build_tiny_vlm(
     out_dir: str | os.PathLike,
     *,
-    seed: int = 0,
+    seed: int,  # model.seed, model.size, model.family (conf/model/tiny.yaml)
+    size: str,
+    family: str,
     corpus: Iterable[str] | None = None,
     overwrite: bool = False,
-    size: str = "tiny",
-    family: str = DEFAULT_FAMILY,
 ) -> Path:
     """Build the tiny VLM of ``family`` (weights from ``seed``, tokenizer trained on
     ``corpus``) and save it into ``out_dir``. ``corpus=None`` uses the synthetic tasks'
@@ -197,18 +197,18 @@ def default_cache_dir() -> Path:
 
 def _build_key(seed: int, size: str, corpus: list[str], family: str) -> str:
     payload = {"v": BUILDER_VERSION, "seed": seed, "spec": asdict(_spec(size)), "corpus": corpus}
-    if family != DEFAULT_FAMILY:  # the default's key (and cached folder) predates families
+    if family != UNKEYED_FAMILY:
         payload["family"] = family
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def tiny_model_path(
-    cache_dir: str | os.PathLike | None = None,
-    seed: int = 0,
+    cache_dir: str | os.PathLike | None,  # None: default_cache_dir()
     *,
-    size: str = "tiny",
+    seed: int,  # model.seed, model.size, model.family (conf/model/tiny.yaml)
+    size: str,
+    family: str,
     corpus: Iterable[str] | None = None,
-    family: str = DEFAULT_FAMILY,
 ) -> Path:
     """The cached tiny model folder ``<cache>/tiny-vlm[-family][-size]-<hash>``, built on
     first use.
@@ -218,7 +218,7 @@ def tiny_model_path(
     """
     corpus = list(default_corpus() if corpus is None else corpus)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    name = "tiny-vlm" if family == DEFAULT_FAMILY else f"tiny-vlm-{family}"
+    name = "tiny-vlm" if family == UNKEYED_FAMILY else f"tiny-vlm-{family}"
     name = name if size == "tiny" else f"{name}-{size}"
     final = cache / f"{name}-{_build_key(seed, size, corpus, family)}"
     if final.is_dir():

@@ -69,6 +69,13 @@ def lora_config(**changes: Any) -> dict[str, Any]:
     return {k: block[k] for k in ("rank", "alpha", "dropout", "target_modules", "vision")}
 
 
+def tiny_model_args(**changes: Any) -> dict[str, Any]:
+    """``seed``, ``size`` and ``family`` of ``conf/model/tiny.yaml`` with ``changes`` applied:
+    the keyword arguments of ``mapo.models.tiny.tiny_model_path`` / ``build_tiny_vlm``."""
+    block = {**_yaml("model/tiny.yaml"), **changes}
+    return {k: block[k] for k in ("seed", "size", "family")}
+
+
 def vllm_engine_args(**changes: Any) -> dict[str, Any]:
     """``VLLMEngine``'s keyword arguments from ``conf/rollout/vllm.yaml`` (``seed`` from the
     root config) with ``changes`` applied."""

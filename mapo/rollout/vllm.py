@@ -227,8 +227,7 @@ class VLLMEngine:
         seed: int,
         limit_mm_per_prompt: dict[str, int],
         sync_bucket_mb: float | None,  # None: the whole model at once
-        # settings with no YAML key
-        sleep_level: int = 1,
+        sleep_level: int = 1,  # this and below: no YAML key
         logprobs_mode: str = "processed_logprobs",
         suppress_special: bool = True,
         **llm_kwargs: Any,
