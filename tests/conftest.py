@@ -93,19 +93,19 @@ def torch_threads():
     torch.set_num_threads(before)
 
 
-def write_fake_run(run_dir: Path, *, steps: int = 12, groups: int = 8, g: int = 8) -> Path:
-    """A finished run directory without training: binary-reward rollout records whose success
-    probability rises from 0.1 to 0.8 over `steps` (MAPO advantages of the real estimator) and
-    a metrics.json with before/after blocks. For the report image and the notebook."""
-    import json
-
+def _write_fake_records(run_dir: Path, steps: int, groups: int, g: int, tiers: dict) -> None:
+    """Binary-reward records, MAPO advantages; tier -> (success probability at the first step,
+    at the last), the groups of a step split evenly over the tiers."""
     from mapo.algorithm.advantages import compute_advantages_with_stats
     from mapo.analysis.records import RecordWriter, records_table
 
     gen = torch.Generator().manual_seed(0)
     writer = RecordWriter(run_dir)
+    names = list(tiers)
     for step in range(steps):
-        prob = 0.1 + 0.7 * step / max(steps - 1, 1)
+        frac = step / max(steps - 1, 1)
+        source = [names[i % len(names)] for i in range(groups) for _ in range(g)]
+        prob = torch.tensor([tiers[t][0] + (tiers[t][1] - tiers[t][0]) * frac for t in source])
         r = (torch.rand(groups * g, generator=gen) < prob).double()
         gids = torch.arange(groups).repeat_interleave(g) + 1000 * step
         result = compute_advantages_with_stats("mapo", r, gids, std="population", eps=1e-6)
@@ -116,7 +116,7 @@ def write_fake_run(run_dir: Path, *, steps: int = 12, groups: int = 8, g: int = 
                 step=step,
                 group_ids=gids,
                 prompt_ids=[f"q{int(i)}" for i in gids],
-                sources=["synth_emo"] * n,
+                sources=source,
                 rewards={"overall": r, "format": torch.ones(n), "accuracy": r},
                 result=result,
                 estimator="mapo",
@@ -126,6 +126,15 @@ def write_fake_run(run_dir: Path, *, steps: int = 12, groups: int = 8, g: int = 
                 eps=1e-6,
             ),
         )
+
+
+def write_fake_run(run_dir: Path, *, steps: int = 12, groups: int = 8, g: int = 8) -> Path:
+    """A finished run directory without training: binary-reward rollout records whose success
+    probability rises from 0.1 to 0.8 over `steps` (MAPO advantages of the real estimator) and
+    a metrics.json with before/after blocks. For the report image and the notebook."""
+    import json
+
+    _write_fake_records(run_dir, steps, groups, g, {"synth_emo": (0.1, 0.8)})
 
     def block(a_s: float, webemo: float, emotion6: float) -> dict:
         a_t = (webemo + emotion6) / 2
@@ -147,6 +156,49 @@ def write_fake_run(run_dir: Path, *, steps: int = 12, groups: int = 8, g: int = 
     return run_dir
 
 
+def write_fake_mix_run(run_dir: Path, *, steps: int = 12) -> Path:
+    """A finished SynthMix-like run without training: three tiers (easy solved, medium rising,
+    hard mostly unsolved), a metrics.json with the regression block and the run's
+    .hydra/config.yaml (algorithm.eps / std). For the notebook's testbed section."""
+    import json
+
+    tiers = {"mix_easy": (0.95, 1.0), "mix_medium": (0.4, 0.8), "mix_hard": (0.0, 0.3)}
+    _write_fake_records(run_dir, steps, 12, 8, tiers)
+    before = {"mix_easy": 1.0, "mix_medium": 0.5, "mix_hard": 0.0}
+    after = {"mix_easy": 0.9375, "mix_medium": 0.75, "mix_hard": 0.25}
+
+    def rates(name: str) -> dict:
+        regressed = round(16 * max(before[name] - after[name], 0.0)) + (name == "mix_medium")
+        gained = round(16 * max(after[name] - before[name], 0.0)) + (name == "mix_medium")
+        right = round(16 * before[name])
+        return dict(
+            prompts=16,
+            right_before=right,
+            regressed=regressed,
+            gained=gained,
+            regression_rate=regressed / 16,
+            gain_rate=gained / 16,
+        )
+
+    per_set = {name: rates(name) for name in tiers}
+    total = {k: sum(r[k] for r in per_set.values()) for k in ("prompts", "right_before")}
+    for k in ("regressed", "gained"):
+        total[k] = sum(r[k] for r in per_set.values())
+    total["regression_rate"] = total["regressed"] / total["prompts"]
+    total["gain_rate"] = total["gained"] / total["prompts"]
+    metrics = {
+        "before": {"datasets": before},
+        "after": {"datasets": after, "regression": {"datasets": per_set, "all": total}},
+        "config": {"experiment_name": "fake_mix_mapo", "estimator": "mapo"},
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    (run_dir / ".hydra").mkdir(exist_ok=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(
+        "algorithm:\n  estimator: mapo\n  eps: 1.0e-06\n  std: population\n"
+    )
+    return run_dir
+
+
 @pytest.fixture(scope="session")
 def make_fake_run():
     """`make_fake_run(run_dir, steps=12, groups=8, g=8)`: see `write_fake_run`."""
@@ -157,6 +209,12 @@ def make_fake_run():
 def fake_run_dir(tmp_path_factory) -> Path:
     """`write_fake_run` once per session; never write into it."""
     return write_fake_run(tmp_path_factory.mktemp("fake-run"))
+
+
+@pytest.fixture(scope="session")
+def fake_mix_run_dir(tmp_path_factory) -> Path:
+    """`write_fake_mix_run` once per session; never write into it."""
+    return write_fake_mix_run(tmp_path_factory.mktemp("fake-mix-run"))
 
 
 @pytest.fixture

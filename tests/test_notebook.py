@@ -1,4 +1,5 @@
-"""The analysis notebook in a standard Jupyter kernel: every plot cell shows an image.
+"""The analysis notebook in a standard Jupyter kernel: every plot cell shows an image,
+the SynthMix section's included (on a fake three-tier run).
 
 nbmake (`make test`) only checks that the cells run; a cell that returns a Figure without the
 inline backend runs fine and shows `<Figure size 600x350 with 1 Axes>`. Here the notebook is
@@ -16,8 +17,9 @@ CALL = re.compile(r"^[^#\n]*\bplot_\w+\(", re.M)
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "trajectory_certainty.ipynb"
 
 
-def _execute(run_dir: Path, monkeypatch) -> nbformat.NotebookNode:
+def _execute(run_dir: Path, mix_run_dir: Path, monkeypatch) -> nbformat.NotebookNode:
     monkeypatch.setenv("MAPO_RUN_DIR", str(run_dir))  # the kernel inherits the environment
+    monkeypatch.setenv("MAPO_MIX_RUN_DIR", str(mix_run_dir))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(
         nb,
@@ -34,10 +36,11 @@ def _plot_cells(nb) -> list:
 
 
 @pytest.mark.slow
-def test_every_plot_cell_renders_an_image(fake_run_dir, monkeypatch):
-    nb = _execute(fake_run_dir, monkeypatch)
+def test_every_plot_cell_renders_an_image(fake_run_dir, fake_mix_run_dir, monkeypatch):
+    nb = _execute(fake_run_dir, fake_mix_run_dir, monkeypatch)
     cells = _plot_cells(nb)
-    assert len(cells) == 4, [c.source for c in cells]  # Fig. 1, drift, certainty, eq. 7
+    # Fig. 1, drift, certainty, eq. 7; SynthMix: tier histograms, advantage per bucket, regression
+    assert len(cells) == 7, [c.source for c in cells]
     for cell in cells:
         kinds = [set(o.get("data", {})) for o in cell.outputs]
         assert any("image/png" in k for k in kinds), (cell.source, cell.outputs)

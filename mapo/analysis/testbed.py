@@ -57,9 +57,9 @@ def estimator_advantages(
     rows = rows[size == rows["group_size"]]
     if rows.empty:
         raise ValueError("no complete group in the records (every group lacks rollouts)")
-    group_ids = torch.as_tensor(rows.groupby(GROUP_KEY, sort=False).ngroup().to_numpy())
-    rewards = torch.as_tensor(rows["reward_overall"].to_numpy(), dtype=torch.float64)
-    success = torch.as_tensor(rows["success"].to_numpy(dtype=bool))
+    group_ids = torch.tensor(rows.groupby(GROUP_KEY, sort=False).ngroup().to_numpy())
+    rewards = torch.tensor(rows["reward_overall"].to_numpy(), dtype=torch.float64)
+    success = torch.tensor(rows["success"].to_numpy(dtype=bool))
     outcome = np.where(rows["success"].to_numpy(dtype=bool), "success", "failure")
     parts = []
     for name in estimators:
