@@ -7,7 +7,8 @@ Each run is `python train.py experiment=synth_mix_<method> seed=<k> steps=<S>` i
 process (1 thread), writing to <out>/<method>/seed<k>; a run whose study_run.json records the
 same settings is reused, so an interrupted study continues. study_run.json records the seed,
 the commit (and whether the tree was dirty), the command and the wall time. Outputs:
-<out>/study.json, <out>/study.md (the table) and <out>/study.png.
+<out>/study.json, <out>/study.md (the table) and <out>/study.png (training curves with
+bands and the final metrics, benchmarks/study_plot.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import ROOT
+from benchmarks.study_plot import plot, run_curves
 
 METHODS = {
     "mapo": "MAPO",
@@ -182,26 +184,6 @@ def table_md(table: dict, seeds: int, steps: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(table: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shown = ("acc_tiers", "acc_hard", "acc_ood", "regression_rate", "gain_rate")
-    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.2))
-    methods = list(table["methods"])
-    for ax, metric in zip(axes, shown):
-        for i, method in enumerate(methods):
-            mean, lo, hi = table["methods"][method][metric]
-            ax.errorbar(i, mean, yerr=[[mean - lo], [hi - mean]], fmt="o", capsize=4)
-        ax.set_xticks(range(len(methods)), [METHODS[m] for m in methods], rotation=45)
-        ax.set_title(metric, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
@@ -232,7 +214,11 @@ def main(argv: list[str] | None = None) -> dict:
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "study.json").write_text(json.dumps(result, indent=2) + "\n")
     (a.out / "study.md").write_text(table_md(table, len(a.seeds), a.steps))
-    plot(table, a.out / "study.png")
+    curves = {
+        method: [run_curves(a.out / method / f"seed{seed}", TIERS) for seed in a.seeds]
+        for method in a.methods
+    }
+    plot(table, curves, METHODS, a.out / "study.png")
     print(table_md(table, len(a.seeds), a.steps))
     return result
 
