@@ -1,5 +1,6 @@
 """A short RL run of the real train.py under the DeepSpeed strategy on CPU (ZeRO-2 and ZeRO-3)."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,14 +16,20 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.deepspeed, pytest.mark.slow]
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_short_rl_run_under_cpu_deepspeed(tmp_path, stage):
+@pytest.mark.parametrize(
+    ("stage", "family"),
+    [(2, "qwen2_5_vl"), (3, "qwen2_5_vl"), (3, "qwen2_vl"), (3, "qwen3_vl")],
+)
+def test_short_rl_run_under_cpu_deepspeed(tmp_path, stage, family):
+    """Each family's tiny model trains, evaluates and exports under ZeRO (Qwen3-VL: DeepStack
+    features pass through the partitioned vision tower)."""
     run_dir = tmp_path / "run"
     cmd = [
         sys.executable,
         "train.py",
         "trainer=cpu_deepspeed",
         f"trainer.strategy.stage={stage}",
+        f"model.family={family}",
         "debug=fast",
         "logger=none",
         "callbacks.progress_bar=null",
@@ -47,6 +54,8 @@ def test_short_rl_run_under_cpu_deepspeed(tmp_path, stage):
     df = read_records(run_dir)
     assert sorted(df.step.unique()) == [0, 1] and len(df) == 2 * 4 * 4
     assert (run_dir / "metrics.json").exists() and (run_dir / "hf_model" / "config.json").exists()
+    exported = json.loads((run_dir / "hf_model" / "config.json").read_text())
+    assert exported["model_type"] == family
     assert "after:" in proc.stdout
 
 

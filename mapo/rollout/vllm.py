@@ -62,11 +62,17 @@ def import_vllm() -> types.ModuleType:
 
 
 class _NoVideoProcessor:
-    """Stands in for Qwen2-VL's video processor (it needs torchvision): vLLM reads its kwarg
-    names while profiling; any real use fails with a clear message."""
+    """Stands in for the Qwen-VL video processors (they need torchvision): vLLM reads its kwarg
+    names while profiling, and for Qwen3-VL sizes a dummy video from the attributes below even
+    with the video limit at 0 (the stock Qwen3VLVideoProcessor's defaults, so that no size is
+    zero). Any real use fails with a clear message."""
 
     class valid_kwargs(TypedDict, total=False):  # noqa: N801 - the attribute vLLM reads
         pass  # no video kwargs are accepted
+
+    size = {"shortest_edge": 128 * 32 * 32, "longest_edge": 768 * 32 * 32}
+    patch_size, temporal_patch_size, merge_size = 16, 2, 2
+    min_frames, max_frames, fps = 4, 768, 2
 
     def __call__(self, *args, **kwargs):
         raise RuntimeError("Videos need torchvision, which is not installed; use images only.")
