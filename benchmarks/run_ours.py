@@ -80,6 +80,8 @@ def shape_overrides(s: Settings) -> list[str]:
 
     folder = shape_setup.prepare(s)
     shape_setup.install(s, folder)
+    if s.engine == "vllm":
+        shape_setup.force_vllm_length(s.fixed_length)
     return shape_setup.our_overrides(s, folder)
 
 

@@ -231,6 +231,23 @@ def install(s, folder: Path) -> dict[int, list[int]]:
     return table
 
 
+def force_vllm_length(length: int) -> None:
+    """Our vLLM engine samples every completion exactly ``length`` tokens long (``min_tokens =
+    max_tokens``; its requests sample G completions each, so one length for all rows)."""
+    from mapo.rollout.vllm import VLLMEngine
+
+    if not length:
+        raise ValueError("the vLLM engine at a shape workload needs fixed_length > 0")
+    params = VLLMEngine._sampling_params
+
+    def fixed(self, sampling, prompt):
+        p = params(self, sampling, prompt)
+        p.min_tokens = p.max_tokens = length
+        return p
+
+    VLLMEngine._sampling_params = fixed
+
+
 def our_overrides(s, folder: Path) -> list[str]:
     """Hydra overrides that point our trainer at the workload (on top of common.overrides)."""
     w = shape_workload(s)
