@@ -16,6 +16,10 @@ turns it on; `trl_gradient_checkpointing` restores it). With `trl_engine="vllm"`
 colocated vLLM (`use_vllm=True, vllm_mode="colocate"`) samples in the same dtype as our vLLM
 engine, with the same stop / suppressed tokens and the same vLLM CPU settings, and without the
 importance-sampling correction, which our trainer does not apply either.
+
+With a shape workload (`Settings.workload`, benchmarks/shape_setup.py) the model folder, rows,
+template, pixel range and reward are the workload's, its completion lengths are forced in this
+process as in ours, and the result also holds TRL's per-phase times (benchmarks/trl_phases.py).
 """
 
 from __future__ import annotations
