@@ -132,6 +132,14 @@ def engine_args(s: Settings, model_path, suppress_ids: list[int]) -> dict:
     }
 
 
+def left_padded(processor) -> None:
+    """TRL's training forward re-runs the processor with ``padding=True`` (the tokenizer's own
+    side) for ``mm_token_type_ids`` and pads its prompt ids on the left; with the tiny
+    tokenizer's right padding the two disagree once prompts differ in length (Qwen's 3-D
+    positions then fail). Left padding, as TRL's generation uses, makes them agree."""
+    processor.tokenizer.padding_side = "left"
+
+
 def grpo_config(s: Settings, out: str, max_completion_length: int, engine: dict):
     """TRL's GRPOConfig for `s` (docs/benchmarks.md, "TRL's configuration")."""
     from trl import GRPOConfig
@@ -202,6 +210,8 @@ def main(s: Settings) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-trl-") as out:
         w = workload_inputs(s, out)
         processor = load_processor(w["model_path"])
+        if s.workload != "toy":  # prompts of different lengths: see left_padded
+            left_padded(processor)
         policy = load_policy(w["model_path"])
         engine = engine_args(s, w["model_path"], policy_suppressed_ids(policy, processor))
         trainer = GRPOTrainer(

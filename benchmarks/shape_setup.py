@@ -74,7 +74,11 @@ def prepare(s) -> Path:
         return folder
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    _build(tmp, w, s.seed)
+    try:
+        _build(tmp, w, s.seed)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         tmp.rename(folder)
     except OSError:  # another process built it first
