@@ -103,7 +103,7 @@ SHAPE_ROUNDS ?= 3
 bench-shape: $(BENCH_STAMP)  ## ours vs TRL vs bare compute at the realistic shape; last line: ratio <ours/TRL training, ckpt on>
 	$(BENCH_PY) -m benchmarks.overhead --workload shape --prompts 2 --group 8 --warmup 2 \
 	  --timed 3 --gradient-checkpointing
-	-bash scripts/vllm_env.sh
+	-VLLM_VENV=$(VLLM_VENV) bash scripts/vllm_env.sh
 	-$(BENCH_PY) -m benchmarks.crossover --rounds 2 --vllm-python $(VLLM_VENV)/bin/python \
 	  --png $(BENCH_OUT)/crossover.png --json $(BENCH_OUT)/crossover.json
 	$(BENCH_PY) -m benchmarks.vs_trl_shape --rounds $(SHAPE_ROUNDS) --json $(BENCH_OUT)/vs_trl_shape.json

@@ -146,10 +146,15 @@ def compare(s: Settings, a: argparse.Namespace, sides: tuple[str, ...]) -> dict:
         for side in sides:
             r = spawn(side, s, pythons[side], a.timeout)
             runs[side].append(r)
+            timing = (
+                f"generation {r['generation_s']:.3f} s, training {r['training_s']:.3f} s"
+                if side == "bare"
+                else f"{r['s_per_step']:.3f} s/step"
+            )
             print(
                 f"  ckpt {'on' if s.gradient_checkpointing else 'off'} round {i + 1}/{a.rounds} "
-                f"{side:5s}: {r.get('s_per_step', r.get('training_s')):.3f} s, peak RSS "
-                f"{r['peak_rss_mb']:.0f} MB, load {r['load_before']}",
+                f"{side:5s}: {timing}, peak RSS {r['peak_rss_mb']:.0f} MB, "
+                f"load {r['load_before']}",
                 flush=True,
             )
     rollouts = s.prompts * s.group
