@@ -44,6 +44,10 @@ class Settings:
     coldstart: bool = True  # False: the raw built model (random weights; completions run to
     # max_new_tokens on both sides). The 10m cold start takes ~20 min on 2 busy cores.
     share_prompt: bool = True  # ours only: model.share_prompt (False: the full per-row pass)
+    workload: str = "toy"  # toy (SynthEmo rows, the size's model) | shape | shape-quick: the
+    # realistic shape (benchmarks/shape_setup.py; prompts / group as set here)
+    gradient_checkpointing: bool = False  # ours: model.gradient_checkpointing
+    fixed_length: int = 0  # shape workloads: every completion this long (0: the drawn lengths)
     cache_dir: str = str(ROOT / ".cache")
 
     @property
@@ -70,6 +74,8 @@ _CLI_FIELDS = (
     "timed",
     "threads",
     "coldstart",
+    "workload",
+    "fixed_length",
 )
 
 
@@ -87,6 +93,19 @@ def settings_parser(description: str) -> argparse.ArgumentParser:
     ap.add_argument("--warmup", type=int, default=d.warmup)
     ap.add_argument("--timed", type=int, default=d.timed)
     ap.add_argument("--threads", type=int, default=d.threads)
+    ap.add_argument(
+        "--workload",
+        default=d.workload,
+        choices=["toy", "shape", "shape-quick"],
+        help="toy: SynthEmo on the --size model; shape: the realistic shape "
+        "(benchmarks/shape_setup.py), shape-quick: its seconds-long version",
+    )
+    ap.add_argument(
+        "--fixed-length",
+        type=int,
+        default=d.fixed_length,
+        help="shape workloads: every completion this many tokens (0: the drawn lengths)",
+    )
     ap.add_argument(
         "--no-coldstart",
         dest="coldstart",

@@ -3,10 +3,12 @@ log-probs, forward (loss), backward, optimizer, and everything else, as shares o
 time between consecutive step ends.
 
     python -m benchmarks.overhead [--size tiny --engine hf --prompts 16 --group 8 ...]
+    python -m benchmarks.overhead --workload shape --prompts 2 --group 8 --gradient-checkpointing
+                                   # the realistic shape (benchmarks/shape_setup.py)
 
 The trainer's own timings (module.last_metrics: time/rollout, time/scoring, time/logprobs,
 time/update) give the big phases; this script wraps a few functions for the finer split
-(build_policy_inputs, the advantage kernel, _log_step, manual_backward, grad clipping,
+(build_policy_inputs, the advantage kernel, log_step, manual_backward, grad clipping,
 optimizer step / zero_grad). Wrapping costs microseconds per call; mapo/ is not modified.
 """
 
@@ -45,7 +47,7 @@ def instrument() -> None:
 
     mm.build_policy_inputs = _timed("inputs", mm.build_policy_inputs)
     mm.compute_advantages_with_stats = _timed("advantages", mm.compute_advantages_with_stats)
-    mm.MAPOModule._log_step = _timed("logging", mm.MAPOModule._log_step)
+    mm.log_step = _timed("logging", mm.log_step)
     mm.MAPOModule.manual_backward = _timed("backward", mm.MAPOModule.manual_backward)
     torch.nn.utils.clip_grad_norm_ = _timed("optimizer", torch.nn.utils.clip_grad_norm_)
     LightningOptimizer.step = _timed("optimizer", LightningOptimizer.step)
@@ -78,10 +80,18 @@ def breakdown(wall: float, m: dict[str, float], w: dict[str, float]) -> dict[str
     rest = {
         "  inputs (tokens, images, masks)": w.get("inputs", 0.0),
         "  advantages": w.get("advantages", 0.0),
-        "  metrics + records (_log_step)": w.get("logging", 0.0),
+        "  metrics + records (log_step)": w.get("logging", 0.0),
     }
     rest["  Lightning loop, callbacks, rest"] = wall - sum(main.values()) - sum(rest.values())
     return {**main, "everything else": sum(rest.values()), **rest}
+
+
+def max_new_tokens(s) -> int:
+    if s.workload == "toy":
+        return s.max_new_tokens
+    from benchmarks.shape_setup import max_new_tokens as shape_cap
+
+    return shape_cap(s)  # the cap; every completion's length is forced below it
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -92,8 +102,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         action="store_false",
         help="model.share_prompt=false: every rollout runs its whole prompt",
     )
+    ap.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="model.gradient_checkpointing=true",
+    )
     a = ap.parse_args(argv)
-    s = settings_from_args(a, share_prompt=a.share_prompt)
+    s = settings_from_args(
+        a, share_prompt=a.share_prompt, gradient_checkpointing=a.gradient_checkpointing
+    )
     os.environ.setdefault("OMP_NUM_THREADS", str(s.threads))
     load = load_average()
     instrument()
@@ -106,9 +123,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     wall = statistics.mean(walls)
     mean = {k: statistics.mean(st[k] for st in steps) for k in steps[0]}
     print(
-        f"overhead: {s.size} VLM, engine {s.engine}, {s.prompts} prompts x G={s.group}, "
-        f"max_new_tokens {s.max_new_tokens}, beta {s.beta}, {s.updates} update(s), "
-        f"{s.threads} thread(s), shared prompt pass {s.share_prompt}, mean of {len(steps)} "
+        f"overhead: {s.size if s.workload == 'toy' else s.workload} VLM, engine {s.engine}, "
+        f"{s.prompts} prompts x G={s.group}, "
+        f"max_new_tokens {max_new_tokens(s)}, beta {s.beta}, {s.updates} update(s), "
+        f"{s.threads} thread(s), shared prompt pass {s.share_prompt}, gradient "
+        f"checkpointing {s.gradient_checkpointing}, mean of {len(steps)} "
         f"steps after {s.warmup} warm-up; "
         f"load average {load} -> {load_average()}"
     )

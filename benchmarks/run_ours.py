@@ -45,8 +45,9 @@ def run(
 
     from mapo.pipeline.run import train
 
+    extra = ("+trainer.enable_progress_bar=false", *shape_overrides(s), *extra)
     with tempfile.TemporaryDirectory(prefix="bench-ours-") as run_dir:
-        cfg = compose(overrides(s, run_dir, "+trainer.enable_progress_bar=false", *extra))
+        cfg = compose(overrides(s, run_dir, *extra))
         with open_dict(cfg):
             cfg.callbacks.step_clock = {
                 "_target_": f"{callback.__module__}.{callback.__qualname__}",
@@ -68,6 +69,20 @@ def run(
         phases=timed,
     )
     return result, cb
+
+
+def shape_overrides(s: Settings) -> list[str]:
+    """For a shape workload: its folder built, its lengths forced in this process, and the
+    overrides that point the trainer at it; nothing for the toy workload."""
+    if s.workload == "toy":
+        return []
+    from benchmarks import shape_setup
+
+    folder = shape_setup.prepare(s)
+    shape_setup.install(s, folder)
+    if s.engine == "vllm":
+        shape_setup.force_vllm_length(s.fixed_length)
+    return shape_setup.our_overrides(s, folder)
 
 
 def main(s: Settings) -> None:

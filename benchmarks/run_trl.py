@@ -16,6 +16,10 @@ turns it on; `trl_gradient_checkpointing` restores it). With `trl_engine="vllm"`
 colocated vLLM (`use_vllm=True, vllm_mode="colocate"`) samples in the same dtype as our vLLM
 engine, with the same stop / suppressed tokens and the same vLLM CPU settings, and without the
 importance-sampling correction, which our trainer does not apply either.
+
+With a shape workload (`Settings.workload`, benchmarks/shape_setup.py) the model folder, rows,
+template, pixel range and reward are the workload's, its completion lengths are forced in this
+process as in ours, and the result also holds TRL's per-phase times (benchmarks/trl_phases.py).
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ import time
 
 from benchmarks.common import Settings, StepClock, emit, model_and_rows, set_threads, summary
 
+TOY_PIXELS = (3136, 12544)  # conf/data/synth_emo.yaml min_pixels / max_pixels
 VLLM_DTYPE = "float32"  # what our vLLM engine's dtype "auto" means on CPU (the policy's fp32)
 
 
-def build_dataset(rows: list[dict], template_name: str):
+def build_dataset(rows: list[dict], template_name: str, pixels: tuple[int, int] = TOY_PIXELS):
     """TRL's conversational VLM format: `prompt` messages with an image slot, `image`."""
     from datasets import Dataset
 
@@ -41,7 +46,9 @@ def build_dataset(rows: list[dict], template_name: str):
     for row in rows:
         if len(row["images"]) != 1:
             raise ValueError(f"row {row['id']}: the benchmark expects one image per prompt")
-        image = resize_image(decode_image(row["images"][0]), min_pixels=3136, max_pixels=12544)
+        image = resize_image(
+            decode_image(row["images"][0]), min_pixels=pixels[0], max_pixels=pixels[1]
+        )
         records.append(
             {
                 "prompt": build_messages(row, template),
@@ -59,6 +66,42 @@ def reward_fn(prompts, completions, answer, task, **_):
 
     texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
     return list(score_batch(list(task), texts, list(answer), format_weight=0.1).overall)
+
+
+def shape_reward_fn(prompts, completions, **_):
+    """The shape workload's reward (benchmarks/shape_setup.py) on TRL's completions."""
+    from benchmarks.shape_setup import length_reward
+
+    return [length_reward(c[0]["content"] if isinstance(c, list) else c) for c in completions]
+
+
+def workload_inputs(s: Settings, out: str) -> dict:
+    """Model folder, rows, template, pixel range, reward and completion cap of `s.workload`;
+    for a shape workload its lengths are forced in this process."""
+    if s.workload == "toy":
+        model_path, rows = model_and_rows(s, out)
+        return dict(
+            model_path=model_path,
+            rows=rows,
+            template="emotion_short",
+            pixels=TOY_PIXELS,
+            reward=reward_fn,
+            max_completion_length=s.max_new_tokens,
+        )
+    from benchmarks import shape_setup
+    from mapo.data.loader import load_split
+
+    folder = shape_setup.prepare(s)
+    shape_setup.install(s, folder)
+    pixels = shape_setup.shape_workload(s)["pixels"]
+    return dict(
+        model_path=folder / "model",
+        rows=list(load_split(folder / "train.parquet").rows),
+        template=str(folder / "template.txt"),
+        pixels=tuple(pixels),
+        reward=shape_reward_fn,
+        max_completion_length=shape_setup.max_new_tokens(s),
+    )
 
 
 def engine_args(s: Settings, model_path, suppress_ids: list[int]) -> dict:
@@ -89,78 +132,102 @@ def engine_args(s: Settings, model_path, suppress_ids: list[int]) -> dict:
     }
 
 
+def left_padded(processor) -> None:
+    """TRL's training forward re-runs the processor with ``padding=True`` (the tokenizer's own
+    side) for ``mm_token_type_ids`` and pads its prompt ids on the left; with the tiny
+    tokenizer's right padding the two disagree once prompts differ in length (Qwen's 3-D
+    positions then fail). Left padding, as TRL's generation uses, makes them agree."""
+    processor.tokenizer.padding_side = "left"
+
+
+def grpo_config(s: Settings, out: str, max_completion_length: int, engine: dict):
+    """TRL's GRPOConfig for `s` (docs/benchmarks.md, "TRL's configuration")."""
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        output_dir=out,
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        seed=s.seed,
+        max_steps=s.steps * s.updates,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        per_device_train_batch_size=s.prompts * s.group // s.updates,
+        steps_per_generation=s.updates,
+        gradient_accumulation_steps=1,
+        num_generations=s.group,
+        max_completion_length=max_completion_length,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        beta=s.beta,
+        epsilon=0.2,
+        loss_type="dapo",
+        scale_rewards="group",
+        learning_rate=s.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=1e-2,
+        adam_beta1=0.9,
+        adam_beta2=0.99,
+        max_grad_norm=1.0,
+        log_completions=False,
+        gradient_checkpointing=s.trl_gradient_checkpointing,
+        **engine,
+    )
+
+
+def per_rl_step(steps: list[dict[str, float]], every: int) -> list[dict[str, float]]:
+    """Phase seconds per RL step from per-optimizer-step ones (`every` per RL step)."""
+    return [
+        {k: sum(st[k] for st in steps[i : i + every]) for k in steps[i]}
+        for i in range(0, len(steps) - every + 1, every)
+    ]
+
+
 def main(s: Settings) -> None:
     set_threads(s.threads)
     import torch
     from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
+    from benchmarks.trl_phases import PhaseTimer, instrument
     from mapo.models.loading import load_policy, load_processor
     from mapo.models.processor import policy_suppressed_ids
 
-    clock = StepClock()
+    clock, timer = StepClock(), PhaseTimer()
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             clock.tick()
+            timer.tick()
 
     with tempfile.TemporaryDirectory(prefix="bench-trl-") as out:
-        model_path, rows = model_and_rows(s, out)
-        processor = load_processor(model_path)
-        policy = load_policy(model_path)
-        args = GRPOConfig(
-            output_dir=out,
-            use_cpu=True,
-            bf16=False,
-            fp16=False,
-            report_to="none",
-            save_strategy="no",
-            logging_steps=1,
-            disable_tqdm=True,
-            seed=s.seed,
-            max_steps=s.steps * s.updates,
-            dataloader_num_workers=0,
-            remove_unused_columns=False,
-            per_device_train_batch_size=s.prompts * s.group // s.updates,
-            steps_per_generation=s.updates,
-            gradient_accumulation_steps=1,
-            num_generations=s.group,
-            max_completion_length=s.max_new_tokens,
-            temperature=1.0,
-            top_p=1.0,
-            top_k=0,
-            beta=s.beta,
-            epsilon=0.2,
-            loss_type="dapo",
-            scale_rewards="group",
-            learning_rate=s.lr,
-            lr_scheduler_type="constant",
-            warmup_steps=0,
-            weight_decay=1e-2,
-            adam_beta1=0.9,
-            adam_beta2=0.99,
-            max_grad_norm=1.0,
-            log_completions=False,
-            gradient_checkpointing=s.trl_gradient_checkpointing,
-            **engine_args(s, model_path, policy_suppressed_ids(policy, processor)),
-        )
+        w = workload_inputs(s, out)
+        processor = load_processor(w["model_path"])
+        if s.workload != "toy":  # prompts of different lengths: see left_padded
+            left_padded(processor)
+        policy = load_policy(w["model_path"])
+        engine = engine_args(s, w["model_path"], policy_suppressed_ids(policy, processor))
         trainer = GRPOTrainer(
             model=policy,
-            reward_funcs=reward_fn,
-            args=args,
-            train_dataset=build_dataset(rows, "emotion_short"),
+            reward_funcs=w["reward"],
+            args=grpo_config(s, out, w["max_completion_length"], engine),
+            train_dataset=build_dataset(w["rows"], w["template"], w["pixels"]),
             processing_class=processor,
-            callbacks=[Clock()],
+            callbacks=[Clock(), instrument(timer)],
         )
         torch.set_num_threads(s.threads)  # nothing above may have changed it
         start = time.perf_counter()
         trainer.train()
         total = time.perf_counter() - start
-        lengths = [
-            h["completions/mean_length"]
-            for h in trainer.state.log_history
-            if "completions/mean_length" in h
-        ]
+        history = trainer.state.log_history
+    lengths = [h["completions/mean_length"] for h in history if "completions/mean_length" in h]
     # one RL step = `updates` optimizer steps (the clock ticks per optimizer step)
     result = summary(clock.step_times(every=s.updates), s.warmup, s.prompts * s.group)
     result.update(
@@ -169,6 +236,7 @@ def main(s: Settings) -> None:
         total_s=total,
         threads=torch.get_num_threads(),
         mean_completion_tokens=sum(lengths[s.warmup :]) / max(1, len(lengths[s.warmup :])),
+        phases=per_rl_step(timer.steps, s.updates)[s.warmup :],
     )
     emit(result)
 

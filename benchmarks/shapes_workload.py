@@ -95,31 +95,40 @@ def build(pixels: tuple[int, int] = (MIN_PIXELS, MAX_PIXELS), seed: int = 0):
     return model, processor
 
 
-def prompts_and_lengths(processor, w: dict, seed: int = 0):
-    """B prompts (an image + 100-400 text tokens) and N = B x G completion lengths."""
+def images_questions_lengths(processor, w: dict, seed: int = 0):
+    """B images and B question texts (100-400 text tokens each) and N = B x G completion
+    lengths, drawn from ``seed``."""
     import numpy as np
     from PIL import Image
 
-    from mapo.types import Prompt
-
     rng = np.random.default_rng(seed)
     words = " ".join(processor.tokenizer.decode(list(range(40, 300))).split())
-    prompts = []
+    images, questions = [], []
     for b in range(w["prompts"]):
         size = IMAGE_SIZES[b % len(IMAGE_SIZES)]
         size = (int(size[0] * w["size"]), int(size[1] * w["size"]))
-        image = Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype("uint8"))
+        images.append(Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype("uint8")))
         target = int(rng.integers(*w["text"]))
         text_ids = processor.tokenizer(words * 20)["input_ids"][:target]
-        question = processor.tokenizer.decode(text_ids)
+        questions.append(processor.tokenizer.decode(text_ids))
+    n = w["prompts"] * w["group"]
+    lengths = np.minimum(np.round(rng.lognormal(np.log(w["median"]), 0.8, n)), w["cap"])
+    return images, questions, [max(1, int(x)) for x in lengths]
+
+
+def prompts_and_lengths(processor, w: dict, seed: int = 0):
+    """B prompts (an image + 100-400 text tokens) and N = B x G completion lengths."""
+    from mapo.types import Prompt
+
+    images, questions, lengths = images_questions_lengths(processor, w, seed)
+    prompts = []
+    for b, (image, question) in enumerate(zip(images, questions)):
         content = [{"type": "image"}, {"type": "text", "text": question}]
         text = processor.apply_chat_template(
             [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
         )
         prompts.append(Prompt(uid=str(b), text=text, images=(image,), answer="1", task="emotion"))
-    n = w["prompts"] * w["group"]
-    lengths = np.minimum(np.round(rng.lognormal(np.log(w["median"]), 0.8, n)), w["cap"])
-    return prompts, [max(1, int(x)) for x in lengths]
+    return prompts, lengths
 
 
 def batch(processor, w: dict, seed: int = 0):
