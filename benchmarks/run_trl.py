@@ -25,6 +25,7 @@ import tempfile
 import time
 
 from benchmarks.common import Settings, StepClock, emit, model_and_rows, set_threads, summary
+from mapo.pipeline.quickrun import reward_args
 
 VLLM_DTYPE = "float32"  # what our vLLM engine's dtype "auto" means on CPU (the policy's fp32)
 
@@ -58,7 +59,7 @@ def reward_fn(prompts, completions, answer, task, **_):
     from mapo.rewards import score_batch
 
     texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
-    return list(score_batch(list(task), texts, list(answer), format_weight=0.1).overall)
+    return list(score_batch(list(task), texts, list(answer), **reward_args()).overall)
 
 
 def engine_args(s: Settings, model_path, suppress_ids: list[int]) -> dict:

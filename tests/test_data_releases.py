@@ -14,6 +14,7 @@ from PIL import Image
 from mapo.data.loader import load_split
 from mapo.data.prepare import main, prepare
 from mapo.data.schema import EMOTION6_LABELS, BadRowError
+from mapo.pipeline.quickrun import reward_args
 
 
 def image_bytes(fmt="JPEG", colour=(20, 140, 90)) -> bytes:
@@ -427,7 +428,8 @@ def test_mathvista_duplicate_choice_accepts_every_matching_letter(tmp_path):
     assert result.changed["testmini"] == {"answer_text_to_letter": 1, "several_letters": 1}
     think = "<think>count</think> "
     accuracy = {
-        g: score("math", think + f"\\boxed{{{g}}}", row["answer"])["accuracy"] for g in "ABCD"
+        g: score("math", think + f"\\boxed{{{g}}}", row["answer"], **reward_args())["accuracy"]
+        for g in "ABCD"
     }
     assert accuracy == {"A": 0.0, "B": 0.0, "C": 1.0, "D": 1.0}
 
