@@ -25,7 +25,7 @@ import tempfile
 import time
 
 from benchmarks.common import Settings, StepClock, emit, model_and_rows, set_threads, summary
-from mapo.pipeline.quickrun import reward_args
+from mapo.pipeline.quickrun import model_load_args, reward_args
 
 VLLM_DTYPE = "float32"  # what our vLLM engine's dtype "auto" means on CPU (the policy's fp32)
 
@@ -108,7 +108,7 @@ def main(s: Settings) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-trl-") as out:
         model_path, rows = model_and_rows(s, out)
         processor = load_processor(model_path)
-        policy = load_policy(model_path)
+        policy = load_policy(model_path, **model_load_args())
         args = GRPOConfig(
             output_dir=out,
             use_cpu=True,

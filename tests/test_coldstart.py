@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from mapo.data.synthetic import generate
 from mapo.models import coldstart as cs
+from mapo.pipeline.quickrun import model_load_args
 
 FORMAT = re.compile(r"<think>.*</think>\s*\\boxed\{.*\}", re.DOTALL)
 BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
@@ -130,7 +131,9 @@ def test_warm_model_learns_format_not_answers(warm_dir, tiny_model_dir):
     greedy = SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_new_tokens=24)
 
     def rates(model_dir):
-        engine = HFEngine(load_policy(model_dir).eval(), processor, share_prefill=True)
+        engine = HFEngine(
+            load_policy(model_dir, **model_load_args()).eval(), processor, share_prefill=True
+        )
         texts = engine.generate(prompts, greedy).text
         fmt = sum(bool(FORMAT.fullmatch(t.strip())) for t in texts) / len(texts)
         boxed = [BOXED.findall(t) for t in texts]

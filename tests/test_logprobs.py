@@ -9,6 +9,7 @@ from mapo.models.batching import build_policy_inputs
 from mapo.models.loading import load_policy
 from mapo.models.logprobs import token_logprobs
 from mapo.models.processor import suppressed_token_ids
+from mapo.pipeline.quickrun import model_load_args
 from mapo.types import Completions
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("torch_threads")
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir, sharpen):
-    return sharpen(load_policy(tiny_model_dir).eval())
+    return sharpen(load_policy(tiny_model_dir, **model_load_args()).eval())
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +195,7 @@ def test_shared_vision_encoding_equals_per_row_pixels(model, tiny_processor, tin
 
 
 def test_gradients_reach_vision_and_text(tiny_model_dir, tiny_processor, tiny_prompts, special):
-    model = load_policy(tiny_model_dir)
+    model = load_policy(tiny_model_dir, **model_load_args())
     comps = _completions(special, PROMPT_INDEX, LENGTHS, seed=4)
     inputs = build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=special["pad"])
     token_logprobs(
@@ -207,7 +208,7 @@ def test_gradients_reach_vision_and_text(tiny_model_dir, tiny_processor, tiny_pr
 
 
 def test_suppressed_pad_token_gives_no_nan(tiny_model_dir, tiny_processor, tiny_prompts, special):
-    model = load_policy(tiny_model_dir)
+    model = load_policy(tiny_model_dir, **model_load_args())
     # pad the completions with a suppressed id: the padded slots must not produce -inf/NaN
     pad = tiny_processor.tokenizer.convert_tokens_to_ids("<|vision_pad|>")
     assert pad in special["suppress"]
@@ -316,7 +317,7 @@ def test_shared_prompt_pass_gives_the_same_gradients(
     weights = torch.randn(inputs.completion_mask.shape, generator=torch.Generator().manual_seed(0))
     grads = {}
     for share in (True, False):
-        model = load_policy(tiny_model_dir)
+        model = load_policy(tiny_model_dir, **model_load_args())
         logp, ent = token_logprobs(
             model,
             inputs,

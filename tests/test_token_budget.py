@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from mapo.models.micro_batching import computed_tokens, plan_micro_batches, row_lengths
+from mapo.pipeline.quickrun import model_load_args
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUP, PROMPTS = 4, 3
@@ -117,7 +118,7 @@ def test_trimmed_micro_batches_scatter_back_to_the_full_logprobs(
     from mapo.models.micro_batching import StepLayout
     from mapo.types import Completions
 
-    model = sharpen(load_policy(tiny_model_dir).eval())
+    model = sharpen(load_policy(tiny_model_dir, **model_load_args()).eval())
     lengths = [9, 2, 14, 3, 5, 1, 11, 4]
     gen = torch.Generator().manual_seed(0)
     ids = [torch.randint(30, 300, (k,), generator=gen).tolist() for k in lengths]
@@ -179,7 +180,7 @@ def _module(mode: str, aggregation: str, model_dir: Path):
 
     processor = load_processor(model_dir)
     torch.manual_seed(0)
-    policy = load_policy(model_dir)
+    policy = load_policy(model_dir, **model_load_args())
     n = GROUP * PROMPTS
     algo = algorithm_config(
         group_size=GROUP,

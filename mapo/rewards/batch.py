@@ -2,8 +2,9 @@
 
 ``overall = (1 - w) * accuracy + w * format`` with ``w = format_weight``. Every scoring setting
 is the caller's: ``reward.*`` of conf/reward/default.yaml is their one home. Success downstream
-is ``overall == 1``, so a perfect answer must give exactly 1.0: ``combine`` returns ``accuracy`` itself whenever accuracy equals format (then the mix is
-that same value mathematically) instead of trusting float rounding for every ``w``.
+is ``overall == 1``, so a perfect answer must give exactly 1.0: ``combine`` returns
+``accuracy`` itself whenever accuracy equals format (then the mix is that same value
+mathematically) instead of trusting float rounding for every ``w``.
 """
 
 from __future__ import annotations
