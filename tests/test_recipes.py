@@ -127,7 +127,7 @@ def test_recipe_add_a_dataset(tmp_path, plugin):
         import_plugins([mod])  # what validate does with `plugins: [...]`
         assert "recipe_red" in REGISTRY
         result = prepare("recipe_red", None, tmp_path / "out")
-        split = load_split(result.paths["test"])
+        split = load_split(result.paths["test"], on_bad_row="error")
         assert [r["answer"] for r in split.rows] == ["red"]
         assert isinstance(split.rows[0]["images"][0], (dict, Image.Image))
     finally:
