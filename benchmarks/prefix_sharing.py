@@ -52,7 +52,12 @@ def _fwd_bwd(
         clock = time.perf_counter()
         with torch.no_grad():
             token_logprobs(
-                policy, inputs, suppress_ids=suppress, share_prompt=share, padding_free=False
+                policy,
+                inputs,
+                suppress_ids=suppress,
+                share_prompt=share,
+                padding_free=False,
+                temperature=1.0,
             )
         fwd.append(time.perf_counter() - clock)
         clock = time.perf_counter()
@@ -63,6 +68,7 @@ def _fwd_bwd(
             return_entropy=True,
             share_prompt=share,
             padding_free=False,
+            temperature=1.0,
         )[0]
         (logp.sum() / inputs.completion_mask.sum()).backward()
         full.append(time.perf_counter() - clock)

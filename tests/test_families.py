@@ -127,6 +127,7 @@ def _reference(model, processor, prompts, comps, suppress, weights):
 def _route_logprobs(model, inputs, suppress, route):
     share_prompt, padding_free, share_vision, budget = ROUTES[route]
     kw = dict(
+        temperature=1.0,
         suppress_ids=suppress,
         share_prompt=share_prompt,
         padding_free=padding_free,
@@ -195,7 +196,9 @@ def test_hf_engine_generates(family_setup):
     inputs = build_policy_inputs(
         s["processor"], s["prompts"], out, pad_token_id=engine.pad_token_id
     )
-    kw = dict(suppress_ids=engine.suppress_ids, share_prompt=True, padding_free=False)
+    kw = dict(
+        temperature=1.0, suppress_ids=engine.suppress_ids, share_prompt=True, padding_free=False
+    )
     logp = token_logprobs(s["model"], inputs, **kw)
     for row, sampled in enumerate(out.logprobs):  # the sampler's log-probs are the trainer's
         torch.testing.assert_close(

@@ -159,14 +159,24 @@ def test_bf16_logprobs_match_fp32(
     )
     with torch.no_grad():
         ref = token_logprobs(
-            sharp_fp32, inputs, suppress_ids=sup, share_prompt=True, padding_free=False
+            sharp_fp32,
+            inputs,
+            suppress_ids=sup,
+            share_prompt=True,
+            padding_free=False,
+            temperature=1.0,
         )
         weights = token_logprobs(
-            bf16, inputs, suppress_ids=sup, share_prompt=True, padding_free=False
+            bf16, inputs, suppress_ids=sup, share_prompt=True, padding_free=False, temperature=1.0
         )
         with torch.autocast(device.type, dtype=torch.bfloat16):
             autocast = token_logprobs(
-                sharp_fp32, inputs, suppress_ids=sup, share_prompt=True, padding_free=False
+                sharp_fp32,
+                inputs,
+                suppress_ids=sup,
+                share_prompt=True,
+                padding_free=False,
+                temperature=1.0,
             )
     assert mask.sum() > 30
     for name, got in (("bf16 weights", weights), ("bf16 autocast", autocast)):

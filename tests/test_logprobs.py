@@ -31,6 +31,14 @@ def special(tiny_processor, model):
     }
 
 
+def plain(special) -> dict:
+    """Most tests' ``token_logprobs`` settings: the sampler at temperature 1 with the suppressed
+    ids, each prompt once, padded rows."""
+    return dict(
+        temperature=1.0, suppress_ids=special["suppress"], share_prompt=True, padding_free=False
+    )
+
+
 def _completions(special, prompt_index, lengths, seed=0) -> Completions:
     """Random non-special completions; every other one ends with eos."""
     gen = torch.Generator().manual_seed(seed)
@@ -79,9 +87,7 @@ def test_matches_unpadded_per_sequence_forward(model, tiny_processor, tiny_promp
     assert inputs.completion_ids.shape == (6, max(LENGTHS))
     assert inputs.pixel_values.shape[0] == int(inputs.image_grid_thw.prod(-1).sum())
     assert inputs.image_grid_thw.shape[0] == 4  # each distinct image once, not per rollout
-    logp = token_logprobs(
-        model, inputs, suppress_ids=special["suppress"], share_prompt=True, padding_free=False
-    )
+    logp = token_logprobs(model, inputs, **plain(special))
     assert logp.dtype == torch.float32 and logp.shape == inputs.completion_mask.shape
     for row, (p, ids) in enumerate(zip(comps.prompt_index, comps.token_ids)):
         ref = _reference_logprobs(model, tiny_processor, tiny_prompts[p], ids, special["suppress"])
@@ -114,9 +120,7 @@ def test_text_only_prompts_match_reference(
     comps = _completions(special, [0, 1, 1, len(prompts) - 1], [4, 6, 2, 5], seed=1)
     inputs = build_policy_inputs(tiny_processor, prompts, comps, pad_token_id=special["pad"])
     assert (inputs.pixel_values is None) == (not with_image)
-    logp = token_logprobs(
-        model, inputs, suppress_ids=special["suppress"], share_prompt=True, padding_free=False
-    )
+    logp = token_logprobs(model, inputs, **plain(special))
     for row, (p, ids) in enumerate(zip(comps.prompt_index, comps.token_ids)):
         ref = _reference_logprobs(model, tiny_processor, prompts[p], ids, special["suppress"])
         torch.testing.assert_close(logp[row, : len(ids)], ref, atol=1e-5, rtol=0)
@@ -128,15 +132,8 @@ def test_micro_batches_and_shuffled_selection_match_full_batch(
 ):
     comps = _completions(special, PROMPT_INDEX, LENGTHS, seed=2)
     inputs = build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=special["pad"])
-    full = token_logprobs(
-        model, inputs, suppress_ids=special["suppress"], share_prompt=True, padding_free=False
-    )
-    parts = [
-        token_logprobs(
-            model, mb, suppress_ids=special["suppress"], share_prompt=True, padding_free=False
-        )
-        for mb in inputs.micro_batches(4)
-    ]
+    full = token_logprobs(model, inputs, **plain(special))
+    parts = [token_logprobs(model, mb, **plain(special)) for mb in inputs.micro_batches(4)]
     torch.testing.assert_close(torch.cat(parts), full, atol=1e-5, rtol=0)
     order = [5, 2, 0, 3]
     sub = inputs.select(order)
@@ -153,9 +150,7 @@ def test_micro_batches_and_shuffled_selection_match_full_batch(
     alone = inputs.select([4])
     assert alone.image_grid_thw.shape[0] == 1
     torch.testing.assert_close(
-        token_logprobs(
-            model, sub, suppress_ids=special["suppress"], share_prompt=True, padding_free=False
-        ),
+        token_logprobs(model, sub, **plain(special)),
         full[order],
         atol=1e-5,
         rtol=0,
@@ -180,12 +175,11 @@ def test_row_pixels_equal_the_processor_run_per_row(tiny_processor, tiny_prompts
 def test_shared_vision_encoding_equals_per_row_pixels(model, tiny_processor, tiny_prompts, special):
     comps = _completions(special, PROMPT_INDEX, LENGTHS, seed=3)
     inputs = build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=special["pad"])
-    shared = token_logprobs(
-        model, inputs, suppress_ids=special["suppress"], share_prompt=True, padding_free=False
-    )
+    shared = token_logprobs(model, inputs, **plain(special))
     per_row = token_logprobs(
         model,
         inputs,
+        temperature=1.0,
         suppress_ids=special["suppress"],
         share_vision=False,
         share_prompt=True,
@@ -198,9 +192,7 @@ def test_gradients_reach_vision_and_text(tiny_model_dir, tiny_processor, tiny_pr
     model = load_policy(tiny_model_dir, **model_load_args())
     comps = _completions(special, PROMPT_INDEX, LENGTHS, seed=4)
     inputs = build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=special["pad"])
-    token_logprobs(
-        model, inputs, suppress_ids=special["suppress"], share_prompt=True, padding_free=False
-    ).sum().backward()
+    token_logprobs(model, inputs, **plain(special)).sum().backward()
     for name in ("visual.patch_embed", "visual.merger", "language_model.layers.0", "lm_head"):
         grads = [p.grad for n, p in model.named_parameters() if name in n]
         assert grads and all(g is not None and torch.isfinite(g).all() for g in grads), name
@@ -217,6 +209,7 @@ def test_suppressed_pad_token_gives_no_nan(tiny_model_dir, tiny_processor, tiny_
     logp, ent = token_logprobs(
         model,
         inputs,
+        temperature=1.0,
         suppress_ids=special["suppress"],
         return_entropy=True,
         share_prompt=True,
@@ -293,7 +286,9 @@ def _rows_seen_by_backbone(model, fn):
 def test_shared_prompt_pass_equals_full_pass(model, tiny_processor, tiny_prompts, special):
     comps = _completions(special, SHARED_INDEX, SHARED_LENGTHS, seed=7)
     inputs = build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=special["pad"])
-    kw = dict(suppress_ids=special["suppress"], return_entropy=True, padding_free=False)
+    kw = dict(
+        temperature=1.0, suppress_ids=special["suppress"], return_entropy=True, padding_free=False
+    )
     (lp_s, ent_s), sizes_s = _rows_seen_by_backbone(
         model, lambda: token_logprobs(model, inputs, share_prompt=True, **kw)
     )
@@ -321,6 +316,7 @@ def test_shared_prompt_pass_gives_the_same_gradients(
         logp, ent = token_logprobs(
             model,
             inputs,
+            temperature=1.0,
             suppress_ids=special["suppress"],
             return_entropy=True,
             share_prompt=share,
@@ -364,9 +360,7 @@ def test_shared_prompt_pass_falls_back_where_it_cannot_apply(
     assert not can_share_prompt(model, text)
     _, sizes = _rows_seen_by_backbone(
         model,
-        lambda: token_logprobs(
-            model, text, suppress_ids=special["suppress"], share_prompt=True, padding_free=False
-        ),
+        lambda: token_logprobs(model, text, **plain(special)),
     )
     assert sizes == [3]  # the full pass
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -62,7 +62,9 @@ def test_packed_logprobs_equal_the_padded_forward(
         load_policy(tiny_model_dir, **model_load_args(attn_implementation=backend)).eval()
     )
     inputs = _inputs(tiny_processor, tiny_prompts, special, seed=3)
-    kw = dict(suppress_ids=special["suppress"], return_entropy=True, share_prompt=False)
+    kw = dict(
+        temperature=1.0, suppress_ids=special["suppress"], return_entropy=True, share_prompt=False
+    )
     lp_ref, ent_ref = token_logprobs(model, inputs, padding_free=False, **kw)
     kw["share_prompt"] = share
     segmented = []

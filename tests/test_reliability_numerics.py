@@ -141,6 +141,7 @@ def test_padded_slots_with_a_suppressed_token_stay_finite(
         return_entropy=True,
         share_prompt=True,
         padding_free=False,
+        temperature=1.0,
     )
     assert bool(torch.isfinite(logp).all()) and bool(torch.isfinite(ent).all())
     adv = torch.tensor([1.0, -1.0, 0.5])

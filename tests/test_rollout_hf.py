@@ -182,7 +182,12 @@ def test_sampler_logprobs_vs_trainer_at_each_precision(
     )
     with torch.no_grad():
         logp = token_logprobs(
-            model, inputs, suppress_ids=engine.suppress_ids, share_prompt=True, padding_free=False
+            model,
+            inputs,
+            suppress_ids=engine.suppress_ids,
+            share_prompt=True,
+            padding_free=False,
+            temperature=1.0,
         )
     m, _ = mismatch_metrics(
         logp, sampler_logprobs(out.logprobs, inputs.completion_mask), inputs.completion_mask

@@ -127,7 +127,7 @@ def test_trimmed_micro_batches_scatter_back_to_the_full_logprobs(
     )
     pad = tiny_processor.tokenizer.pad_token_id
     inputs = build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=pad)
-    full = token_logprobs(model, inputs, share_prompt=False, padding_free=False)
+    full = token_logprobs(model, inputs, share_prompt=False, padding_free=False, temperature=1.0)
     layout = StepLayout(
         inputs,
         micro_batch_size=8,
@@ -141,7 +141,9 @@ def test_trimmed_micro_batches_scatter_back_to_the_full_logprobs(
     for mb in micro_batches:
         sub = layout.inputs(mb)
         assert sub.completion_len == max(lengths[i] for i in mb.rows.tolist())
-        parts.append(token_logprobs(model, sub, share_prompt=True, padding_free=packed))
+        parts.append(
+            token_logprobs(model, sub, share_prompt=True, padding_free=packed, temperature=1.0)
+        )
     got = layout.scatter(micro_batches, parts)
     torch.testing.assert_close(got, full, atol=1e-5, rtol=0)
     assert float(full.abs().max()) > 1.0

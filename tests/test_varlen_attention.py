@@ -128,7 +128,7 @@ def test_varlen_logprobs_equal_the_padded_forward(
     share,
 ):
     inputs = _inputs(tiny_processor, tiny_prompts, special, seed=3)
-    kw = dict(suppress_ids=special["suppress"], return_entropy=True)
+    kw = dict(temperature=1.0, suppress_ids=special["suppress"], return_entropy=True)
     lp_ref, ent_ref = token_logprobs(
         sharpen(load_policy(tiny_model_dir, **model_load_args()).eval()),
         inputs,

@@ -94,7 +94,12 @@ def _hf_logprobs(model, processor, prompts, out, engine) -> torch.Tensor:
     inputs = build_policy_inputs(processor, prompts, out, pad_token_id=0)
     with torch.no_grad():
         logp = token_logprobs(
-            model, inputs, suppress_ids=engine.suppress_ids, share_prompt=True, padding_free=False
+            model,
+            inputs,
+            suppress_ids=engine.suppress_ids,
+            share_prompt=True,
+            padding_free=False,
+            temperature=1.0,
         )
     sampler = torch.zeros_like(logp)
     for row, lps in enumerate(out.logprobs):

@@ -68,7 +68,12 @@ def test_sampled_logprobs_match_trainer(family, tmp_path, make_tiny_prompt):
     inputs = build_policy_inputs(processor, prompts, out, pad_token_id=0)
     with torch.no_grad():
         logp = token_logprobs(
-            policy, inputs, suppress_ids=engine.suppress_ids, share_prompt=True, padding_free=False
+            policy,
+            inputs,
+            suppress_ids=engine.suppress_ids,
+            share_prompt=True,
+            padding_free=False,
+            temperature=1.0,
         )
     for row, lps in enumerate(out.logprobs):
         torch.testing.assert_close(logp[row, : len(lps)], torch.tensor(lps), atol=1e-4, rtol=0)

@@ -66,6 +66,7 @@ def test_bf16_sampler_vs_fp32_trainer(
             suppress_ids=bf16_engine.suppress_ids,
             share_prompt=True,
             padding_free=False,
+            temperature=1.0,
         )
     sampler = sampler_logprobs(out.logprobs, inputs.completion_mask)
     m, _ = mismatch_metrics(trainer, sampler, inputs.completion_mask)

@@ -51,6 +51,9 @@ _LOAD = dict(
     freeze_vision=False,
     gradient_checkpointing=False,
 )
+# The targets' log-probs: the model's own distribution (temperature 1: SFT, no sampler), each
+# prompt once, padded rows.
+_SFT = dict(temperature=1.0, share_prompt=True, padding_free=False)
 
 
 def label_set(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -169,9 +172,7 @@ def _train(
             inputs = build_policy_inputs(
                 processor, [prompt_of(r) for r in rows], completions, pad_token_id=pad_id
             )
-            logprobs = token_logprobs(
-                model, inputs, suppress_ids=suppress, share_prompt=True, padding_free=False
-            )  # [B, L]
+            logprobs = token_logprobs(model, inputs, suppress_ids=suppress, **_SFT)  # [B, L]
             mask = inputs.completion_mask  # [B, L]
             loss = -(logprobs * mask).sum() / mask.sum()  # token-mean NLL over completion tokens
             optimizer.zero_grad(set_to_none=True)
