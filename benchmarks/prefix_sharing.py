@@ -30,7 +30,7 @@ def _batch(size: str, prompts: int, group: int, max_new_tokens: int):
     path, rows = model_and_rows(Settings(size=size), "/tmp/bench-prefix")
     processor, policy = load_processor(path), load_policy(path, **model_load_args())
     template = load_template("emotion_short")
-    batch = [to_prompt(r, processor, template, **pixel_args()) for r in rows]
+    batch = [to_prompt(r, processor, template, **pixel_args("synth_emo")) for r in rows]
     engine = HFEngine(policy, processor, share_prefill=True)
     sampling = SamplingConfig(
         n=group, temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens, seed=0

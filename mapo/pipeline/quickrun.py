@@ -99,13 +99,13 @@ def reward_args(**changes: Any) -> dict[str, Any]:
     return {k: block[k] for k in ("format_weight", "grader", "timeout_s", "budget_s")}
 
 
-def pixel_args(data: str = "synth_emo", **changes: Any) -> dict[str, Any]:
+def pixel_args(data: str, **changes: Any) -> dict[str, Any]:
     """``min_pixels`` and ``max_pixels`` of ``conf/data/<data>.yaml`` with ``changes``
     applied: the keyword arguments of ``mapo.data.prompts.to_prompt`` and the cold start."""
     return {**_data_keys(data, "min_pixels", "max_pixels"), **changes}
 
 
-def synthetic_args(data: str = "synth_emo", **changes: Any) -> dict[str, Any]:
+def synthetic_args(data: str, **changes: Any) -> dict[str, Any]:
     """``seed``, ``n_train`` and ``n_test`` of ``data.synthetic`` in ``conf/data/<data>.yaml``
     with ``changes`` applied: keyword arguments of ``mapo.data.synthetic.write_synthetic``."""
     block = _data_keys(data, "synthetic")["synthetic"]
