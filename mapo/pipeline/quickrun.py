@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig, open_dict
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+_LOAD_KEYS = ("dtype", "attn_implementation", "trust_remote_code")  # model.*, both loaders'
 
 
 def compose_config(
@@ -81,15 +82,14 @@ def model_load_args(**changes: Any) -> dict[str, Any]:
     ``gradient_checkpointing`` of ``conf/model/tiny.yaml`` with ``changes`` applied: the keyword
     arguments of ``mapo.models.loading.load_policy``."""
     block = {**_yaml("model/tiny.yaml"), **changes}
-    keys = ("dtype", "attn_implementation", "trust_remote_code")
-    return {k: block[k] for k in (*keys, "freeze_vision", "gradient_checkpointing")}
+    return {k: block[k] for k in (*_LOAD_KEYS, "freeze_vision", "gradient_checkpointing")}
 
 
 def reference_load_args(**changes: Any) -> dict[str, Any]:
     """``dtype``, ``attn_implementation`` and ``trust_remote_code`` of ``conf/model/tiny.yaml``
     with ``changes`` applied: the keyword arguments of ``mapo.models.loading.load_reference``."""
     block = {**_yaml("model/tiny.yaml"), **changes}
-    return {k: block[k] for k in ("dtype", "attn_implementation", "trust_remote_code")}
+    return {k: block[k] for k in _LOAD_KEYS}
 
 
 def reward_args(**changes: Any) -> dict[str, Any]:
