@@ -41,7 +41,7 @@ def _prompts(s: Settings, folder, processor):
 
     low, high = shape_workload(s)["pixels"]
     template = load_template(folder / "template.txt")
-    rows = load_split(folder / "train.parquet").rows
+    rows = load_split(folder / "train.parquet", on_bad_row="error").rows
     return [to_prompt(r, processor, template, min_pixels=low, max_pixels=high) for r in rows]
 
 
@@ -84,7 +84,7 @@ def training(s: Settings, policy, reference, processor, prompts, completions) ->
     (mb,) = layout.micro_batches(torch.arange(inputs.num_rows))
     packed = layout.inputs(mb)
     mask = packed.completion_mask
-    kw = dict(share_prompt=True, padding_free=True)
+    kw = dict(share_prompt=True, padding_free=True, temperature=1.0)  # sampled at T = 1
     optimizer = torch.optim.AdamW(
         policy.parameters(), lr=s.lr, betas=(0.9, 0.99), weight_decay=1e-2
     )
@@ -133,13 +133,14 @@ def main(s: Settings) -> None:
 
     from benchmarks import shape_setup
     from mapo.models.loading import load_policy, load_processor, load_reference
+    from mapo.pipeline.quickrun import model_load_args, reference_load_args
 
     folder = shape_setup.prepare(s)
     shape_setup.install(s, folder)
     path = folder / "model"
     processor = load_processor(path)
-    policy = load_policy(path, gradient_checkpointing=s.gradient_checkpointing)
-    reference = load_reference(path)
+    policy = load_policy(path, **model_load_args(gradient_checkpointing=s.gradient_checkpointing))
+    reference = load_reference(path, **reference_load_args())
     prompts = _prompts(s, folder, processor)
     torch.manual_seed(s.seed)
     gen, completions = generation(s, policy, processor, prompts)

@@ -23,13 +23,14 @@ def _batch(size: str, prompts: int, group: int, max_new_tokens: int):
     from mapo.data.prompts import load_template, to_prompt
     from mapo.models.batching import build_policy_inputs
     from mapo.models.loading import load_policy, load_processor
+    from mapo.pipeline.quickrun import model_load_args, pixel_args
     from mapo.rollout.hf import HFEngine
     from mapo.types import SamplingConfig
 
     path, rows = model_and_rows(Settings(size=size), "/tmp/bench-prefix")
-    processor, policy = load_processor(path), load_policy(path)
+    processor, policy = load_processor(path), load_policy(path, **model_load_args())
     template = load_template("emotion_short")
-    batch = [to_prompt(r, processor, template, min_pixels=3136, max_pixels=12544) for r in rows]
+    batch = [to_prompt(r, processor, template, **pixel_args("synth_emo")) for r in rows]
     engine = HFEngine(policy, processor, share_prefill=True)
     sampling = SamplingConfig(
         n=group, temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens, seed=0
@@ -51,7 +52,12 @@ def _fwd_bwd(
         clock = time.perf_counter()
         with torch.no_grad():
             token_logprobs(
-                policy, inputs, suppress_ids=suppress, share_prompt=share, padding_free=False
+                policy,
+                inputs,
+                suppress_ids=suppress,
+                share_prompt=share,
+                padding_free=False,
+                temperature=1.0,
             )
         fwd.append(time.perf_counter() - clock)
         clock = time.perf_counter()
@@ -62,6 +68,7 @@ def _fwd_bwd(
             return_entropy=True,
             share_prompt=share,
             padding_free=False,
+            temperature=1.0,
         )[0]
         (logp.sum() / inputs.completion_mask.sum()).backward()
         full.append(time.perf_counter() - clock)

@@ -29,6 +29,7 @@ import tempfile
 import time
 
 from benchmarks.common import Settings, StepClock, emit, model_and_rows, set_threads, summary
+from mapo.pipeline.quickrun import model_load_args, reward_args
 
 TOY_PIXELS = (3136, 12544)  # conf/data/synth_emo.yaml min_pixels / max_pixels
 VLLM_DTYPE = "float32"  # what our vLLM engine's dtype "auto" means on CPU (the policy's fp32)
@@ -65,7 +66,7 @@ def reward_fn(prompts, completions, answer, task, **_):
     from mapo.rewards import score_batch
 
     texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
-    return list(score_batch(list(task), texts, list(answer), format_weight=0.1).overall)
+    return list(score_batch(list(task), texts, list(answer), **reward_args()).overall)
 
 
 def shape_reward_fn(prompts, completions, **_):
@@ -96,7 +97,7 @@ def workload_inputs(s: Settings, out: str) -> dict:
     pixels = shape_setup.shape_workload(s)["pixels"]
     return dict(
         model_path=folder / "model",
-        rows=list(load_split(folder / "train.parquet").rows),
+        rows=list(load_split(folder / "train.parquet", on_bad_row="error").rows),
         template=str(folder / "template.txt"),
         pixels=tuple(pixels),
         reward=shape_reward_fn,
@@ -212,7 +213,7 @@ def main(s: Settings) -> None:
         processor = load_processor(w["model_path"])
         if s.workload != "toy":  # prompts of different lengths: see left_padded
             left_padded(processor)
-        policy = load_policy(w["model_path"])
+        policy = load_policy(w["model_path"], **model_load_args())
         engine = engine_args(s, w["model_path"], policy_suppressed_ids(policy, processor))
         trainer = GRPOTrainer(
             model=policy,

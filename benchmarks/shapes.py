@@ -118,7 +118,7 @@ def run_mode(mode: str, ckpt: bool, w: dict, steps: int) -> dict:
         for _ in range(steps):
             start = time.perf_counter()
             for mb, sub in zip(plan, subs):
-                kw = dict(share_prompt=share_now, padding_free=pack)
+                kw = dict(temperature=1.0, share_prompt=share_now, padding_free=pack)
                 if phase == "logprobs":
                     with torch.no_grad():
                         token_logprobs(model, sub, **kw)

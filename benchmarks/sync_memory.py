@@ -45,9 +45,10 @@ def _module_class():
         def __init__(self, model_dir: str, bucket_mb: float | None, repeats: int):
             super().__init__()
             from mapo.models.loading import load_policy
+            from mapo.pipeline.quickrun import model_load_args
 
             self.automatic_optimization = False
-            self.policy = load_policy(model_dir)
+            self.policy = load_policy(model_dir, **model_load_args())
             self.model_dir, self.bucket_mb, self.repeats = model_dir, bucket_mb, repeats
             self.result: dict = {}
 

@@ -30,7 +30,7 @@ def _grads(model, inputs, special, **kw):
     kw.setdefault("padding_free", False)
     weights = torch.randn(inputs.completion_mask.shape, generator=torch.Generator().manual_seed(0))
     logp, ent = token_logprobs(
-        model, inputs, suppress_ids=special["suppress"], return_entropy=True, **kw
+        model, inputs, temperature=1.0, suppress_ids=special["suppress"], return_entropy=True, **kw
     )
     ((logp * weights).sum() + 0.1 * ent.sum()).backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

@@ -10,11 +10,20 @@ from safetensors.torch import load_file
 
 from mapo.data.synthetic import generate
 from mapo.models import coldstart as cs
+from mapo.pipeline.quickrun import model_load_args, pixel_args
 
 FORMAT = re.compile(r"<think>.*</think>\s*\\boxed\{.*\}", re.DOTALL)
 BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 # Small enough for a test (~1 min on a loaded 2-core CPU), large enough for the format to stick.
-TEST_SETTINGS = dict(steps=60, batch_size=16, lr=1e-3, seed=0, num_threads=1)
+TEST_SETTINGS = dict(
+    steps=60,
+    batch_size=16,
+    lr=1e-3,
+    seed=0,
+    num_threads=1,
+    gold_labels=False,
+    **pixel_args("synth_emo"),
+)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +109,8 @@ def test_coldstart_refuses_bad_settings_and_existing_output(tmp_path, emo_train)
             batch_size=8,
             lr=1e-3,
             seed=0,
+            gold_labels=False,
+            **pixel_args("synth_emo"),
         )
     with pytest.raises(FileExistsError, match="coldstarted_model_path"):
         cs.coldstart(
@@ -111,6 +122,8 @@ def test_coldstart_refuses_bad_settings_and_existing_output(tmp_path, emo_train)
             batch_size=8,
             lr=1e-3,
             seed=0,
+            gold_labels=False,
+            **pixel_args("synth_emo"),
         )
 
 
@@ -126,11 +139,13 @@ def test_warm_model_learns_format_not_answers(warm_dir, tiny_model_dir):
 
     processor = load_processor(warm_dir)
     rows = generate("synth_emo", "test", 32, seed=0)
-    prompts = [to_prompt(r, processor, None) for r in rows]
+    prompts = [to_prompt(r, processor, None, **pixel_args("synth_emo")) for r in rows]
     greedy = SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_new_tokens=24)
 
     def rates(model_dir):
-        engine = HFEngine(load_policy(model_dir).eval(), processor, share_prefill=True)
+        engine = HFEngine(
+            load_policy(model_dir, **model_load_args()).eval(), processor, share_prefill=True
+        )
         texts = engine.generate(prompts, greedy).text
         fmt = sum(bool(FORMAT.fullmatch(t.strip())) for t in texts) / len(texts)
         boxed = [BOXED.findall(t) for t in texts]
@@ -183,6 +198,7 @@ def test_warm_folder_loads_like_the_base(warm_dir, tiny_model_dir):
 def test_deterministic_from_the_seed(tiny_model_dir, emo_train, tmp_path):
     before_threads, before_rng = torch.get_num_threads(), torch.random.get_rng_state()
     run = dict(template="emotion", steps=3, batch_size=8, lr=1e-3, num_threads=1, progress=False)
+    run.update(gold_labels=False, **pixel_args("synth_emo"))
     a = cs.coldstart(tiny_model_dir, emo_train[:16], out_dir=tmp_path / "a", seed=0, **run)
     b = cs.coldstart(tiny_model_dir, emo_train[:16], out_dir=tmp_path / "b", seed=0, **run)
     c = cs.coldstart(tiny_model_dir, emo_train[:16], out_dir=tmp_path / "c", seed=1, **run)
@@ -207,6 +223,8 @@ def test_sources_without_rows_are_refused(tiny_model_dir, tmp_path, emo_train):
             batch_size=8,
             lr=1e-3,
             seed=0,
+            gold_labels=False,
+            **pixel_args("synth_emo"),
         )
 
 
@@ -234,6 +252,7 @@ def test_sources_and_gold_labels_pick_rows_and_targets(tiny_model_dir, tmp_path,
         sources=["seen"],
         gold_labels=True,
         progress=False,
+        **pixel_args("synth_emo"),
     )
     n_rows, gold, labels = seen[0]
     kept = [r for r in rows if r["source"] == "seen"]

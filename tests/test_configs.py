@@ -230,3 +230,57 @@ def test_unsupported_family_fails_before_any_model_loads(overrides, msg, tmp_pat
     overrides = [o.replace("FOLDER", str(folder)) for o in overrides]
     with pytest.raises(ConfigError, match=msg):
         validate(compose_cfg(overrides, tmp_path))
+
+
+def test_the_test_helpers_give_what_a_run_composes(tmp_path):
+    """quickrun's helpers hand tests and benchmarks the values a run composes from conf/ (the
+    one home of every default), group by group."""
+    from mapo.pipeline.quickrun import (
+        model_load_args,
+        pixel_args,
+        reference_load_args,
+        reward_args,
+        synthetic_args,
+    )
+
+    cfg = compose_cfg(["~experiment"], tmp_path)
+    assert reward_args() == {k: cfg.reward[k] for k in cfg.reward}  # every scoring setting
+    assert model_load_args() == {k: cfg.model[k] for k in model_load_args()}
+    assert reference_load_args().items() <= model_load_args().items()
+    for data in sorted(p.stem for p in (CONF / "data").glob("*.yaml")):
+        d = compose_cfg(["~experiment", f"data={data}"], tmp_path).data
+        assert pixel_args(data) == {"min_pixels": d.min_pixels, "max_pixels": d.max_pixels}
+        if d.synthetic is not None:
+            assert synthetic_args(data) == {k: d.synthetic[k] for k in synthetic_args(data)}
+
+
+@pytest.mark.parametrize(
+    "module, name, params",
+    [
+        ("mapo.rewards", "score", "format_weight grader timeout_s budget_s"),
+        ("mapo.rewards", "score_batch", "format_weight grader timeout_s budget_s"),
+        (
+            "mapo.models.loading",
+            "load_policy",
+            "dtype attn_implementation trust_remote_code freeze_vision gradient_checkpointing",
+        ),
+        ("mapo.models.loading", "load_reference", "dtype attn_implementation trust_remote_code"),
+        ("mapo.models.logprobs", "token_logprobs", "temperature share_prompt padding_free"),
+        ("mapo.data.synthetic", "write_synthetic", "seed n_train n_test"),
+        ("mapo.data.synthetic", "generate", "seed"),
+        ("mapo.data.loader", "load_split", "on_bad_row"),
+        ("mapo.data.schema", "validate_rows", "on_bad_row"),
+        ("mapo.data.prompts", "to_prompt", "min_pixels max_pixels"),
+        ("mapo.models.coldstart", "coldstart", "min_pixels max_pixels gold_labels steps lr"),
+        ("mapo.models.coldstart", "coldstarted_model_path", "min_pixels max_pixels gold_labels"),
+    ],
+)
+def test_config_values_have_no_library_default(module, name, params):
+    """A value conf/ holds is the caller's to pass: a library default would restate the YAML
+    or, worse, contradict it."""
+    import importlib
+    import inspect
+
+    parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    for param in params.split():
+        assert parameters[param].default is inspect.Parameter.empty, (name, param)

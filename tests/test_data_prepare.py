@@ -51,7 +51,7 @@ def test_geo3k(tmp_path):
     geo3k_raw(tmp_path / "raw")
     result = prepare("geo3k", tmp_path / "raw", tmp_path / "out", progress=False)
     assert result.rows == {"train": 3, "validation": 2, "test": 2}
-    train = load_split(result.paths["train"])
+    train = load_split(result.paths["train"], on_bad_row="error")
     first = train[0]
     assert first["problem"] == "Find x. (train 0)" and first["answer"] == "10"
     assert first["id"] == "0" and first["choices"][0] == "10"
@@ -95,7 +95,7 @@ def test_emoset_labels_follow_info_json(tmp_path):
     order = tuple(reversed(EMOSET_LABELS))
     emoset_raw(tmp_path / "raw", n_per_label=1, label_order=order)
     result = prepare("emoset", tmp_path / "raw", tmp_path / "o", n_train=0, progress=False)
-    assert load_split(result.paths["test"])[0]["choices"] == list(order)
+    assert load_split(result.paths["test"], on_bad_row="error")[0]["choices"] == list(order)
 
 
 def test_emoset_info_json_with_another_nesting_is_an_error(tmp_path):
@@ -114,9 +114,9 @@ def test_emoset_seeded_subset(tmp_path):
     c = prepare("emoset", tmp_path / "raw", tmp_path / "c", seed=2, **kw)
     assert a.rows == {"train": 10, "test": 24}  # n_test=0 keeps all of test.json
     assert "train: 10 of the 24 entries of train.json (seeded subset, --seed 1)" in a.notes
-    ids = [[r["id"] for r in load_split(x.paths["train"])] for x in (a, b, c)]
+    ids = [[r["id"] for r in load_split(x.paths["train"], on_bad_row="error")] for x in (a, b, c)]
     assert ids[0] == ids[1] and ids[0] != ids[2]
-    row = load_split(a.paths["train"])[0]
+    row = load_split(a.paths["train"], on_bad_row="error")[0]
     assert row["choices"] == list(EMOSET_LABELS) and row["answer"] == row["id"].split("_")[0]
     assert row["task"] == "emotion" and row["source"] == "emoset"
 
@@ -164,7 +164,7 @@ def test_mathvista_multiple_choice_answer_becomes_the_letter(tmp_path):
     write_parquet(tmp_path / "raw" / "data" / "testmini-00000-of-00001-abc.parquet", records)
     write_parquet(tmp_path / "raw" / "data" / "test-00000-of-00002.parquet", records[:1])
     result = prepare("mathvista", tmp_path / "raw", tmp_path / "out", progress=False)
-    rows = load_split(result.paths["testmini"])
+    rows = load_split(result.paths["testmini"], on_bad_row="error")
     assert [r["answer"] for r in rows] == ["B", "7"]
     assert rows[0]["problem"] == "Hint: letter.\nAngle?" and rows[0]["choices"] == ["30", "60"]
     assert list(result.paths) == ["testmini"]
@@ -189,7 +189,7 @@ def test_mathverse(tmp_path):
     write_parquet(tmp_path / "raw" / "testmini.parquet", records)
     write_parquet(tmp_path / "raw" / "testmini_text_only.parquet", [{"x": 1}])
     result = prepare("mathverse", tmp_path / "raw", tmp_path / "out", progress=False)
-    (row,) = load_split(result.paths["testmini"])
+    (row,) = load_split(result.paths["testmini"], on_bad_row="error")
     assert (row["id"], row["answer"], row["source"]) == ("11", "A", "mathverse")
     assert row["problem"].startswith("Please answer.")
 
@@ -218,7 +218,7 @@ def test_mathvision_lists_options_in_the_problem(tmp_path):
         write_parquet(tmp_path / "raw" / "data" / f"{split}-00000-of-00001.parquet", records)
     result = prepare("mathvision", tmp_path / "raw", tmp_path / "out", progress=False)
     assert sorted(result.paths) == ["test", "testmini"]
-    rows = load_split(result.paths["test"])
+    rows = load_split(result.paths["test"], on_bad_row="error")
     assert rows[0]["problem"] == "Which one?\nChoices:\n(A) a\n(B) b"
     assert rows[1]["problem"] == "How many?" and rows[1]["choices"] is None
 
@@ -245,7 +245,7 @@ def conversations_raw(root, answers):
 def test_emotion6_conversations(tmp_path):
     src = conversations_raw(tmp_path / "raw", ["Joy", "sadness.", "surprise"])
     result = prepare("emotion6", src, tmp_path / "out", progress=False)
-    rows = load_split(result.paths["test"])
+    rows = load_split(result.paths["test"], on_bad_row="error")
     assert [r["answer"] for r in rows] == ["joy", "sadness", "surprise"]
     assert rows[0]["problem"] == "What emotion does this image show?"
     assert rows[0]["choices"] == list(EMOTION6_LABELS) and rows[0]["source"] == "emotion6"
@@ -262,16 +262,22 @@ def test_conversations_unknown_label_is_a_named_bad_row(tmp_path):
 
 def test_webemo_labels_from_flag_or_from_the_file(tmp_path):
     src = conversations_raw(tmp_path / "raw", ["love", "anger"])
-    inferred = load_split(prepare("webemo", src, tmp_path / "a", progress=False).paths["test"])
+    inferred = load_split(
+        prepare("webemo", src, tmp_path / "a", progress=False).paths["test"], on_bad_row="error"
+    )
     assert inferred[0]["choices"] == ["anger", "love"]
     given = prepare("webemo", src, tmp_path / "b", labels=["Anger", "Love", "Fear"], progress=False)
-    assert load_split(given.paths["test"])[0]["choices"] == ["anger", "love", "fear"]
+    assert load_split(given.paths["test"], on_bad_row="error")[0]["choices"] == [
+        "anger",
+        "love",
+        "fear",
+    ]
 
 
 def test_cli_synthetic_and_errors(tmp_path, capsys):
     assert main(["synth_math", "--out", str(tmp_path), "--n-train", "12", "--n-test", "4"]) == 0
-    assert len(load_split(tmp_path / "train.parquet")) == 12
-    assert len(load_split(tmp_path / "ood_layout.parquet")) == 4
+    assert len(load_split(tmp_path / "train.parquet", on_bad_row="error")) == 12
+    assert len(load_split(tmp_path / "ood_layout.parquet", on_bad_row="error")) == 4
     assert "ood_shift" in capsys.readouterr().out
     assert main(["geo3k", "--out", str(tmp_path / "g"), "--src", str(tmp_path / "none")]) == 2
     assert "does not exist" in capsys.readouterr().out

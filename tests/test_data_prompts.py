@@ -16,6 +16,7 @@ from mapo.data.prompts import (
     to_prompt,
 )
 from mapo.data.schema import EMOSET_LABELS, decode_image, encode_image
+from mapo.pipeline.quickrun import pixel_args
 from mapo.types import Prompt
 
 AUTHORS_MATH = (
@@ -111,7 +112,7 @@ def test_resize_keeps_aspect_and_bounds(size, lo, hi):
 
 
 def test_to_prompt_with_a_real_chat_template():
-    prompt = to_prompt(row("emotion", answer="awe"), hf_tokenizer(), min_pixels=3136)
+    prompt = to_prompt(row("emotion", answer="awe"), hf_tokenizer(), **pixel_args("synth_emo"))
     assert isinstance(prompt, Prompt)
     assert prompt.text.startswith("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>")
     assert prompt.text.endswith("<|im_end|>\n<|im_start|>assistant\n")
@@ -129,7 +130,7 @@ def test_to_prompt_with_a_real_chat_template():
 
 def test_to_prompt_keeps_in_range_images_untouched():
     r = row(size=(56, 56))
-    prompt = to_prompt(r, hf_tokenizer(), load_template("math"))
+    prompt = to_prompt(r, hf_tokenizer(), load_template("math"), **pixel_args("synth_math"))
     assert prompt.images[0].size == (56, 56)
     assert prompt.images[0].tobytes() == decode_image(r["images"][0]).tobytes()
 

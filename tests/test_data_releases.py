@@ -14,6 +14,7 @@ from PIL import Image
 from mapo.data.loader import load_split
 from mapo.data.prepare import main, prepare
 from mapo.data.schema import EMOTION6_LABELS, BadRowError
+from mapo.pipeline.quickrun import reward_args
 
 
 def image_bytes(fmt="JPEG", colour=(20, 140, 90)) -> bytes:
@@ -100,7 +101,7 @@ def test_mathvision_release_as_published(tmp_path):
         "options_in_image": 2,
         "several_figures_one_image": 1,
     }
-    rows = {r["id"]: r for r in load_split(result.paths["test"])}
+    rows = {r["id"]: r for r in load_split(result.paths["test"], on_bad_row="error")}
     assert rows["528"]["problem"] == "Answer the question shown in the image."
     assert rows["2"]["problem"] == (
         "Which bike is most expensive?\n"
@@ -164,12 +165,14 @@ def test_geo3k_hub_revision_without_ids_gets_stable_ids(tmp_path):
     shard("test", range(2))
     a = prepare("geo3k", tmp_path / "raw", tmp_path / "a", progress=False)
     b = prepare("geo3k", tmp_path / "raw", tmp_path / "b", progress=False)
-    ids = [r["id"] for r in load_split(a.paths["train"])]
+    ids = [r["id"] for r in load_split(a.paths["train"], on_bad_row="error")]
     assert (
-        ids == [f"train-{i}" for i in range(5)] == [r["id"] for r in load_split(b.paths["train"])]
+        ids
+        == [f"train-{i}" for i in range(5)]
+        == [r["id"] for r in load_split(b.paths["train"], on_bad_row="error")]
     )
     assert a.changed["train"] == {"id_derived": 5, "image_tokens_removed": 5}
-    assert load_split(a.paths["test"])[1]["problem"] == "Find x. (test 1)"
+    assert load_split(a.paths["test"], on_bad_row="error")[1]["problem"] == "Find x. (test 1)"
     assert any("no `id` column" in note for note in a.notes)
 
 
@@ -215,7 +218,7 @@ def test_geo3k_intergps_folders(tmp_path):
     intergps_release(tmp_path / "InterGPS")
     result = prepare("geo3k", tmp_path / "InterGPS", tmp_path / "out", progress=False)
     assert result.rows == {"train": 3, "validation": 2, "test": 3}
-    rows = load_split(result.paths["test"])
+    rows = load_split(result.paths["test"], on_bad_row="error")
     assert [r["id"] for r in rows] == ["9", "10", "11"]  # numeric folder order
     assert rows[0]["problem"] == "Find m \\angle 9." and rows[0]["answer"] == "40"
     assert rows[0]["choices"] == ["30", "40", "60", "80"] and rows[0]["source"] == "geo3k"
@@ -253,7 +256,7 @@ def emotion6_release(root, lines=E6_LINES):
 def test_emotion6_release_labels_from_folder(tmp_path):
     emotion6_release(tmp_path / "Emotion6")
     result = prepare("emotion6", tmp_path / "Emotion6", tmp_path / "o", progress=False)
-    rows = load_split(result.paths["test"])
+    rows = load_split(result.paths["test"], on_bad_row="error")
     assert [(r["id"], r["answer"]) for r in rows] == [
         ("disgust/1.jpg", "disgust"),
         ("fear/7.jpg", "fear"),
@@ -268,7 +271,7 @@ def test_emotion6_release_labels_from_votes(tmp_path):
     emotion6_release(tmp_path / "Emotion6")
     src = tmp_path / "Emotion6" / "ground_truth.txt"  # the file itself is accepted too
     result = prepare("emotion6", src, tmp_path / "o", label_source="argmax", progress=False)
-    rows = load_split(result.paths["test"])
+    rows = load_split(result.paths["test"], on_bad_row="error")
     assert [(r["id"], r["answer"]) for r in rows] == [
         ("disgust/1.jpg", "disgust"),
         ("fear/7.jpg", "sadness"),
@@ -352,7 +355,7 @@ def test_webemo_release_level2_merges_agreeing_duplicates_drops_conflicts(tmp_pa
         prepare("webemo", tmp_path / "WEBEmo", tmp_path / "o", progress=False)
     kw = {"on_bad_row": "skip", "progress": False}
     result = prepare("webemo", tmp_path / "WEBEmo", tmp_path / "o", **kw)
-    rows = load_split(result.paths["test"])
+    rows = load_split(result.paths["test"], on_bad_row="error")
     assert [(r["id"], r["answer"]) for r in rows] == [
         ("220_F_a1.jpg", "love"),
         ("220_F_c1.jpg", "joy"),
@@ -369,7 +372,7 @@ def test_webemo_release_level2_merges_agreeing_duplicates_drops_conflicts(tmp_pa
 def test_webemo_level3_respells_and_treats_the_duplicate_as_a_conflict(tmp_path):
     webemo_release(tmp_path / "WEBEmo", WEBEMO_TEST[:4])
     result = prepare("webemo", tmp_path / "WEBEmo", tmp_path / "o", label_level=3, progress=False)
-    rows = load_split(result.paths["test"])
+    rows = load_split(result.paths["test"], on_bad_row="error")
     assert [(r["id"], r["answer"]) for r in rows] == [
         ("220_F_a1.jpg", "affection"),
         ("220_F_c1.jpg", "cheerfulness"),
@@ -382,7 +385,7 @@ def test_webemo_level3_respells_and_treats_the_duplicate_as_a_conflict(tmp_path)
 def test_webemo_level1_sentiment(tmp_path):
     webemo_release(tmp_path / "WEBEmo", [("a1", 0), ("x1", 10)])
     result = prepare("webemo", tmp_path / "WEBEmo", tmp_path / "o", label_level=1, progress=False)
-    rows = load_split(result.paths["test"])
+    rows = load_split(result.paths["test"], on_bad_row="error")
     assert [r["answer"] for r in rows] == ["positive", "negative"]
     assert rows[0]["choices"] == ["positive", "negative"]
 
@@ -422,12 +425,13 @@ def test_mathvista_duplicate_choice_accepts_every_matching_letter(tmp_path):
     path.parent.mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(records), path)
     result = prepare("mathvista", tmp_path / "raw", tmp_path / "o", progress=False)
-    (row,) = load_split(result.paths["testmini"])
+    (row,) = load_split(result.paths["testmini"], on_bad_row="error")
     assert row["answer"] == "C\nD"
     assert result.changed["testmini"] == {"answer_text_to_letter": 1, "several_letters": 1}
     think = "<think>count</think> "
     accuracy = {
-        g: score("math", think + f"\\boxed{{{g}}}", row["answer"])["accuracy"] for g in "ABCD"
+        g: score("math", think + f"\\boxed{{{g}}}", row["answer"], **reward_args())["accuracy"]
+        for g in "ABCD"
     }
     assert accuracy == {"A": 0.0, "B": 0.0, "C": 1.0, "D": 1.0}
 
@@ -441,6 +445,9 @@ def test_cli_label_flags_reach_the_converters(tmp_path, capsys):
     assert "--label-source argmax" in out and "test dropped: tied_votes=1" in out
     we = ["webemo", "--src", str(tmp_path / "W"), "--out", str(tmp_path / "w"), "--no-progress"]
     assert main([*we, "--label-level", "3"]) == 0
-    assert load_split(tmp_path / "w" / "test.parquet")[0]["answer"] == "cheerfulness"
+    assert (
+        load_split(tmp_path / "w" / "test.parquet", on_bad_row="error")[0]["answer"]
+        == "cheerfulness"
+    )
     assert main(we) == 0  # default level 2
-    assert load_split(tmp_path / "w" / "test.parquet")[0]["answer"] == "joy"
+    assert load_split(tmp_path / "w" / "test.parquet", on_bad_row="error")[0]["answer"] == "joy"

@@ -61,7 +61,7 @@ BAD_ROWS = {
 def test_bad_row_error_names_file_row_id_and_fix(reason):
     rows = [row(0), row(1), {**BAD_ROWS[reason], "id": BAD_ROWS[reason]["id"] and "bad-7"}]
     with pytest.raises(BadRowError) as info:
-        validate_rows(rows, origin="/data/split.parquet")
+        validate_rows(rows, origin="/data/split.parquet", on_bad_row="error")
     err = info.value
     assert err.reason == reason and err.index == 2
     msg = str(err)
@@ -81,31 +81,36 @@ def test_skip_counts_every_reason_and_keeps_good_rows():
 
 def test_duplicate_ids_are_bad_rows():
     with pytest.raises(BadRowError, match="duplicate|more than once"):
-        validate_rows([row(0), row(0)], origin="x")
+        validate_rows([row(0), row(0)], origin="x", on_bad_row="error")
     kept, skipped = validate_rows([row(0), row(0), row(1)], origin="x", on_bad_row="skip")
     assert len(kept) == 2 and skipped["duplicate_id"] == 1
 
 
 def test_long_prompts_are_dropped_and_counted_never_truncated():
     rows = [row(0, problem="a" * 10), row(1, problem="b" * 11), row(2, problem="c" * 50)]
-    kept, skipped = validate_rows(rows, origin="x", max_prompt_chars=10)
+    kept, skipped = validate_rows(rows, origin="x", max_prompt_chars=10, on_bad_row="error")
     assert [r["problem"] for r in kept] == ["a" * 10]
     assert skipped["too_long"] == 2
 
 
 def test_emotion_labels_match_case_insensitively():
-    kept, _ = validate_rows([emo_row(answer="Awe ")], origin="x")
+    kept, _ = validate_rows([emo_row(answer="Awe ")], origin="x", on_bad_row="error")
     assert kept[0]["answer"] == "Awe "
 
 
 def test_image_path_resolves_against_base_dir(tmp_path):
     (tmp_path / "img.png").write_bytes(png())
     kept, _ = validate_rows(
-        [row(images=[{"bytes": None, "path": "img.png"}])], origin="x", base_dir=tmp_path
+        [row(images=[{"bytes": None, "path": "img.png"}])],
+        origin="x",
+        base_dir=tmp_path,
+        on_bad_row="error",
     )
     assert kept[0]["images"][0]["bytes"] == png()
     with pytest.raises(BadRowError, match="no bytes and no readable path"):
-        validate_rows([row(images=[{"bytes": None, "path": "gone.png"}])], origin="x")
+        validate_rows(
+            [row(images=[{"bytes": None, "path": "gone.png"}])], origin="x", on_bad_row="error"
+        )
 
 
 def test_invalid_on_bad_row_value():

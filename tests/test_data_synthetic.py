@@ -41,7 +41,7 @@ def test_every_split_is_valid_schema(name):
     options = yaml.safe_load(conf.read_text())["synthetic"].get("options")  # SynthMix's tiers
     for split in SPLITS[name]:
         rows = generate(name, split, 20, seed=3, options=options)
-        kept, skipped = validate_rows(rows, origin=f"{name}/{split}")
+        kept, skipped = validate_rows(rows, origin=f"{name}/{split}", on_bad_row="error")
         assert len(kept) == 20 and not skipped
         assert all(r["task"] == ("math" if name == "synth_math" else "emotion") for r in kept)
 
@@ -106,7 +106,7 @@ def test_generation_is_fast():
 def test_write_synthetic_writes_all_splits_and_reuses_the_cache(tmp_path):
     paths = write_synthetic("synth_emo", tmp_path, seed=0, n_train=40, n_test=10, n_ood=6)
     assert sorted(paths) == ["ood_emotion6", "ood_webemo", "test", "train"]
-    sizes = {s: len(load_split(p)) for s, p in paths.items()}
+    sizes = {s: len(load_split(p, on_bad_row="error")) for s, p in paths.items()}
     assert sizes == {"train": 40, "test": 10, "ood_webemo": 6, "ood_emotion6": 6}
     mtime = paths["train"].stat().st_mtime_ns
     write_synthetic("synth_emo", tmp_path, seed=0, n_train=40, n_test=10, n_ood=6)
@@ -117,9 +117,9 @@ def test_write_synthetic_writes_all_splits_and_reuses_the_cache(tmp_path):
 
 def test_unknown_names():
     with pytest.raises(ValueError, match="synth_emo"):
-        generate("synth_nope", "train", 1)
+        generate("synth_nope", "train", 1, seed=0)
     with pytest.raises(ValueError, match="ood_webemo"):
-        generate("synth_emo", "validation", 1)
+        generate("synth_emo", "validation", 1, seed=0)
 
 
 def test_tokenizer_corpus_covers_prompts_labels_numbers_and_think():
@@ -130,8 +130,9 @@ def test_tokenizer_corpus_covers_prompts_labels_numbers_and_think():
     for n in range(13):  # every SynthMath answer: 1..9 plus up to 3
         assert f"\\boxed{{{n}}}" in text
     assert "<think>I see the image.</think> \\boxed{awe}" in corpus
-    emo = generate("synth_emo", "train", 5) + generate("synth_emo", "ood_emotion6", 5)
-    math = generate("synth_math", "train", 30)
+    emo = generate("synth_emo", "train", 5, seed=0)
+    emo += generate("synth_emo", "ood_emotion6", 5, seed=0)
+    math = generate("synth_math", "train", 30, seed=0)
     for r in emo + math:
         assert r["problem"] in text
         assert r["answer"] in corpus

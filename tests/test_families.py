@@ -21,6 +21,7 @@ from mapo.models.loading import load_policy, load_processor
 from mapo.models.logprobs import token_logprobs
 from mapo.models.micro_batching import StepLayout
 from mapo.models.processor import policy_suppressed_ids
+from mapo.pipeline.quickrun import model_load_args
 from mapo.types import Completions, Prompt
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
@@ -61,7 +62,7 @@ def family_setup(request, tmp_path_factory, sharpen):
         tmp_path_factory.mktemp(request.param), **tiny_model_args(family=request.param)
     )
     processor = load_processor(path)
-    model = sharpen(load_policy(path))
+    model = sharpen(load_policy(path, **model_load_args()))
     questions = ["Which emotion?", "How many dots are there in both images?", "Count the dots."]
     prompts = [_prompt(processor, q, s, i) for i, (q, s) in enumerate(zip(questions, IMAGE_SIZES))]
     suppress = policy_suppressed_ids(model, processor)
@@ -126,6 +127,7 @@ def _reference(model, processor, prompts, comps, suppress, weights):
 def _route_logprobs(model, inputs, suppress, route):
     share_prompt, padding_free, share_vision, budget = ROUTES[route]
     kw = dict(
+        temperature=1.0,
         suppress_ids=suppress,
         share_prompt=share_prompt,
         padding_free=padding_free,
@@ -194,7 +196,9 @@ def test_hf_engine_generates(family_setup):
     inputs = build_policy_inputs(
         s["processor"], s["prompts"], out, pad_token_id=engine.pad_token_id
     )
-    kw = dict(suppress_ids=engine.suppress_ids, share_prompt=True, padding_free=False)
+    kw = dict(
+        temperature=1.0, suppress_ids=engine.suppress_ids, share_prompt=True, padding_free=False
+    )
     logp = token_logprobs(s["model"], inputs, **kw)
     for row, sampled in enumerate(out.logprobs):  # the sampler's log-probs are the trainer's
         torch.testing.assert_close(

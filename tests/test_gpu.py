@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from mapo.analysis.records import read_records
+from mapo.pipeline.quickrun import model_load_args
 
 pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +83,7 @@ def test_tiny_rl_step_in_bf16(device, tmp_path):
     m = module.last_metrics
     assert torch.isfinite(torch.tensor(m["actor/grad_norm"])) and m["actor/grad_norm"] > 0
     assert m["perf/train_tokens"] > 4 * 4  # prompt + completion tokens of 16 rollouts
-    before = load_policy(objs["model_path"]).state_dict()
+    before = load_policy(objs["model_path"], **model_load_args()).state_dict()
     after = {k: v.float().cpu() for k, v in policy.state_dict().items()}
     moved = [k for k in before if not torch.equal(before[k], after[k])]
     assert len(moved) > len(before) // 2, "the update left most parameters unchanged"
@@ -104,7 +105,7 @@ def no_tf32():
 def sharp_fp32(tiny_model_dir, sharpen, device):
     from mapo.models.loading import load_policy
 
-    return sharpen(load_policy(tiny_model_dir)).eval().to(device)
+    return sharpen(load_policy(tiny_model_dir, **model_load_args())).eval().to(device)
 
 
 def test_hf_engine_generation(
@@ -114,7 +115,7 @@ def test_hf_engine_generation(
     from mapo.rollout.hf import HFEngine
     from mapo.types import SamplingConfig
 
-    bf16 = sharpen(load_policy(tiny_model_dir, dtype="bfloat16")).to(device)
+    bf16 = sharpen(load_policy(tiny_model_dir, **model_load_args(dtype="bfloat16"))).to(device)
     engine = HFEngine(bf16, tiny_processor, share_prefill=True)
     out = engine.generate(
         tiny_prompts, SamplingConfig(n=4, temperature=1.0, top_p=1.0, max_new_tokens=12, seed=0)
@@ -127,7 +128,7 @@ def test_hf_engine_generation(
     # greedy fp32 on the device gives the CPU's tokens (sharpened: margins far above rounding)
     greedy = SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_new_tokens=12)
     here = HFEngine(sharp_fp32, tiny_processor, share_prefill=True).generate(tiny_prompts, greedy)
-    cpu = sharpen(load_policy(tiny_model_dir)).eval()
+    cpu = sharpen(load_policy(tiny_model_dir, **model_load_args())).eval()
     assert (
         here.token_ids
         == HFEngine(cpu, tiny_processor, share_prefill=True)
@@ -153,17 +154,29 @@ def test_bf16_logprobs_match_fp32(
     inputs = build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=pad)
     inputs = inputs.to(device)
     mask, sup = inputs.completion_mask, engine.suppress_ids
-    bf16 = sharpen(load_policy(tiny_model_dir, dtype="bfloat16")).eval().to(device)
+    bf16 = (
+        sharpen(load_policy(tiny_model_dir, **model_load_args(dtype="bfloat16"))).eval().to(device)
+    )
     with torch.no_grad():
         ref = token_logprobs(
-            sharp_fp32, inputs, suppress_ids=sup, share_prompt=True, padding_free=False
+            sharp_fp32,
+            inputs,
+            suppress_ids=sup,
+            share_prompt=True,
+            padding_free=False,
+            temperature=1.0,
         )
         weights = token_logprobs(
-            bf16, inputs, suppress_ids=sup, share_prompt=True, padding_free=False
+            bf16, inputs, suppress_ids=sup, share_prompt=True, padding_free=False, temperature=1.0
         )
         with torch.autocast(device.type, dtype=torch.bfloat16):
             autocast = token_logprobs(
-                sharp_fp32, inputs, suppress_ids=sup, share_prompt=True, padding_free=False
+                sharp_fp32,
+                inputs,
+                suppress_ids=sup,
+                share_prompt=True,
+                padding_free=False,
+                temperature=1.0,
             )
     assert mask.sum() > 30
     for name, got in (("bf16 weights", weights), ("bf16 autocast", autocast)):

@@ -9,6 +9,7 @@ from mapo.models.batching import build_policy_inputs
 from mapo.models.loading import load_policy
 from mapo.models.logprobs import token_logprobs
 from mapo.models.processor import suppressed_token_ids
+from mapo.pipeline.quickrun import model_load_args
 from mapo.types import Completions
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("torch_threads")
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir, sharpen):
-    return sharpen(load_policy(tiny_model_dir).eval())
+    return sharpen(load_policy(tiny_model_dir, **model_load_args()).eval())
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,14 @@ def special(tiny_processor, model):
         "pad": tok.pad_token_id,
         "eos": tok.eos_token_id,
     }
+
+
+def plain(special) -> dict:
+    """Most tests' ``token_logprobs`` settings: the sampler at temperature 1 with the suppressed
+    ids, each prompt once, padded rows."""
+    return dict(
+        temperature=1.0, suppress_ids=special["suppress"], share_prompt=True, padding_free=False
+    )
 
 
 def _completions(special, prompt_index, lengths, seed=0) -> Completions:
@@ -78,9 +87,7 @@ def test_matches_unpadded_per_sequence_forward(model, tiny_processor, tiny_promp
     assert inputs.completion_ids.shape == (6, max(LENGTHS))
     assert inputs.pixel_values.shape[0] == int(inputs.image_grid_thw.prod(-1).sum())
     assert inputs.image_grid_thw.shape[0] == 4  # each distinct image once, not per rollout
-    logp = token_logprobs(
-        model, inputs, suppress_ids=special["suppress"], share_prompt=True, padding_free=False
-    )
+    logp = token_logprobs(model, inputs, **plain(special))
     assert logp.dtype == torch.float32 and logp.shape == inputs.completion_mask.shape
     for row, (p, ids) in enumerate(zip(comps.prompt_index, comps.token_ids)):
         ref = _reference_logprobs(model, tiny_processor, tiny_prompts[p], ids, special["suppress"])
@@ -113,9 +120,7 @@ def test_text_only_prompts_match_reference(
     comps = _completions(special, [0, 1, 1, len(prompts) - 1], [4, 6, 2, 5], seed=1)
     inputs = build_policy_inputs(tiny_processor, prompts, comps, pad_token_id=special["pad"])
     assert (inputs.pixel_values is None) == (not with_image)
-    logp = token_logprobs(
-        model, inputs, suppress_ids=special["suppress"], share_prompt=True, padding_free=False
-    )
+    logp = token_logprobs(model, inputs, **plain(special))
     for row, (p, ids) in enumerate(zip(comps.prompt_index, comps.token_ids)):
         ref = _reference_logprobs(model, tiny_processor, prompts[p], ids, special["suppress"])
         torch.testing.assert_close(logp[row, : len(ids)], ref, atol=1e-5, rtol=0)
@@ -127,15 +132,8 @@ def test_micro_batches_and_shuffled_selection_match_full_batch(
 ):
     comps = _completions(special, PROMPT_INDEX, LENGTHS, seed=2)
     inputs = build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=special["pad"])
-    full = token_logprobs(
-        model, inputs, suppress_ids=special["suppress"], share_prompt=True, padding_free=False
-    )
-    parts = [
-        token_logprobs(
-            model, mb, suppress_ids=special["suppress"], share_prompt=True, padding_free=False
-        )
-        for mb in inputs.micro_batches(4)
-    ]
+    full = token_logprobs(model, inputs, **plain(special))
+    parts = [token_logprobs(model, mb, **plain(special)) for mb in inputs.micro_batches(4)]
     torch.testing.assert_close(torch.cat(parts), full, atol=1e-5, rtol=0)
     order = [5, 2, 0, 3]
     sub = inputs.select(order)
@@ -152,9 +150,7 @@ def test_micro_batches_and_shuffled_selection_match_full_batch(
     alone = inputs.select([4])
     assert alone.image_grid_thw.shape[0] == 1
     torch.testing.assert_close(
-        token_logprobs(
-            model, sub, suppress_ids=special["suppress"], share_prompt=True, padding_free=False
-        ),
+        token_logprobs(model, sub, **plain(special)),
         full[order],
         atol=1e-5,
         rtol=0,
@@ -179,12 +175,11 @@ def test_row_pixels_equal_the_processor_run_per_row(tiny_processor, tiny_prompts
 def test_shared_vision_encoding_equals_per_row_pixels(model, tiny_processor, tiny_prompts, special):
     comps = _completions(special, PROMPT_INDEX, LENGTHS, seed=3)
     inputs = build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=special["pad"])
-    shared = token_logprobs(
-        model, inputs, suppress_ids=special["suppress"], share_prompt=True, padding_free=False
-    )
+    shared = token_logprobs(model, inputs, **plain(special))
     per_row = token_logprobs(
         model,
         inputs,
+        temperature=1.0,
         suppress_ids=special["suppress"],
         share_vision=False,
         share_prompt=True,
@@ -194,12 +189,10 @@ def test_shared_vision_encoding_equals_per_row_pixels(model, tiny_processor, tin
 
 
 def test_gradients_reach_vision_and_text(tiny_model_dir, tiny_processor, tiny_prompts, special):
-    model = load_policy(tiny_model_dir)
+    model = load_policy(tiny_model_dir, **model_load_args())
     comps = _completions(special, PROMPT_INDEX, LENGTHS, seed=4)
     inputs = build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=special["pad"])
-    token_logprobs(
-        model, inputs, suppress_ids=special["suppress"], share_prompt=True, padding_free=False
-    ).sum().backward()
+    token_logprobs(model, inputs, **plain(special)).sum().backward()
     for name in ("visual.patch_embed", "visual.merger", "language_model.layers.0", "lm_head"):
         grads = [p.grad for n, p in model.named_parameters() if name in n]
         assert grads and all(g is not None and torch.isfinite(g).all() for g in grads), name
@@ -207,7 +200,7 @@ def test_gradients_reach_vision_and_text(tiny_model_dir, tiny_processor, tiny_pr
 
 
 def test_suppressed_pad_token_gives_no_nan(tiny_model_dir, tiny_processor, tiny_prompts, special):
-    model = load_policy(tiny_model_dir)
+    model = load_policy(tiny_model_dir, **model_load_args())
     # pad the completions with a suppressed id: the padded slots must not produce -inf/NaN
     pad = tiny_processor.tokenizer.convert_tokens_to_ids("<|vision_pad|>")
     assert pad in special["suppress"]
@@ -216,6 +209,7 @@ def test_suppressed_pad_token_gives_no_nan(tiny_model_dir, tiny_processor, tiny_
     logp, ent = token_logprobs(
         model,
         inputs,
+        temperature=1.0,
         suppress_ids=special["suppress"],
         return_entropy=True,
         share_prompt=True,
@@ -292,7 +286,9 @@ def _rows_seen_by_backbone(model, fn):
 def test_shared_prompt_pass_equals_full_pass(model, tiny_processor, tiny_prompts, special):
     comps = _completions(special, SHARED_INDEX, SHARED_LENGTHS, seed=7)
     inputs = build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=special["pad"])
-    kw = dict(suppress_ids=special["suppress"], return_entropy=True, padding_free=False)
+    kw = dict(
+        temperature=1.0, suppress_ids=special["suppress"], return_entropy=True, padding_free=False
+    )
     (lp_s, ent_s), sizes_s = _rows_seen_by_backbone(
         model, lambda: token_logprobs(model, inputs, share_prompt=True, **kw)
     )
@@ -316,10 +312,11 @@ def test_shared_prompt_pass_gives_the_same_gradients(
     weights = torch.randn(inputs.completion_mask.shape, generator=torch.Generator().manual_seed(0))
     grads = {}
     for share in (True, False):
-        model = load_policy(tiny_model_dir)
+        model = load_policy(tiny_model_dir, **model_load_args())
         logp, ent = token_logprobs(
             model,
             inputs,
+            temperature=1.0,
             suppress_ids=special["suppress"],
             return_entropy=True,
             share_prompt=share,
@@ -363,9 +360,7 @@ def test_shared_prompt_pass_falls_back_where_it_cannot_apply(
     assert not can_share_prompt(model, text)
     _, sizes = _rows_seen_by_backbone(
         model,
-        lambda: token_logprobs(
-            model, text, suppress_ids=special["suppress"], share_prompt=True, padding_free=False
-        ),
+        lambda: token_logprobs(model, text, **plain(special)),
     )
     assert sizes == [3]  # the full pass
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

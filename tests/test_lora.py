@@ -16,7 +16,13 @@ from mapo.models.loading import load_policy
 from mapo.models.logprobs import token_logprobs
 from mapo.models.lora import adapters_disabled, apply_lora, has_lora
 from mapo.models.micro_batching import StepLayout
-from mapo.pipeline.quickrun import algorithm_config, compose_config, lora_config, optim_config
+from mapo.pipeline.quickrun import (
+    algorithm_config,
+    compose_config,
+    lora_config,
+    model_load_args,
+    optim_config,
+)
 from mapo.pipeline.validate import check_lora_values
 from mapo.types import Completions, SamplingConfig
 
@@ -24,7 +30,7 @@ SAMPLING = SamplingConfig(n=2, temperature=1.0, top_p=1.0, max_new_tokens=8)
 
 
 def _lora_policy(path, **changes):
-    policy = apply_lora(load_policy(path), **lora_config(rank=4, **changes))
+    policy = apply_lora(load_policy(path, **model_load_args()), **lora_config(rank=4, **changes))
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # lora_B starts at 0: give the adapters an effect to switch off
         for name, p in policy.named_parameters():
@@ -78,7 +84,8 @@ def test_reference_is_the_base_model_with_adapters_off(
     layout = _layout(tiny_processor, tiny_prompts, special)
     _, ref = module._frozen_logprobs(layout)
 
-    base = load_policy(tiny_model_dir)  # a separately loaded base model, as the reference
+    # a separately loaded base model, as the reference
+    base = load_policy(tiny_model_dir, **model_load_args())
     _, want = _module(policy, tiny_processor, kl_coef=0.1, reference=base)._frozen_logprobs(layout)
     kw = dict(
         temperature=1.0, suppress_ids=module.suppress_ids, share_prompt=True, padding_free=False
@@ -127,7 +134,10 @@ def test_bad_values_are_config_errors(changes, key):
 
 def test_unknown_target_is_a_config_error(tiny_model_dir):
     with pytest.raises(ValueError, match=r"model.lora.target_modules: \['qkv_proj'\]"):
-        apply_lora(load_policy(tiny_model_dir), **lora_config(rank=4, target_modules=["qkv_proj"]))
+        apply_lora(
+            load_policy(tiny_model_dir, **model_load_args()),
+            **lora_config(rank=4, target_modules=["qkv_proj"]),
+        )
 
 
 def test_validate_refuses_a_bad_rank_before_any_model_loads(tmp_path, no_model):
@@ -189,7 +199,9 @@ def _check_exports(run, policy, base_path):
 
     config = json.loads((run / "hf_adapter" / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 4
-    adapted = PeftModel.from_pretrained(load_policy(base_path), run / "hf_adapter").eval()
+    adapted = PeftModel.from_pretrained(
+        load_policy(base_path, **model_load_args()), run / "hf_adapter"
+    ).eval()
     merged = AutoModelForImageTextToText.from_pretrained(run / "hf_model").eval()
     ids = torch.tensor([[1, 5, 9, 12, 7]])
     with torch.no_grad():

@@ -18,7 +18,7 @@ from mapo.models.tiny_tokenizer import (
     default_corpus,
     single_token_words,
 )
-from mapo.pipeline.quickrun import tiny_model_args
+from mapo.pipeline.quickrun import model_load_args, reference_load_args, tiny_model_args
 
 SMALL_CORPUS = [
     "Which emotion does this image evoke? amusement, awe, fear or joy?",
@@ -132,17 +132,17 @@ def test_processor_expands_images_and_loads_from_stock_layouts(
 def test_missing_path_names_the_path_and_the_fix(tmp_path):
     missing = tmp_path / "no-such-model"
     with pytest.raises(FileNotFoundError) as err:
-        load_policy(missing)
+        load_policy(missing, **model_load_args())
     assert str(missing) in str(err.value) and "model.path=" in str(err.value)
     assert resolve_model_path("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen/Qwen2.5-VL-7B-Instruct"
 
 
 def test_policy_and_reference_modes(tiny_model_dir):
-    policy = load_policy(tiny_model_dir, freeze_vision=True)
+    policy = load_policy(tiny_model_dir, **model_load_args(freeze_vision=True))
     assert policy.training
     assert not any(p.requires_grad for p in policy.model.visual.parameters())
     assert all(p.requires_grad for p in policy.model.language_model.parameters())
-    reference = load_reference(tiny_model_dir, dtype="bfloat16")
+    reference = load_reference(tiny_model_dir, **reference_load_args(dtype="bfloat16"))
     assert not reference.training and reference.dtype == torch.bfloat16
     assert not any(p.requires_grad for p in reference.parameters())
 

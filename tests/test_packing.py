@@ -11,6 +11,7 @@ from mapo.models import varlen_attention
 from mapo.models.loading import load_policy
 from mapo.models.logprobs import token_logprobs
 from mapo.models.packing import pack_layout
+from mapo.pipeline.quickrun import model_load_args
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
 
@@ -57,9 +58,13 @@ def test_shared_mask_lets_each_completion_see_its_prompt_and_itself(
 def test_packed_logprobs_equal_the_padded_forward(
     tiny_model_dir, tiny_processor, tiny_prompts, special, sharpen, share, backend, monkeypatch
 ):
-    model = sharpen(load_policy(tiny_model_dir, attn_implementation=backend).eval())
+    model = sharpen(
+        load_policy(tiny_model_dir, **model_load_args(attn_implementation=backend)).eval()
+    )
     inputs = _inputs(tiny_processor, tiny_prompts, special, seed=3)
-    kw = dict(suppress_ids=special["suppress"], return_entropy=True, share_prompt=False)
+    kw = dict(
+        temperature=1.0, suppress_ids=special["suppress"], return_entropy=True, share_prompt=False
+    )
     lp_ref, ent_ref = token_logprobs(model, inputs, padding_free=False, **kw)
     kw["share_prompt"] = share
     segmented = []
@@ -81,8 +86,10 @@ def test_packed_gradients_equal_the_padded_forward(
     tiny_model_dir, tiny_processor, tiny_prompts, special, share, checkpointing
 ):
     inputs = _inputs(tiny_processor, tiny_prompts, special, seed=4)
-    reference = _grads(load_policy(tiny_model_dir), inputs, special, share_prompt=False)
-    model = load_policy(tiny_model_dir)
+    reference = _grads(
+        load_policy(tiny_model_dir, **model_load_args()), inputs, special, share_prompt=False
+    )
+    model = load_policy(tiny_model_dir, **model_load_args())
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()  # checkpointing acts in training mode only
@@ -100,8 +107,10 @@ def test_shared_prompt_under_checkpointing_takes_the_packed_pass(
     """The 7B recipe: share_prompt with gradient checkpointing, no explicit pack. The backbone
     runs once over one packed row (not per rollout), with gradients equal to the full pass."""
     inputs = _inputs(tiny_processor, tiny_prompts, special, seed=5)
-    reference = _grads(load_policy(tiny_model_dir), inputs, special, share_prompt=False)
-    model = load_policy(tiny_model_dir)
+    reference = _grads(
+        load_policy(tiny_model_dir, **model_load_args()), inputs, special, share_prompt=False
+    )
+    model = load_policy(tiny_model_dir, **model_load_args())
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     shapes = []

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mapo.pipeline.quickrun import compose_config
+from mapo.pipeline.quickrun import compose_config, reward_args
 from mapo.pipeline.validate import validate
 from mapo.registry import Registry, UnknownNameError, import_plugins
 
@@ -92,8 +92,12 @@ def test_recipe_add_a_reward(tmp_path, plugin):
         scores = make_scorer(cfg)(prompts, done)
         assert scores["accuracy"].tolist() == [1.0, 0.0]
         assert scores["format"].tolist() == [1.0, 1.0]
-        assert score("recipe_yes", "yes", "yes") == {"overall": 1.0, "format": 1.0, "accuracy": 1.0}
-        assert score("recipe_yes", "no", "yes")["accuracy"] == 0.0
+        assert score("recipe_yes", "yes", "yes", **reward_args()) == {
+            "overall": 1.0,
+            "format": 1.0,
+            "accuracy": 1.0,
+        }
+        assert score("recipe_yes", "no", "yes", **reward_args())["accuracy"] == 0.0
     finally:
         REWARDS.remove("recipe_yes")
 
@@ -123,7 +127,7 @@ def test_recipe_add_a_dataset(tmp_path, plugin):
         import_plugins([mod])  # what validate does with `plugins: [...]`
         assert "recipe_red" in REGISTRY
         result = prepare("recipe_red", None, tmp_path / "out")
-        split = load_split(result.paths["test"])
+        split = load_split(result.paths["test"], on_bad_row="error")
         assert [r["answer"] for r in split.rows] == ["red"]
         assert isinstance(split.rows[0]["images"][0], (dict, Image.Image))
     finally:

@@ -142,7 +142,7 @@ def test_no_resolver_evaluates_code():
 
 def test_trust_remote_code_is_off_unless_asked(tmp_path):
     """Every model config says false, no experiment or other group turns it on, the default run
-    composes with false, and the loaders default to false."""
+    composes with false, and the loaders take it from the config (no default of their own)."""
     import yaml
 
     from mapo.models.loading import load_policy, load_reference
@@ -153,7 +153,8 @@ def test_trust_remote_code_is_off_unless_asked(tmp_path):
     assert not [p for p in others if "trust_remote_code" in p.read_text()]
     assert compose_config([], run_dir=tmp_path).model.trust_remote_code is False
     for fn in (load_policy, load_reference):
-        assert inspect.signature(fn).parameters["trust_remote_code"].default is False
+        parameter = inspect.signature(fn).parameters["trust_remote_code"]
+        assert parameter.default is inspect.Parameter.empty
 
 
 def _calls(tree: ast.AST):

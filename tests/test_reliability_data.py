@@ -41,7 +41,7 @@ def test_a_binary_problem_column_is_a_bad_row_not_text(tmp_path):
     binary = pa.array([r["problem"].encode() for r in rows], type=pa.binary())
     path = _write(_with_column(table, "problem", binary), tmp_path / "bin.parquet")
     with pytest.raises(BadRowError, match=rf"{path}: row 0 .*`problem` is a bytes .*decode binary"):
-        load_split(path)
+        load_split(path, on_bad_row="error")
 
 
 def test_a_list_valued_answer_is_a_bad_row_not_its_repr(tmp_path):
@@ -50,7 +50,7 @@ def test_a_list_valued_answer_is_a_bad_row_not_its_repr(tmp_path):
     answers = pa.array([[r["answer"]] for r in rows], type=pa.list_(pa.string()))
     path = _write(_with_column(table, "answer", answers), tmp_path / "list.parquet")
     with pytest.raises(BadRowError, match=r"row 0 .*`answer` is a list \(\['\w+'\]\)"):
-        load_split(path)
+        load_split(path, on_bad_row="error")
     split = load_split(path, on_bad_row="skip")
     assert split.rows == [] and split.skipped == {"bad_type": len(rows)}
 
@@ -59,7 +59,7 @@ def test_an_integer_answer_is_read_as_its_digits(tmp_path):
     rows = [{**r, "task": "math", "choices": None} for r in _rows()]
     table = rows_to_table(rows)
     path = _write(_with_column(table, "answer", pa.array(range(6))), tmp_path / "int.parquet")
-    assert [r["answer"] for r in load_split(path)] == [str(i) for i in range(6)]
+    assert [r["answer"] for r in load_split(path, on_bad_row="error")] == [str(i) for i in range(6)]
 
 
 def test_an_answer_over_the_grader_cap_is_a_bad_row(tmp_path):
@@ -69,7 +69,7 @@ def test_an_answer_over_the_grader_cap_is_a_bad_row(tmp_path):
     with pytest.raises(
         BadRowError, match=r"row 2 .*1001 characters, over the grader's cap of 1000"
     ):
-        load_split(path)
+        load_split(path, on_bad_row="error")
     assert load_split(path, on_bad_row="skip").skipped == {"answer_too_long": 1}
 
 
@@ -89,7 +89,7 @@ def test_invalid_utf8_names_file_row_and_column_and_skip_drops_only_that_row(tmp
     with pytest.raises(
         BadRowError, match=rf"{path}: row 3 .*`problem` is invalid UTF-8 \(byte 0xff"
     ):
-        load_split(path)
+        load_split(path, on_bad_row="error")
     split = load_split(path, on_bad_row="skip")
     assert len(split.rows) == 5 and split.skipped == {"bad_type": 1}
 
@@ -101,11 +101,11 @@ def test_images_stored_as_plain_path_strings_are_read(tmp_path):
     table = rows_to_table(rows)
     paths = pa.array([[f"img{i}.png"] for i in range(len(rows))], type=pa.list_(pa.string()))
     path = _write(_with_column(table, "images", paths), tmp_path / "paths.parquet")
-    split = load_split(path)  # relative to the parquet's folder
+    split = load_split(path, on_bad_row="error")  # relative to the parquet's folder
     assert [r["images"][0]["bytes"] for r in split] == [r["images"][0]["bytes"] for r in rows]
     (tmp_path / "img4.png").unlink()
     with pytest.raises(BadRowError, match="row 4 .*image 0 has no bytes and no readable path"):
-        load_split(path)
+        load_split(path, on_bad_row="error")
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -129,7 +129,7 @@ def test_huge_images_are_named_as_too_large(size, why, tmp_path):
     rows[1]["images"] = [{"bytes": _png_header(size, size), "path": None}]
     path = _write(rows_to_table(rows), tmp_path / "bomb.parquet")
     with pytest.raises(BadRowError, match=rf"row 1 .*image 0: .*{why}.*max_image_pixels"):
-        load_split(path, max_image_pixels=50_000_000)
+        load_split(path, max_image_pixels=50_000_000, on_bad_row="error")
     skipped = load_split(path, on_bad_row="skip", max_image_pixels=50_000_000).skipped
     assert skipped == {"image_too_large": 1}
 
@@ -213,7 +213,7 @@ def test_a_control_token_in_a_problem_is_a_bad_row(problem, token, tmp_path):
     rows[1]["problem"] = problem
     path = _write(rows_to_table(rows), tmp_path / "tok.parquet")
     with pytest.raises(BadRowError, match=rf"row 1 .*control token {re.escape(token)}.*remove"):
-        load_split(path)
+        load_split(path, on_bad_row="error")
     split = load_split(path, on_bad_row="skip")
     assert len(split.rows) == len(rows) - 1 and split.skipped == {"control_token": 1}
 
@@ -225,6 +225,6 @@ def test_an_image_with_an_aspect_ratio_over_200_is_a_bad_row(tmp_path):
     rows[3]["images"] = [encode_image(Image.new("RGB", (402, 2)))]
     path = _write(rows_to_table(rows), tmp_path / "wide.parquet")
     with pytest.raises(BadRowError, match=r"row 3 .*402x2, a ratio over 200.*crop or pad"):
-        load_split(path)
+        load_split(path, on_bad_row="error")
     split = load_split(path, on_bad_row="skip")
     assert len(split.rows) == len(rows) - 1 and split.skipped == {"bad_aspect_ratio": 1}

@@ -17,6 +17,7 @@ from mapo.algorithm.losses import (
     Normalizer,
     policy_loss,
 )
+from mapo.pipeline.quickrun import model_load_args
 
 ESTIMATORS = sorted(ADVANTAGE_ESTIMATORS)
 TINY = 5e-324  # the smallest subnormal float64
@@ -122,7 +123,7 @@ def test_padded_slots_with_a_suppressed_token_stay_finite(
     from mapo.models.processor import suppressed_token_ids
     from mapo.types import Completions
 
-    model = load_policy(tiny_model_dir)
+    model = load_policy(tiny_model_dir, **model_load_args())
     tok = tiny_processor.tokenizer
     suppress = suppressed_token_ids(tok, eos_token_ids=[tok.eos_token_id], vocab_size=len(tok))
     pad = suppress[0]  # a pad id the sampler can never produce
@@ -140,6 +141,7 @@ def test_padded_slots_with_a_suppressed_token_stay_finite(
         return_entropy=True,
         share_prompt=True,
         padding_free=False,
+        temperature=1.0,
     )
     assert bool(torch.isfinite(logp).all()) and bool(torch.isfinite(ent).all())
     adv = torch.tensor([1.0, -1.0, 0.5])

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mathruler.grader import extract_boxed_content
 
+from mapo.pipeline.quickrun import reward_args
 from mapo.rewards import (
     REWARDS,
     GraderPool,
@@ -94,19 +95,19 @@ def test_last_boxed_takes_the_last_balanced_box():
     ],
 )
 def test_math_accuracy_in_process(answer, gold, correct):
-    result = score("math", boxed(answer), gold)
+    result = score("math", boxed(answer), gold, **reward_args())
     assert result["accuracy"] == correct
     assert result["format"] == 1.0
 
 
 def test_math_multiple_boxes_last_one_counts():
     text = "<think>first \\boxed{7}</think> final \\boxed{3} oops no, \\boxed{5}"
-    assert score("math", text, "5")["accuracy"] == 1.0
-    assert score("math", text, "3")["accuracy"] == 0.0
+    assert score("math", text, "5", **reward_args())["accuracy"] == 1.0
+    assert score("math", text, "3", **reward_args())["accuracy"] == 0.0
 
 
 def test_no_box_means_no_answer():
-    assert score("math", "<think>it is 3</think> 3", "3") == {
+    assert score("math", "<think>it is 3</think> 3", "3", **reward_args()) == {
         "overall": 0.0,
         "format": 0.0,
         "accuracy": 0.0,
@@ -159,7 +160,9 @@ def test_plain_number_shortcut_equals_sympy(pair):
     ],
 )
 def test_math_accuracy_with_sympy(pool, grader, answer, gold, correct):
-    batch = score_batch("math", [boxed(answer)], [gold], grader=grader, pool=pool, timeout_s=10)
+    batch = score_batch(
+        "math", [boxed(answer)], [gold], pool=pool, **reward_args(grader=grader, timeout_s=10)
+    )
     assert batch.accuracy.tolist() == [correct]
     assert batch.pooled == 1 and batch.timeouts == 0 and batch.errors == 0
 
@@ -189,11 +192,11 @@ def test_math_accuracy_with_sympy(pool, grader, answer, gold, correct):
     ],
 )
 def test_emotion_accuracy(answer, gold, correct):
-    assert score("emotion", boxed(answer), gold)["accuracy"] == correct
+    assert score("emotion", boxed(answer), gold, **reward_args())["accuracy"] == correct
 
 
 def test_emotion_without_box_scores_nothing():
-    assert score("emotion", "<think>awe</think> awe", "awe")["accuracy"] == 0.0
+    assert score("emotion", "<think>awe</think> awe", "awe", **reward_args())["accuracy"] == 0.0
 
 
 def test_normalize_label_is_idempotent_on_labels():
@@ -207,27 +210,28 @@ def test_normalize_label_is_idempotent_on_labels():
 def test_perfect_answer_scores_exactly_one_for_any_weight():
     for weight in [0.0, 0.1, 0.3, 0.7, 1 / 3, 0.123456789, 1.0]:
         assert combine(1.0, 1.0, weight) == 1.0
-        assert score("math", boxed("3"), "3", format_weight=weight)["overall"] == 1.0
+        assert score("math", boxed("3"), "3", **reward_args(format_weight=weight))["overall"] == 1.0
 
 
 def test_overall_mix():
-    assert score("math", boxed("4"), "3") == {"overall": 0.1, "format": 1.0, "accuracy": 0.0}
-    assert score("math", "\\boxed{3}", "3") == {"overall": 0.9, "format": 0.0, "accuracy": 1.0}
-    half = score("math", boxed("4"), "3", format_weight=0.5)
+    tenth = reward_args(format_weight=0.1)
+    assert score("math", boxed("4"), "3", **tenth) == dict(overall=0.1, format=1.0, accuracy=0.0)
+    assert score("math", "\\boxed{3}", "3", **tenth) == dict(overall=0.9, format=0.0, accuracy=1.0)
+    half = score("math", boxed("4"), "3", **reward_args(format_weight=0.5))
     assert half["overall"] == 0.5
 
 
 def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="known: \\['emotion', 'math'"):
-        score("geometry", "x", "y")
+        score("geometry", "x", "y", **reward_args())
     with pytest.raises(ValueError, match="format_weight"):
-        score("math", "x", "y", format_weight=1.5)
+        score("math", "x", "y", **reward_args(format_weight=1.5))
     with pytest.raises(ValueError, match="grader"):
-        score("math", "x", "y", grader="sympy")
+        score("math", "x", "y", **reward_args(grader="sympy"))
     with pytest.raises(ValueError, match="one answer"):
-        score_batch("math", ["a", "b"], ["a"])
+        score_batch("math", ["a", "b"], ["a"], **reward_args())
     with pytest.raises(TypeError, match="str"):
-        score_batch("math", [None], ["a"])
+        score_batch("math", [None], ["a"], **reward_args())
 
 
 # --- registry and batch -----------------------------------------------------------------------
@@ -249,6 +253,7 @@ def test_score_batch_mixed_kinds_and_counters():
         ["math", "emotion", "math", "emotion"],
         [boxed("3"), boxed("awe"), "\\boxed{4}", "no box"],
         ["3", "awe", "3", "fear"],
+        **reward_args(),
     )
     assert batch.overall.tolist() == pytest.approx([1.0, 1.0, 0.0, 0.0])
     assert batch.format.tolist() == [1.0, 1.0, 0.0, 0.0]
@@ -267,7 +272,7 @@ def test_a_failing_kind_costs_only_its_item(monkeypatch):
 
     register_reward("flaky")(flaky)
     try:
-        batch = score_batch("flaky", ["ok", "boom", "ok"], ["a", "b", "c"])
+        batch = score_batch("flaky", ["ok", "boom", "ok"], ["a", "b", "c"], **reward_args())
     finally:
         REWARDS.remove("flaky")
     assert batch.accuracy.tolist() == [1.0, 0.0, 1.0]
@@ -291,7 +296,7 @@ def test_a_nan_or_out_of_range_score_of_a_kind_is_counted_as_an_error(monkeypatc
 
     REWARDS.add("sloppy", sloppy)
     try:
-        batch = score_batch("sloppy", list(values), ["a"] * len(values))
+        batch = score_batch("sloppy", list(values), ["a"] * len(values), **reward_args())
     finally:
         REWARDS.remove("sloppy")
     assert batch.accuracy.tolist() == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
@@ -302,7 +307,9 @@ def test_a_nan_or_out_of_range_score_of_a_kind_is_counted_as_an_error(monkeypatc
 @pytest.mark.slow
 def test_score_batch_sends_only_undecided_items_to_the_pool(pool):
     completions = [boxed("3"), boxed("4"), boxed("\\sqrt{48}"), boxed("12.50")]
-    batch = score_batch("math", completions, ["3", "3", "4\\sqrt{3}", "12.5"], pool=pool)
+    batch = score_batch(
+        "math", completions, ["3", "3", "4\\sqrt{3}", "12.5"], pool=pool, **reward_args()
+    )
     assert batch.accuracy.tolist() == [1.0, 0.0, 1.0, 1.0]
     assert batch.pooled == 1
 
@@ -313,7 +320,7 @@ def test_every_dataset_label_matches_itself_and_no_other():
     labels = sorted(set(EMOSET_LABELS) | set(EMOTION6_LABELS))
     completions = [boxed(given.capitalize()) for given in labels for _ in labels]
     golds = [gold for _ in labels for gold in labels]
-    batch = score_batch("emotion", completions, golds)
+    batch = score_batch("emotion", completions, golds, **reward_args())
     expected = [float(g == a) for g in labels for a in labels]
     assert batch.accuracy.tolist() == expected
 
@@ -323,5 +330,5 @@ def test_math_gold_listing_several_answers_accepts_each():
 
     assert accepted_answers("C\nD") == ["C", "D"] and accepted_answers("18") == ["18"]
     comps = ["<think>x</think> \\boxed{D}", "<think>x</think> \\boxed{B}", "\\boxed{C}"]
-    batch = score_batch(["math"] * 3, comps, ["C\nD"] * 3, format_weight=0.0)
+    batch = score_batch(["math"] * 3, comps, ["C\nD"] * 3, **reward_args(format_weight=0.0))
     assert list(batch.accuracy) == [1.0, 0.0, 1.0]

@@ -18,6 +18,7 @@ import torch  # noqa: F401  (imported up front: score_batch imports it lazily, n
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mapo.pipeline.quickrun import reward_args
 from mapo.rewards import GraderPool, score, score_batch
 from mapo.rewards.graders import UnsafeExpressionError, math_verify_full, mathruler_full
 from mapo.rewards.safety import is_safe_python_expr
@@ -128,7 +129,7 @@ def pool():
 
 def score_in_process(kind: str, completion: str, answer: str) -> tuple[dict, RecordingPool]:
     fake = RecordingPool()
-    batch = score_batch(kind, [completion], [answer], pool=fake)
+    batch = score_batch(kind, [completion], [answer], pool=fake, **reward_args())
     result = {k: float(getattr(batch, k)[0]) for k in ("overall", "format", "accuracy")}
     return result, fake
 
@@ -151,20 +152,22 @@ def test_hostile_completions_in_process(kind, marker):
 def test_explosive_answers_are_rejected_before_any_grader(marker):
     for answer in ["9**9**9**9", "10^{10^{10}}", "2^{100000000}", "(10^{10})!", "10!!!!"]:
         fake = RecordingPool()
-        batch = score_batch("math", [boxed(answer)], ["3"], pool=fake)
+        batch = score_batch("math", [boxed(answer)], ["3"], pool=fake, **reward_args())
         assert batch.rejected == 1 and fake.jobs == [], answer
         assert batch.accuracy.tolist() == [0.0]
 
 
 def test_overlong_answers_are_rejected(marker):
     fake = RecordingPool()
-    batch = score_batch("math", [boxed("1+" * 600 + "1")], ["1201"], pool=fake)
+    batch = score_batch("math", [boxed("1+" * 600 + "1")], ["1201"], pool=fake, **reward_args())
     assert batch.rejected == 1 and fake.jobs == []
 
 
 def test_pooled_timeouts_are_counted_and_score_zero():
     fake = RecordingPool()
-    batch = score_batch("math", [boxed("\\sqrt{48}")] * 3, ["4\\sqrt{3}"] * 3, pool=fake)
+    batch = score_batch(
+        "math", [boxed("\\sqrt{48}")] * 3, ["4\\sqrt{3}"] * 3, pool=fake, **reward_args()
+    )
     assert len(fake.jobs) == 3 and batch.timeouts == 3
     assert batch.accuracy.tolist() == [0.0] * 3 and batch.format.tolist() == [1.0] * 3
 
@@ -248,10 +251,8 @@ def test_hostile_corpus_through_real_workers(pool, grader, marker):
         kinds,
         completions,
         answers,
-        grader=grader,
         pool=pool,
-        timeout_s=timeout_s,
-        budget_s=budget_s,
+        **reward_args(grader=grader, timeout_s=timeout_s, budget_s=budget_s),
     )
     elapsed = time.perf_counter() - start
     assert elapsed < budget_s + 10.0
@@ -274,7 +275,9 @@ def test_a_hang_times_out_and_the_worker_is_replaced(pool):
     answers = ["9**9**9**8", "4\\sqrt{3}", "9**9**9**8", "1+x"]
     restarts = pool.restarts
     start = time.perf_counter()
-    batch = score_batch("math", completions, answers, pool=pool, timeout_s=1.0, budget_s=60.0)
+    batch = score_batch(
+        "math", completions, answers, pool=pool, **reward_args(timeout_s=1.0, budget_s=60.0)
+    )
     elapsed = time.perf_counter() - start
     assert batch.timeouts == 2 and pool.restarts == restarts + 2
     assert batch.accuracy.tolist() == [0.0, 1.0, 0.0, 1.0]  # items after a kill still graded
@@ -283,10 +286,14 @@ def test_a_hang_times_out_and_the_worker_is_replaced(pool):
 
 @pytest.mark.slow
 def test_a_worker_that_dies_costs_one_item(pool):
-    score_batch("math", [boxed("\\sqrt{48}")], ["4\\sqrt{3}"], pool=pool, timeout_s=30.0)
+    score_batch(
+        "math", [boxed("\\sqrt{48}")], ["4\\sqrt{3}"], pool=pool, **reward_args(timeout_s=30.0)
+    )
     pool._slots[0].process.kill()  # dead between calls: replaced before use
     pool._slots[0].process.wait()
-    batch = score_batch("math", [boxed("\\sqrt{48}")], ["4\\sqrt{3}"], pool=pool, timeout_s=30.0)
+    batch = score_batch(
+        "math", [boxed("\\sqrt{48}")], ["4\\sqrt{3}"], pool=pool, **reward_args(timeout_s=30.0)
+    )
     assert batch.accuracy.tolist() == [1.0] and batch.errors == 0
 
     victim = pool._slots[0].process  # dies mid-item, long before the 30 s timeout
@@ -298,7 +305,7 @@ def test_a_worker_that_dies_costs_one_item(pool):
         [boxed("9**9**9**9"), boxed("x+1")],
         ["9**9**9**8", "1+x"],
         pool=pool,
-        timeout_s=30.0,
+        **reward_args(timeout_s=30.0),
     )
     killer.join()
     assert batch.errors == 1 and batch.timeouts == 0
@@ -317,8 +324,7 @@ def test_budget_bounds_a_batch_of_hangs():
             [boxed("9**9**9**9")] * n,
             ["9**9**9**8"] * n,
             pool=p,
-            timeout_s=1.0,
-            budget_s=3.0,
+            **reward_args(timeout_s=1.0, budget_s=3.0),
         )
         elapsed = time.perf_counter() - start
         assert batch.timeouts == n and batch.accuracy.sum().item() == 0.0
@@ -332,7 +338,7 @@ def test_budget_bounds_a_batch_of_hangs():
 def test_score_never_raises_through_real_workers(kind, marker):
     for name, completion in list(hostile_completions(marker).items())[:12]:
         start = time.perf_counter()
-        assert_valid(score(kind, completion, "3", timeout_s=1.0))
+        assert_valid(score(kind, completion, "3", **reward_args(timeout_s=1.0, budget_s=31.0)))
         assert time.perf_counter() - start < 1.0 + 30.0, name  # timeout + a cold worker start
     assert_nothing_executed(marker)
 
@@ -342,5 +348,7 @@ def test_score_never_raises_through_real_workers(kind, marker):
 @given(completion=st.text(), answer=st.text())
 def test_fuzz_through_real_workers(completion, answer):
     start = time.perf_counter()
-    assert_valid(score("math", boxed(completion), answer, timeout_s=1.0))
+    assert_valid(
+        score("math", boxed(completion), answer, **reward_args(timeout_s=1.0, budget_s=31.0))
+    )
     assert time.perf_counter() - start < 1.0 + 30.0

@@ -8,6 +8,7 @@ import torch
 from mapo.models.batching import build_policy_inputs
 from mapo.models.loading import load_policy
 from mapo.models.logprobs import token_logprobs
+from mapo.pipeline.quickrun import model_load_args
 from mapo.rollout.hf import HFEngine
 from mapo.types import SamplingConfig
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("torch_threads")
 
 @pytest.fixture
 def model(tiny_model_dir):
-    return load_policy(tiny_model_dir)
+    return load_policy(tiny_model_dir, **model_load_args())
 
 
 def _boost(model, token_ids, amount: float):
@@ -117,7 +118,7 @@ def test_seed_reproduces_and_leaves_global_rng_alone(model, tiny_processor, tiny
 
 def test_greedy_and_sync_weights(tiny_model_dir, model, tiny_processor, tiny_prompts):
     greedy = SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_new_tokens=6)
-    other = load_policy(tiny_model_dir)
+    other = load_policy(tiny_model_dir, **model_load_args())
     with torch.no_grad():
         for p in other.parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
@@ -171,7 +172,7 @@ def test_sampler_logprobs_vs_trainer_at_each_precision(
 ):
     from mapo.algorithm.rollout_correction import mismatch_metrics, sampler_logprobs
 
-    model = sharpen(load_policy(tiny_model_dir)).to(dtype).eval()
+    model = sharpen(load_policy(tiny_model_dir, **model_load_args())).to(dtype).eval()
     engine = HFEngine(model, tiny_processor, share_prefill=True)
     out = engine.generate(
         tiny_prompts, SamplingConfig(n=4, temperature=1.0, top_p=1.0, max_new_tokens=16, seed=3)
@@ -181,7 +182,12 @@ def test_sampler_logprobs_vs_trainer_at_each_precision(
     )
     with torch.no_grad():
         logp = token_logprobs(
-            model, inputs, suppress_ids=engine.suppress_ids, share_prompt=True, padding_free=False
+            model,
+            inputs,
+            suppress_ids=engine.suppress_ids,
+            share_prompt=True,
+            padding_free=False,
+            temperature=1.0,
         )
     m, _ = mismatch_metrics(
         logp, sampler_logprobs(out.logprobs, inputs.completion_mask), inputs.completion_mask

@@ -23,7 +23,7 @@ def test_deterministic_and_in_the_schema():
     b = generate("synth_mix", "train", 40, seed=3, options=OPTIONS)
     assert a == b
     assert generate("synth_mix", "train", 40, seed=4, options=OPTIONS) != a
-    kept, skipped = validate_rows(a, origin="synth_mix/train")
+    kept, skipped = validate_rows(a, origin="synth_mix/train", on_bad_row="error")
     assert len(kept) == 40 and not skipped
 
 
@@ -41,10 +41,12 @@ def test_train_mixes_tiers_by_weight_and_test_splits_keep_theirs():
 
 def test_knobs_set_the_rendering():
     quiet = {"weight": 1.0, "cue": 1.0, "noise": 0.0, "distractors": 0, "flip": False}
-    plain = generate("synth_mix", "test_easy", 8, options={"tiers": {"easy": quiet}})
-    grey = generate("synth_mix", "test_easy", 8, options={"tiers": {"easy": {**quiet, "cue": 0.0}}})
+    plain = generate("synth_mix", "test_easy", 8, options={"tiers": {"easy": quiet}}, seed=0)
+    grey = generate(
+        "synth_mix", "test_easy", 8, options={"tiers": {"easy": {**quiet, "cue": 0.0}}}, seed=0
+    )
     flip = generate(
-        "synth_mix", "test_easy", 8, options={"tiers": {"easy": {**quiet, "flip": True}}}
+        "synth_mix", "test_easy", 8, options={"tiers": {"easy": {**quiet, "flip": True}}}, seed=0
     )
     for p, g, f in zip(plain, grey, flip):
         assert np.allclose(centre(p), EMO_COLOURS[p["answer"]], atol=1)

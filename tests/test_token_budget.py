@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from mapo.models.micro_batching import computed_tokens, plan_micro_batches, row_lengths
+from mapo.pipeline.quickrun import model_load_args
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUP, PROMPTS = 4, 3
@@ -117,7 +118,7 @@ def test_trimmed_micro_batches_scatter_back_to_the_full_logprobs(
     from mapo.models.micro_batching import StepLayout
     from mapo.types import Completions
 
-    model = sharpen(load_policy(tiny_model_dir).eval())
+    model = sharpen(load_policy(tiny_model_dir, **model_load_args()).eval())
     lengths = [9, 2, 14, 3, 5, 1, 11, 4]
     gen = torch.Generator().manual_seed(0)
     ids = [torch.randint(30, 300, (k,), generator=gen).tolist() for k in lengths]
@@ -126,7 +127,7 @@ def test_trimmed_micro_batches_scatter_back_to_the_full_logprobs(
     )
     pad = tiny_processor.tokenizer.pad_token_id
     inputs = build_policy_inputs(tiny_processor, tiny_prompts, comps, pad_token_id=pad)
-    full = token_logprobs(model, inputs, share_prompt=False, padding_free=False)
+    full = token_logprobs(model, inputs, share_prompt=False, padding_free=False, temperature=1.0)
     layout = StepLayout(
         inputs,
         micro_batch_size=8,
@@ -140,7 +141,9 @@ def test_trimmed_micro_batches_scatter_back_to_the_full_logprobs(
     for mb in micro_batches:
         sub = layout.inputs(mb)
         assert sub.completion_len == max(lengths[i] for i in mb.rows.tolist())
-        parts.append(token_logprobs(model, sub, share_prompt=True, padding_free=packed))
+        parts.append(
+            token_logprobs(model, sub, share_prompt=True, padding_free=packed, temperature=1.0)
+        )
     got = layout.scatter(micro_batches, parts)
     torch.testing.assert_close(got, full, atol=1e-5, rtol=0)
     assert float(full.abs().max()) > 1.0
@@ -179,7 +182,7 @@ def _module(mode: str, aggregation: str, model_dir: Path):
 
     processor = load_processor(model_dir)
     torch.manual_seed(0)
-    policy = load_policy(model_dir)
+    policy = load_policy(model_dir, **model_load_args())
     n = GROUP * PROMPTS
     algo = algorithm_config(
         group_size=GROUP,

@@ -29,6 +29,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from mapo.pipeline.quickrun import model_load_args
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, WORLD, PROMPTS, G, EVAL = 3, 2, 4, 4, 8
 BUCKET_MB = 0.05  # ~50 KB: the 0.8 M-parameter model goes over in ~40 buckets
@@ -122,7 +124,8 @@ def _make_probe_class():
             rollout = next(c for c in trainer.callbacks if isinstance(c, RolloutCallback))
             evaluation = next(c for c in trainer.callbacks if isinstance(c, Evaluation))
             engine = rollout.engine
-            reference = load_policy(engine.model_path).eval()  # plain copy for HF greedy
+            # plain copy for HF greedy
+            reference = load_policy(engine.model_path, **model_load_args()).eval()
             hf = HFEngine(reference, pl_module.processor, share_prefill=False)
             prompts = _probe_prompts(pl_module.processor)
             self.record["bucket_bytes"] = engine.sync_bucket_bytes

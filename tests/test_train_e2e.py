@@ -8,7 +8,7 @@ import torch
 
 from mapo.algorithm.advantages import certainty_weight
 from mapo.analysis.records import read_records
-from mapo.pipeline.quickrun import compose_config
+from mapo.pipeline.quickrun import compose_config, model_load_args
 from mapo.pipeline.run import train
 
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ def test_short_run_learns_writes_and_exports(tmp_path, cache_dir):
     # parameters changed relative to the model the run started from
     from mapo.models.loading import load_policy
 
-    start = load_policy(objs["model_path"])
+    start = load_policy(objs["model_path"], **model_load_args())
     changed = [
         n
         for (n, p), (_, q) in zip(module.policy.named_parameters(), start.named_parameters())

@@ -21,6 +21,7 @@ import mapo.models.logprobs as logprobs
 from mapo.models.loading import load_policy
 from mapo.models.logprobs import token_logprobs
 from mapo.models.packing import pack_layout
+from mapo.pipeline.quickrun import model_load_args
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
 
@@ -84,7 +85,7 @@ def varlen_model(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(logprobs, "VARLEN_BACKENDS", (*logprobs.VARLEN_BACKENDS, REFERENCE))
 
     def load():
-        model = load_policy(tiny_model_dir)
+        model = load_policy(tiny_model_dir, **model_load_args())
         model.config.text_config._attn_implementation = REFERENCE  # the vision tower keeps sdpa
         return model
 
@@ -127,9 +128,9 @@ def test_varlen_logprobs_equal_the_padded_forward(
     share,
 ):
     inputs = _inputs(tiny_processor, tiny_prompts, special, seed=3)
-    kw = dict(suppress_ids=special["suppress"], return_entropy=True)
+    kw = dict(temperature=1.0, suppress_ids=special["suppress"], return_entropy=True)
     lp_ref, ent_ref = token_logprobs(
-        sharpen(load_policy(tiny_model_dir).eval()),
+        sharpen(load_policy(tiny_model_dir, **model_load_args()).eval()),
         inputs,
         share_prompt=False,
         padding_free=False,
@@ -156,7 +157,9 @@ def test_shared_prompt_under_checkpointing_on_a_varlen_backend(
     checkpointing, no explicit pack. One packed shared sequence; gradients equal the full
     padded pass."""
     inputs = _inputs(tiny_processor, tiny_prompts, special, seed=5)
-    reference = _grads(load_policy(tiny_model_dir), inputs, special, share_prompt=False)
+    reference = _grads(
+        load_policy(tiny_model_dir, **model_load_args()), inputs, special, share_prompt=False
+    )
     model = varlen_model()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()

@@ -16,6 +16,7 @@ import torch
 from mapo.models.batching import build_policy_inputs
 from mapo.models.loading import load_policy
 from mapo.models.logprobs import token_logprobs
+from mapo.pipeline.quickrun import model_load_args
 from mapo.types import SamplingConfig
 
 _requires_vllm = pytest.mark.skipif(
@@ -58,7 +59,7 @@ def built(tiny_model_dir):
 
 @pytest.fixture
 def policy(tiny_model_dir):
-    return load_policy(tiny_model_dir).eval()
+    return load_policy(tiny_model_dir, **model_load_args()).eval()
 
 
 @pytest.fixture
@@ -93,7 +94,12 @@ def _hf_logprobs(model, processor, prompts, out, engine) -> torch.Tensor:
     inputs = build_policy_inputs(processor, prompts, out, pad_token_id=0)
     with torch.no_grad():
         logp = token_logprobs(
-            model, inputs, suppress_ids=engine.suppress_ids, share_prompt=True, padding_free=False
+            model,
+            inputs,
+            suppress_ids=engine.suppress_ids,
+            share_prompt=True,
+            padding_free=False,
+            temperature=1.0,
         )
     sampler = torch.zeros_like(logp)
     for row, lps in enumerate(out.logprobs):
@@ -169,7 +175,7 @@ def test_sync_changes_outputs_and_restores_them(engine, policy, tiny_processor, 
         prompts, SamplingConfig(n=2, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=1)
     )
     assert _hf_logprobs(policy, tiny_processor, prompts, sampled, engine).max() < 1e-4
-    engine.sync_weights(load_policy(engine.model_path))
+    engine.sync_weights(load_policy(engine.model_path, **model_load_args()))
     restored = engine.generate(prompts, GREEDY)
     assert restored.token_ids == original.token_ids
     assert restored.logprobs == original.logprobs
@@ -243,7 +249,8 @@ def test_bucketed_sync_equals_one_shot(built, policy, prompts):
     try:
         for bucket_bytes in (None, 50_000):
             engine.sync_bucket_bytes = bucket_bytes
-            engine.sync_weights(load_policy(engine.model_path))  # start from other weights
+            # start from other weights
+            engine.sync_weights(load_policy(engine.model_path, **model_load_args()))
             engine.sync_weights(policy)
             results.append((engine.weight_checksums(), engine.generate(prompts, GREEDY)))
     finally:

@@ -13,6 +13,7 @@ from mapo.models.batching import build_policy_inputs
 from mapo.models.families import FAMILIES
 from mapo.models.loading import load_policy, load_processor
 from mapo.models.logprobs import token_logprobs
+from mapo.pipeline.quickrun import model_load_args
 from mapo.types import SamplingConfig
 
 pytestmark = [
@@ -46,7 +47,7 @@ def test_sampled_logprobs_match_trainer(family, tmp_path, make_tiny_prompt):
         pytest.skip(f"this vLLM has no {arch} ({family})")
     path = tiny_model_path(tmp_path, **tiny_model_args(family=family))
     processor = load_processor(path)
-    policy = load_policy(path).eval()
+    policy = load_policy(path, **model_load_args()).eval()
     prompts = [
         make_tiny_prompt("Which emotion?", [(56, 56)], seed=1),
         make_tiny_prompt("How many dots?", [(56, 56), (84, 28)], seed=2),
@@ -67,7 +68,12 @@ def test_sampled_logprobs_match_trainer(family, tmp_path, make_tiny_prompt):
     inputs = build_policy_inputs(processor, prompts, out, pad_token_id=0)
     with torch.no_grad():
         logp = token_logprobs(
-            policy, inputs, suppress_ids=engine.suppress_ids, share_prompt=True, padding_free=False
+            policy,
+            inputs,
+            suppress_ids=engine.suppress_ids,
+            share_prompt=True,
+            padding_free=False,
+            temperature=1.0,
         )
     for row, lps in enumerate(out.logprobs):
         torch.testing.assert_close(logp[row, : len(lps)], torch.tensor(lps), atol=1e-4, rtol=0)

@@ -19,6 +19,7 @@ from mapo.algorithm.rollout_correction import (
 from mapo.models.batching import build_policy_inputs
 from mapo.models.loading import load_policy
 from mapo.models.logprobs import token_logprobs
+from mapo.pipeline.quickrun import model_load_args
 from mapo.types import SamplingConfig
 
 pytestmark = [
@@ -50,7 +51,7 @@ def bf16_engine(tiny_model_dir):
 def test_bf16_sampler_vs_fp32_trainer(
     bf16_engine, tiny_model_dir, tiny_processor, tiny_prompts, sharpen, sharpened
 ):
-    policy = load_policy(tiny_model_dir).eval()  # fp32
+    policy = load_policy(tiny_model_dir, **model_load_args()).eval()  # fp32
     if sharpened:  # peaked distributions, closer to a trained model's
         policy = sharpen(copy.deepcopy(policy))
     bf16_engine.sync_weights(policy)
@@ -65,6 +66,7 @@ def test_bf16_sampler_vs_fp32_trainer(
             suppress_ids=bf16_engine.suppress_ids,
             share_prompt=True,
             padding_free=False,
+            temperature=1.0,
         )
     sampler = sampler_logprobs(out.logprobs, inputs.completion_mask)
     m, _ = mismatch_metrics(trainer, sampler, inputs.completion_mask)

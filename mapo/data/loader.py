@@ -135,7 +135,7 @@ def _read(origin: str) -> list[dict[str, Any]]:
 def load_split(
     spec: str | os.PathLike,
     *,
-    on_bad_row: str = "error",
+    on_bad_row: str,  # data.on_bad_row
     max_prompt_chars: int | None = None,
     max_image_pixels: int | None = None,
 ) -> LoadedSplit:

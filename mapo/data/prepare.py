@@ -60,9 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--src", help="raw download (file or folder); not needed for synth_*")
     p.add_argument("--out", required=True, help="output folder for <split>.parquet")
     p.add_argument("--seed", type=int, default=0, help="sampling / generation seed")
-    p.add_argument("--n-train", type=int, help="training rows (EmoSet 2100, synth 2000)")
+    p.add_argument("--n-train", type=int, help="training rows (EmoSet 2100; synth: its YAML's)")
     p.add_argument(
-        "--n-test", type=int, help="test rows (EmoSet 2000, WEBEmo all, 0 = all; synth 400)"
+        "--n-test", type=int, help="test rows (EmoSet 2000, WEBEmo all, 0 = all; synth: its YAML's)"
     )
     p.add_argument("--labels", help="comma-separated allowed labels (webemo / emotion6)")
     p.add_argument("--images-root", help="folder holding the images (JSON sources, WEBEmo)")

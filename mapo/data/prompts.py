@@ -21,9 +21,6 @@ if TYPE_CHECKING:  # mapo.types imports torch; templates alone should not need i
     from mapo.types import Prompt
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
-# Qwen2.5-VL's smallest image (56x56 = 4 patches of 28) and EasyR1's default ceiling.
-DEFAULT_MIN_PIXELS = 56 * 56
-DEFAULT_MAX_PIXELS = 2048 * 2048
 
 
 def load_template(name_or_path: str | Path) -> str:
@@ -91,11 +88,11 @@ def to_prompt(
     processor: Any,
     template: str | None = None,
     *,
-    min_pixels: int | None = DEFAULT_MIN_PIXELS,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    min_pixels: int | None,  # data.min_pixels / data.max_pixels (conf/data/*.yaml)
+    max_pixels: int | None,
 ) -> Prompt:
     """One schema row as a ``Prompt``: chat-templated text ending with the assistant header,
-    and the decoded RGB images resized into [min_pixels, max_pixels]."""
+    and the decoded RGB images resized into [min_pixels, max_pixels] (None: no bound)."""
     from mapo.types import Prompt
 
     text = processor.apply_chat_template(

@@ -311,7 +311,7 @@ def validate_rows(
     rows: Iterable[dict[str, Any]],
     *,
     origin: str,
-    on_bad_row: str = "error",
+    on_bad_row: str,  # data.on_bad_row, or the prepare CLI's --on-bad-row
     max_prompt_chars: int | None = None,
     base_dir: str | Path | None = None,
     indices: list[int] | None = None,

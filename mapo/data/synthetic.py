@@ -254,7 +254,7 @@ _GENERATORS: dict[str, Callable[[np.random.Generator, str, dict], dict[str, Any]
 
 
 def generate(
-    name: str, split: str, n: int, *, seed: int = 0, options: dict | None = None
+    name: str, split: str, n: int, *, seed: int, options: dict | None = None
 ) -> list[dict[str, Any]]:
     """``n`` schema rows of one split of a synthetic task, deterministic in (seed, split,
     options); ``options``: the task's knobs (SynthMix's tiers), None for the others."""
@@ -275,9 +275,9 @@ def write_synthetic(
     name: str,
     out_dir: str | Path,
     *,
-    seed: int = 0,
-    n_train: int = 2000,
-    n_test: int = 400,
+    seed: int,  # data.synthetic.* (conf/data/synth_*.yaml)
+    n_train: int,
+    n_test: int,
     n_ood: int | None = None,
     options: dict | None = None,
     overwrite: bool = False,

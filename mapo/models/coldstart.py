@@ -31,7 +31,7 @@ import torch
 
 from mapo.atomic import build_dir
 from mapo.console.progress import Progress
-from mapo.data.prompts import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, load_template, to_prompt
+from mapo.data.prompts import load_template, to_prompt
 from mapo.types import Completions
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,18 @@ EOS_TOKEN = "<|im_end|>"
 # Files ``save_pretrained`` rewrites; every other file of the base folder (tokenizer, processor
 # and chat template) is copied as it is, so the warm folder loads wherever the base one does.
 _MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
+# How the warm-up loads the model, whatever the run's model.* say (the cache key does not cover
+# them): full precision, every weight trained, no checkpointing, no code of the checkpoint run.
+_LOAD = dict(
+    dtype="float32",
+    attn_implementation="sdpa",
+    trust_remote_code=False,
+    freeze_vision=False,
+    gradient_checkpointing=False,
+)
+# The targets' log-probs: the model's own distribution (temperature 1: SFT, no sampler), each
+# prompt once, padded rows.
+_SFT = dict(temperature=1.0, share_prompt=True, padding_free=False)
 
 
 def label_set(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -160,9 +172,7 @@ def _train(
             inputs = build_policy_inputs(
                 processor, [prompt_of(r) for r in rows], completions, pad_token_id=pad_id
             )
-            logprobs = token_logprobs(
-                model, inputs, suppress_ids=suppress, share_prompt=True, padding_free=False
-            )  # [B, L]
+            logprobs = token_logprobs(model, inputs, suppress_ids=suppress, **_SFT)  # [B, L]
             mask = inputs.completion_mask  # [B, L]
             loss = -(logprobs * mask).sum() / mask.sum()  # token-mean NLL over completion tokens
             optimizer.zero_grad(set_to_none=True)
@@ -237,7 +247,7 @@ def _warm_up(base, rows, labels, template, gold, pixels, recipe, progress):
 
     template_text = _resolve_template(template)
     processor = load_processor(base)
-    model = load_policy(base)
+    model = load_policy(base, **_LOAD)
     prompts: dict[int, Any] = {}  # built on first use: images are decoded once, lazily
 
     def prompt_of(i: int):
@@ -261,13 +271,13 @@ def coldstart(
     batch_size: int,
     lr: float,
     seed: int,
-    min_pixels: int | None = DEFAULT_MIN_PIXELS,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    min_pixels: int | None,  # data.min_pixels / data.max_pixels (conf/data/*.yaml)
+    max_pixels: int | None,
     think: str = THINK_TEXT,
     num_threads: int | None = None,
     progress: bool = True,
     sources: Sequence[str] | None = None,
-    gold_labels: bool = False,
+    gold_labels: bool,  # data.coldstart.gold_labels (false where the data has no such block)
 ) -> Path:
     """Warm ``base_model_dir`` up on ``rows`` (schema rows of one task) and save model +
     processor files to ``out_dir`` atomically. ``template``: a template name ("emotion",
@@ -336,12 +346,12 @@ def coldstarted_model_path(
     batch_size: int,
     lr: float,
     seed: int,
-    min_pixels: int | None = DEFAULT_MIN_PIXELS,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    min_pixels: int | None,  # data.min_pixels / data.max_pixels (conf/data/*.yaml)
+    max_pixels: int | None,
     think: str = THINK_TEXT,
     num_threads: int | None = None,
     sources: Sequence[str] | None = None,
-    gold_labels: bool = False,
+    gold_labels: bool,  # data.coldstart.gold_labels (false where the data has no such block)
 ) -> Path:
     """The cached warm model ``<cache>/coldstart-<hash>``, trained on first use only.
 

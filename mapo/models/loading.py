@@ -1,6 +1,7 @@
 """Load the policy, the frozen reference and the processor from a local folder or a hub name.
 
-Pure transformers, ``trust_remote_code=False`` by default. The special names ``tiny`` and
+Pure transformers; every loading setting is the caller's (``model.*``: conf/model/*.yaml holds
+them, ``trust_remote_code: false`` included). The special names ``tiny`` and
 ``tiny-10m`` (when no such local folder exists) resolve to the cached tiny Qwen2.5-VL built by
 ``mapo.models.tiny``, which is what the embedded default and the tests use.
 """
@@ -125,11 +126,11 @@ def vision_tower(model: torch.nn.Module) -> torch.nn.Module | None:
 def load_policy(
     path: str | os.PathLike,
     *,
-    dtype: str | torch.dtype = "float32",
-    attn_implementation: str = "sdpa",
-    trust_remote_code: bool = False,
-    freeze_vision: bool = False,
-    gradient_checkpointing: bool = False,
+    dtype: str | torch.dtype,  # model.* (conf/model/*.yaml)
+    attn_implementation: str,
+    trust_remote_code: bool,
+    freeze_vision: bool,
+    gradient_checkpointing: bool,
 ) -> torch.nn.Module:
     """The trainable policy, in train mode. ``freeze_vision`` freezes the vision tower
     (the paper trains it: keep False to reproduce)."""
@@ -148,9 +149,9 @@ def load_policy(
 def load_reference(
     path: str | os.PathLike,
     *,
-    dtype: str | torch.dtype = "float32",
-    attn_implementation: str = "sdpa",
-    trust_remote_code: bool = False,
+    dtype: str | torch.dtype,  # model.* (conf/model/*.yaml)
+    attn_implementation: str,
+    trust_remote_code: bool,
 ) -> torch.nn.Module:
     """The frozen reference model: eval mode, no parameter requires grad."""
     model = _load_model(path, dtype, attn_implementation, trust_remote_code)

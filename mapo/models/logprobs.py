@@ -283,7 +283,7 @@ def token_logprobs(
     model: torch.nn.Module,
     inputs: PolicyInputs,
     *,
-    temperature: float = 1.0,
+    temperature: float,  # rollout.temperature: the sampler's
     suppress_ids: torch.Tensor | list[int] | None = None,
     return_entropy: bool = False,
     share_vision: bool = True,

@@ -34,6 +34,8 @@ def _load_model(cfg: DictConfig, data: dict[str, Any]) -> tuple[Any, Any, str]:
         dtype=cfg.model.dtype,
         attn_implementation=cfg.model.attn_implementation,
         trust_remote_code=cfg.model.trust_remote_code,
+        freeze_vision=False,  # nothing trains here, and generation keeps its KV cache
+        gradient_checkpointing=False,
     )
     if target is not None and str(target).endswith(".ckpt"):
         if not os.path.exists(target):

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig, open_dict
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+_LOAD_KEYS = ("dtype", "attn_implementation", "trust_remote_code")  # model.*, both loaders'
 
 
 def compose_config(
@@ -76,6 +77,41 @@ def tiny_model_args(**changes: Any) -> dict[str, Any]:
     return {k: block[k] for k in ("seed", "size", "family")}
 
 
+def model_load_args(**changes: Any) -> dict[str, Any]:
+    """``dtype``, ``attn_implementation``, ``trust_remote_code``, ``freeze_vision`` and
+    ``gradient_checkpointing`` of ``conf/model/tiny.yaml`` with ``changes`` applied: the keyword
+    arguments of ``mapo.models.loading.load_policy``."""
+    block = {**_yaml("model/tiny.yaml"), **changes}
+    return {k: block[k] for k in (*_LOAD_KEYS, "freeze_vision", "gradient_checkpointing")}
+
+
+def reference_load_args(**changes: Any) -> dict[str, Any]:
+    """``dtype``, ``attn_implementation`` and ``trust_remote_code`` of ``conf/model/tiny.yaml``
+    with ``changes`` applied: the keyword arguments of ``mapo.models.loading.load_reference``."""
+    block = {**_yaml("model/tiny.yaml"), **changes}
+    return {k: block[k] for k in _LOAD_KEYS}
+
+
+def reward_args(**changes: Any) -> dict[str, Any]:
+    """``conf/reward/default.yaml`` (format_weight, grader, timeout_s, budget_s) with
+    ``changes`` applied: the keyword arguments of ``mapo.rewards.score`` / ``score_batch``."""
+    block = {**_yaml("reward/default.yaml"), **changes}
+    return {k: block[k] for k in ("format_weight", "grader", "timeout_s", "budget_s")}
+
+
+def pixel_args(data: str, **changes: Any) -> dict[str, Any]:
+    """``min_pixels`` and ``max_pixels`` of ``conf/data/<data>.yaml`` with ``changes``
+    applied: the keyword arguments of ``mapo.data.prompts.to_prompt`` and the cold start."""
+    return {**_data_keys(data, "min_pixels", "max_pixels"), **changes}
+
+
+def synthetic_args(data: str, **changes: Any) -> dict[str, Any]:
+    """``seed``, ``n_train`` and ``n_test`` of ``data.synthetic`` in ``conf/data/<data>.yaml``
+    with ``changes`` applied: keyword arguments of ``mapo.data.synthetic.write_synthetic``."""
+    block = _data_keys(data, "synthetic")["synthetic"]
+    return {**{k: block[k] for k in ("seed", "n_train", "n_test")}, **changes}
+
+
 def vllm_engine_args(**changes: Any) -> dict[str, Any]:
     """``VLLMEngine``'s keyword arguments from ``conf/rollout/vllm.yaml`` (``seed`` from the
     root config) with ``changes`` applied."""
@@ -95,3 +131,12 @@ def _yaml(path: str) -> dict[str, Any]:
         if base != "_self_":
             merged.update(_yaml(f"{folder}/{base}.yaml"))
     return {**merged, **block}
+
+
+def _data_keys(data: str, *keys: str) -> dict[str, Any]:
+    """``keys`` of ``conf/data/<data>.yaml``, read without resolving the file's paths (they
+    interpolate the root config)."""
+    from omegaconf import OmegaConf
+
+    block = OmegaConf.load(CONF_DIR / f"data/{data}.yaml")
+    return OmegaConf.to_container(OmegaConf.masked_copy(block, list(keys)))

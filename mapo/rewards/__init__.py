@@ -6,14 +6,13 @@ on hostile model output. Importing this package does not import torch (the grade
 processes import it too); ``score_batch`` imports torch when first called.
 """
 
-from .batch import DEFAULT_FORMAT_WEIGHT, RewardBatch, combine, score, score_batch
+from .batch import RewardBatch, combine, score, score_batch
 from .graders import GRADERS
 from .grading import MAX_ANSWER_CHARS, GradeCounts, Grading
 from .pool import GraderPool
 from .registry import REWARDS, RewardFn, get_reward, known_kinds, register_reward
 
 __all__ = [
-    "DEFAULT_FORMAT_WEIGHT",
     "GRADERS",
     "MAX_ANSWER_CHARS",
     "GradeCounts",

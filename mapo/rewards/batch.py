@@ -1,9 +1,10 @@
 """Public scoring API: ``score`` for one completion, ``score_batch`` for a training step.
 
-``overall = (1 - w) * accuracy + w * format`` with ``w = format_weight`` (0.1, the authors'
-EasyR1 setting). Success downstream is ``overall == 1``, so a perfect answer must give exactly
-1.0: ``combine`` returns ``accuracy`` itself whenever accuracy equals format (then the mix is
-that same value mathematically) instead of trusting float rounding for every ``w``.
+``overall = (1 - w) * accuracy + w * format`` with ``w = format_weight``. Every scoring setting
+is the caller's: ``reward.*`` of conf/reward/default.yaml is their one home. Success downstream
+is ``overall == 1``, so a perfect answer must give exactly 1.0: ``combine`` returns
+``accuracy`` itself whenever accuracy equals format (then the mix is that same value
+mathematically) instead of trusting float rounding for every ``w``.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from .registry import get_reward, known_kinds
 
 if TYPE_CHECKING:
     import torch
-
-DEFAULT_FORMAT_WEIGHT = 0.1
 
 
 def combine(accuracy: float, fmt: float, format_weight: float) -> float:
@@ -126,10 +125,10 @@ def score_batch(
     completions: Sequence[str],
     answers: Sequence[str],
     *,
-    format_weight: float = DEFAULT_FORMAT_WEIGHT,
-    grader: str = "mathruler",
-    timeout_s: float = 2.0,
-    budget_s: float = 60.0,
+    format_weight: float,  # reward.* (conf/reward/default.yaml)
+    grader: str,
+    timeout_s: float,
+    budget_s: float,
     pool: GraderPool | None = None,
 ) -> RewardBatch:
     """Score N completions. ``kinds_or_kind`` is one kind for all or one per completion.
@@ -157,15 +156,16 @@ def score(
     completion: str,
     answer: str,
     *,
-    format_weight: float = DEFAULT_FORMAT_WEIGHT,
-    grader: str = "mathruler",
-    timeout_s: float = 2.0,
+    format_weight: float,  # reward.* (conf/reward/default.yaml)
+    grader: str,
+    timeout_s: float,
+    budget_s: float,
 ) -> dict[str, float]:
     """``{"overall", "format", "accuracy"}`` floats in [0, 1] for one completion. Never raises on
     any ``completion``/``answer`` string; the only raise is ValueError for an unknown kind (or
-    another programming error: see ``score_batch``)."""
-    # One item: timeout_s bounds the grading; the rest of the budget covers a cold worker start.
-    grading = Grading(grader, timeout_s=timeout_s, budget_s=timeout_s + 30.0)
+    another programming error: see ``score_batch``). ``timeout_s`` bounds the grading,
+    ``budget_s`` the whole call (a cold worker start included)."""
+    grading = Grading(grader, timeout_s=timeout_s, budget_s=budget_s)
     (overall,), (fmt,), (acc,) = _score_lists(kind, [completion], [answer], format_weight, grading)
     return {"overall": overall, "format": fmt, "accuracy": acc}
 

@@ -5,7 +5,8 @@ Three batches of typical completions (about 400 characters of reasoning, then a 
   "\\frac{1}{2}" vs "0.5", emotion labels);
 - ``sympy``: answers only sympy can decide ("\\sqrt{48}" vs "4\\sqrt{3}"), all sent to workers;
 - ``mixed``: 90 % short, 10 % sympy, roughly a training batch.
-Each is timed with both graders after one warm-up call that starts the workers.
+Each is timed with both graders after one warm-up call that starts the workers; the other
+scoring settings are conf/reward/default.yaml's.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from pathlib import Path
+from typing import Any
 
 from .batch import score_batch
 from .pool import GraderPool
@@ -45,6 +48,15 @@ def make_batch(kind: str, n: int, seed: int = 0) -> tuple[list[str], list[str], 
     return kinds, completions, [gold for _, _, gold in items]
 
 
+def reward_settings(**changes: Any) -> dict[str, Any]:
+    """The keyword arguments of ``score_batch`` from conf/reward/default.yaml, ``changes``
+    applied."""
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[2] / "conf" / "reward" / "default.yaml"
+    return {**OmegaConf.to_container(OmegaConf.load(conf)), **changes}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=1024)
@@ -52,14 +64,16 @@ def main() -> None:
     args = parser.parse_args()
     pool = GraderPool(workers=args.workers)
     try:
-        score_batch(*make_batch("sympy", 2), pool=pool, timeout_s=60.0)  # start the workers
-        score_batch(*make_batch("sympy", 2), grader="math_verify", pool=pool, timeout_s=60.0)
+        for grader in ("mathruler", "math_verify"):  # start the workers
+            warm_up = reward_settings(grader=grader, timeout_s=60.0)
+            score_batch(*make_batch("sympy", 2), pool=pool, **warm_up)
         print(f"n={args.n} workers={args.workers}")
         for grader in ("mathruler", "math_verify"):
             for kind in ("short", "mixed", "sympy"):
                 batch_args = make_batch(kind, args.n, seed=1)
+                settings = reward_settings(grader=grader, timeout_s=10.0)
                 start = time.perf_counter()
-                batch = score_batch(*batch_args, grader=grader, pool=pool, timeout_s=10.0)
+                batch = score_batch(*batch_args, pool=pool, **settings)
                 per_item_us = (time.perf_counter() - start) / args.n * 1e6
                 print(
                     f"{grader:11s} {kind:6s} {per_item_us:9.1f} us/item  pooled={batch.pooled:5d}"

@@ -35,10 +35,10 @@ class Grading:
 
     def __init__(
         self,
-        grader: str = "mathruler",
+        grader: str,
         *,
-        timeout_s: float = 2.0,
-        budget_s: float = 60.0,
+        timeout_s: float,
+        budget_s: float,
         pool: GraderPool | None = None,
     ) -> None:
         if timeout_s <= 0 or budget_s <= 0:
