@@ -110,7 +110,7 @@ def test_only_the_adapters_train(tiny_model_dir, tiny_processor):
 
 
 def test_decoder_targets_leave_the_vision_tower_alone(tiny_model_dir):
-    policy = _lora_policy(tiny_model_dir)
+    policy = _lora_policy(tiny_model_dir, vision=False)
     names = [n for n, _ in policy.named_parameters() if ".lora_" in n]
     assert names and not any(".visual." in n for n in names)
 
