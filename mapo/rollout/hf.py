@@ -92,9 +92,12 @@ class HFEngine:
         )
 
     def sync_weights(self, model: torch.nn.Module) -> None:
+        self.last_sync_bytes = 0
         if model is self.model:
-            return  # generating from the policy itself: always current
-        self.model.load_state_dict(model.state_dict())
+            return  # generating from the policy itself: always current, nothing sent
+        state = model.state_dict()
+        self.model.load_state_dict(state)
+        self.last_sync_bytes = sum(t.numel() * t.element_size() for t in state.values())
 
     def _generation_config(self, sampling: SamplingConfig) -> GenerationConfig:
         # A fresh config: a checkpoint's generation_config.json (Qwen's top_k=1,
