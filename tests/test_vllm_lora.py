@@ -16,6 +16,7 @@ from mapo.models.loading import load_policy
 from mapo.models.logprobs import token_logprobs
 from mapo.models.lora import adapter_bytes, apply_lora
 from mapo.pipeline.quickrun import compose_config, lora_config
+from mapo.rollout.lora_sync import engine_lora_args
 from mapo.types import SamplingConfig
 
 needs_vllm = pytest.mark.skipif(
@@ -36,8 +37,8 @@ def _randomize_adapters(policy, seed: int) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
 
 
-def _lora_policy(path, seed: int = 0):
-    policy = apply_lora(load_policy(path), **lora_config(rank=RANK)).eval()
+def _lora_policy(path, vision: bool, seed: int = 0):
+    policy = apply_lora(load_policy(path), **lora_config(rank=RANK, vision=vision)).eval()
     _randomize_adapters(policy, seed)
     return policy
 
@@ -55,8 +56,16 @@ def _logprob_gap(model, processor, prompts, out, engine) -> float:
     return float((sampler - logp).abs().max())
 
 
-@pytest.fixture(scope="module", params=["adapter", "merged"])
+ENGINES = {  # id: (rollout.lora_sync, adapters on the vision tower and merger too)
+    "adapter": ("adapter", False),
+    "merged": ("merged", False),
+    "adapter-vision": ("adapter", True),  # vLLM's tower/connector LoRA
+}
+
+
+@pytest.fixture(scope="module", params=sorted(ENGINES))
 def engine(request, tiny_model_dir):
+    """A vLLM engine for a LoRA policy; ``engine.vision``: the adapters reach the tower."""
     from mapo.pipeline.quickrun import vllm_engine_args
     from mapo.rollout.vllm import VLLMEngine
 
@@ -65,9 +74,12 @@ def engine(request, tiny_model_dir):
         limit_mm_per_prompt={"image": 2},
         enforce_eager=True,
         sync_bucket_mb=None,
-        lora_sync=request.param,
+        lora_sync=ENGINES[request.param][0],
     )
-    return VLLMEngine(tiny_model_dir, **args, lora_rank=RANK)
+    vision = ENGINES[request.param][1]
+    engine = VLLMEngine(tiny_model_dir, **args, lora_rank=RANK, lora_vision=vision)
+    engine.vision = vision
+    return engine
 
 
 @pytest.mark.vllm
@@ -79,7 +91,8 @@ def test_sampler_logprobs_equal_the_trainers_after_each_sync(
         t.numel() * t.element_size() for t in load_policy(tiny_model_dir).state_dict().values()
     )
     base = engine.generate(tiny_prompts, GREEDY)
-    policy = _lora_policy(tiny_model_dir)
+    policy = _lora_policy(tiny_model_dir, engine.vision)
+    assert engine_lora_args(policy) == {"lora_rank": RANK, "lora_vision": engine.vision}
     for version, seed in ((1, 0), (2, 1)):  # a second update: the new adapter replaces the old
         _randomize_adapters(policy, seed)
         engine.sync_weights(policy)

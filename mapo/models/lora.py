@@ -164,8 +164,9 @@ def merged_state_dict(state: dict, scale: float) -> dict:
 def adapts_vision(model: torch.nn.Module) -> bool:
     """Whether any adapter sits in the vision tower or its merger (``model.lora.vision``)."""
     tower = _tower_prefix(model)
-    targets = model.peft_config[ADAPTER_NAME].target_modules
-    return tower is not None and any(t.startswith(tower + ".") for t in targets)
+    return tower is not None and any(
+        ".lora_" in name and name.startswith(tower + ".") for name, _ in model.named_parameters()
+    )
 
 
 def lora_scale(model: torch.nn.Module) -> float:
