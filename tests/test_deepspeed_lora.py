@@ -38,7 +38,6 @@ def _train(run_dir: Path, stage: int, *extra: str) -> str:
         "algorithm.mini_batch_size=2",
         "algorithm.micro_batch_size=4",
         "algorithm.group_size=4",
-        "model.coldstart.steps=20",
         "data.eval_limit=8",
         "callbacks.model_checkpoint.every_n_train_steps=1",
         f"model.lora.rank={RANK}",
@@ -94,6 +93,7 @@ def test_lora_trains_checkpoints_and_resumes_under_zero(tmp_path, stage, tiny_mo
     _train(straight, stage, "steps=3")
     a, b = read_records(resumed), read_records(straight)
     assert sorted(a.step.unique()) == [0, 1, 2] and len(a) == 3 * 4 * 4
+    assert (a[a.step < 2].advantage != 0).any()  # cold-started: real updates before the resume
     a, b = a[a.step == 2], b[b.step == 2]  # the step after the resume: the same adapters
     for col in ("prompt_id", "rollout_index", "text", "response_length", "advantage"):
         assert a[col].tolist() == b[col].tolist(), col

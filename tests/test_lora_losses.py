@@ -11,6 +11,7 @@ import torch
 
 from mapo.algorithm.policy_losses import POLICY_LOSSES
 from mapo.algorithm.rollout_correction import MODES
+from mapo.analysis.records import read_records
 from mapo.models.loading import load_policy
 from mapo.pipeline.quickrun import compose_config
 
@@ -42,7 +43,6 @@ def _config(run_dir, loss: str, mode: str):
             "algorithm.mini_batch_size=2",
             "algorithm.micro_batch_size=4",
             "algorithm.group_size=4",
-            "model.coldstart.steps=20",
             "data.eval_limit=8",
             "eval.before=false",
             "eval.after=false",
@@ -70,6 +70,7 @@ def test_one_rl_step_trains_only_the_adapters(tmp_path, loss, mode):
     module, policy = objs["module"], objs["module"].policy
     m = module.last_metrics
     assert math.isfinite(m["actor/loss"]) and math.isfinite(m["actor/pg_loss"])
+    assert read_records(tmp_path / "run").advantage.abs().max() > 0  # cold-started: rewards vary
     assert m["actor/grad_norm"] > 0  # a real update
     assert (mode != "none") == ("rollout_correction/weight_mean" in m)  # the correction ran
     # lora_B starts at zero: every adapter layer moved away from it

@@ -213,6 +213,11 @@ class VLLMEngine:
             raise ValueError(f"lora_sync={lora_sync!r} must be one of {LORA_SYNC_MODES}")
         if self.lora_sync != "adapter":
             return {}
+        if self.enable_sleep_mode and self.sleep_level == 2:
+            raise ValueError(
+                "sleep_level=2 discards the base weights, which lora_sync=adapter never sends "
+                "again; use sleep_level=1 or lora_sync=merged"
+            )
         from transformers import AutoConfig
 
         arch = AutoConfig.from_pretrained(self.model_path).architectures[0]
