@@ -26,6 +26,8 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from mapo.models.batching import encode_prompts
 from mapo.models.families import family_shares_cache
 from mapo.models.processor import policy_eos_ids, suppressed_token_ids
+from mapo.models.sharding import is_sharded
+from mapo.ranks import world_size
 from mapo.types import Completions, Prompt, SamplingConfig
 
 
@@ -139,6 +141,9 @@ class HFEngine:
                     **inputs,
                     generation_config=self._generation_config(sampling),
                     logits_processor=LogitsProcessorList([recorder] if recorder else []),
+                    # ZeRO-3 gathers parameters collectively in every forward: a rank whose
+                    # completions all ended keeps stepping until every rank's have
+                    synced_gpus=is_sharded(self.model) and world_size() > 1,
                 )
         finally:
             self.model.train(was_training)
