@@ -6,6 +6,7 @@ log-probs equal the trainer's, and the bytes sent per sync are reported (perf/sy
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 import torch
@@ -145,6 +146,12 @@ def test_adapter_mode_without_lora_support_fails_before_any_model_loads(tmp_path
     from mapo.pipeline.validate import validate
 
     validate(compose_config([*overrides, "rollout.lora_sync=merged"], run_dir=tmp_path / "m"))
+    # a supported build passes, and the check leaves the environment alone: each rank's engine
+    # sets its own cores later (VLLM_CPU_OMP_THREADS_BIND is only set where absent)
+    monkeypatch.undo()
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    validate(compose_config(overrides, run_dir=tmp_path / "a"))
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in os.environ
 
 
 @pytest.mark.vllm
@@ -199,7 +206,6 @@ def test_lora_sync_under_zero3_on_two_ranks(tmp_path, mode):
     """2 ranks (gloo) under ZeRO-3, a vLLM engine per rank: each sync gathers the sharded
     adapter on every rank (and, merged, the base a bucket at a time); after the updates each
     rank's sampler log-probs still equal its trainer's (per-rollout sums in the records)."""
-    import os
     import subprocess
     import sys
     from pathlib import Path

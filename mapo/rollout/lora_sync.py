@@ -13,6 +13,7 @@ written or folded in.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import weakref
@@ -46,14 +47,22 @@ def engine_lora_args(policy: torch.nn.Module) -> dict[str, Any]:
 
 
 def adapter_support_problem(architecture: str, vision: bool) -> str | None:
-    """Why this vLLM cannot serve LoRA adapters for ``architecture`` (None: it can)."""
+    """Why this vLLM cannot serve LoRA adapters for ``architecture`` (None: it can). Leaves
+    the environment as it found it: the engine, built later under the trainer's process group,
+    sets this rank's variables (its cores) only where they are absent."""
     from mapo.rollout.vllm_compat import import_vllm
 
-    import_vllm()  # first: the CPU defaults, and the project's image-only classes registered
-    from vllm import ModelRegistry
-    from vllm.model_executor.models.interfaces import supports_lora
+    before = dict(os.environ)
+    try:
+        import_vllm()  # the project's image-only classes registered
+        from vllm import ModelRegistry
+        from vllm.model_executor.models.interfaces import supports_lora
 
-    cls = ModelRegistry._try_load_model_cls(architecture)
+        cls = ModelRegistry._try_load_model_cls(architecture)
+    finally:
+        for key in set(os.environ) - set(before):
+            del os.environ[key]
+        os.environ.update(before)
     if cls is None:
         return f"this vLLM has no model class for {architecture}"
     if not (supports_lora(cls) and getattr(cls, "supports_lora", False) is True):
