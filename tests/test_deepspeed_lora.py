@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.deepspeed, pytest.mark.slow]
 RANK = 8
 
 
-def _train(run_dir: Path, stage: int, *extra: str) -> str:
+def _train(env: dict, run_dir: Path, stage: int, *extra: str) -> str:
     cmd = [
         sys.executable,
         "train.py",
@@ -44,13 +44,6 @@ def _train(run_dir: Path, stage: int, *extra: str) -> str:
         f"hydra.run.dir={run_dir}",
         *extra,
     ]
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "TORCH_EXTENSIONS_DIR": os.environ.get(
-            "TORCH_EXTENSIONS_DIR", str(ROOT / ".cache/torch_extensions")
-        ),
-    }
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc.stdout + proc.stderr
@@ -79,18 +72,26 @@ def _check_adapter_only_checkpoint(folder: Path, stage: int, adapter_numel: int)
 
 
 @pytest.mark.parametrize("stage", [2, 3])
-def test_lora_trains_checkpoints_and_resumes_under_zero(tmp_path, stage, tiny_model_dir):
+def test_lora_trains_checkpoints_and_resumes_under_zero(
+    tmp_path, stage, tiny_model_dir, subprocess_env
+):
+    env = subprocess_env(
+        OMP_NUM_THREADS="1",
+        TORCH_EXTENSIONS_DIR=os.environ.get(
+            "TORCH_EXTENSIONS_DIR", str(ROOT / ".cache/torch_extensions")
+        ),
+    )
     policy = apply_lora(load_policy(tiny_model_dir), **lora_config(rank=RANK))
     adapter_numel = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     assert adapter_numel == sum(p.numel() for n, p in policy.named_parameters() if ".lora_" in n)
 
     resumed, straight = tmp_path / "resumed", tmp_path / "straight"
-    _train(resumed, stage, "steps=2")
+    _train(env, resumed, stage, "steps=2")
     folder = resumed / "checkpoints/last.ckpt/checkpoint"
     _check_adapter_only_checkpoint(folder, stage, adapter_numel)
-    log = _train(resumed, stage, "steps=3", "ckpt_path=last")
+    log = _train(env, resumed, stage, "steps=3", "ckpt_path=last")
     assert "Restored all states from the checkpoint" in log
-    _train(straight, stage, "steps=3")
+    _train(env, straight, stage, "steps=3")
     a, b = read_records(resumed), read_records(straight)
     assert sorted(a.step.unique()) == [0, 1, 2] and len(a) == 3 * 4 * 4
     assert (a[a.step < 2].advantage != 0).any()  # cold-started: real updates before the resume

@@ -202,7 +202,7 @@ def test_run_logs_the_sync_bytes_per_step(tmp_path, mode):
 @pytest.mark.slow
 @needs_vllm
 @pytest.mark.parametrize("mode", ["adapter", "merged"])
-def test_lora_sync_under_zero3_on_two_ranks(tmp_path, mode):
+def test_lora_sync_under_zero3_on_two_ranks(tmp_path, mode, subprocess_env):
     """2 ranks (gloo) under ZeRO-3, a vLLM engine per rank: each sync gathers the sharded
     adapter on every rank (and, merged, the base a bucket at a time); after the updates each
     rank's sampler log-probs still equal its trainer's (per-rollout sums in the records)."""
@@ -240,13 +240,12 @@ def test_lora_sync_under_zero3_on_two_ranks(tmp_path, mode):
         "steps=3",
         f"hydra.run.dir={tmp_path}",
     ]
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "TORCH_EXTENSIONS_DIR": os.environ.get(
+    env = subprocess_env(
+        OMP_NUM_THREADS="1",
+        TORCH_EXTENSIONS_DIR=os.environ.get(
             "TORCH_EXTENSIONS_DIR", str(root / ".cache/torch_extensions")
         ),
-    }
+    )
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     df = read_records(tmp_path)
