@@ -187,8 +187,8 @@ def write_fake_run(run_dir: Path, *, steps: int = 12, groups: int = 8, g: int = 
 
 def write_fake_mix_run(run_dir: Path, *, steps: int = 12) -> Path:
     """A finished SynthMix-like run without training: three tiers (easy solved, medium rising,
-    hard mostly unsolved), a metrics.json with the regression block and the run's
-    .hydra/config.yaml (algorithm.eps / std). For the notebook's testbed section."""
+    hard mostly unsolved), a metrics.json with the regression block and a run_identity.json holding
+    the estimator's settings (algorithm.estimator / eps / std). For the notebook's testbed section."""
     import json
 
     tiers = {"mix_easy": (0.95, 1.0), "mix_medium": (0.4, 0.8), "mix_hard": (0.0, 0.3)}
@@ -221,10 +221,8 @@ def write_fake_mix_run(run_dir: Path, *, steps: int = 12) -> Path:
         "config": {"experiment_name": "fake_mix_mapo", "estimator": "mapo"},
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
-    (run_dir / ".hydra").mkdir(exist_ok=True)
-    (run_dir / ".hydra" / "config.yaml").write_text(
-        "algorithm:\n  estimator: mapo\n  eps: 1.0e-06\n  std: population\n"
-    )
+    identity = {"algorithm.estimator": "mapo", "algorithm.eps": 1e-6, "algorithm.std": "population"}
+    (run_dir / "run_identity.json").write_text(json.dumps(identity))
     return run_dir
 
 

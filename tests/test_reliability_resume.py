@@ -92,11 +92,19 @@ def _final_state(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
 
+def _step_span(run_dir: Path) -> float:
+    """Seconds from the first step's rollout records to the last step's, in a finished run."""
+    stamps = sorted(p.stat().st_mtime for p in (run_dir / "records").glob("step_*.parquet"))
+    return stamps[-1] - stamps[0]
+
+
 def test_sigkill_at_a_random_moment_then_resume_reproduces_the_run(tmp_path):
-    delay = random.Random().uniform(0.0, 1.5)  # printed in every failure message below
-    why = f"(kill {delay:.2f} s after the first checkpoint)"
     full, crashed = tmp_path / "full", tmp_path / "crashed"
     _run(full)
+    # a random moment while the steps after the first checkpoint run: the same run's steps
+    # took _step_span seconds uninterrupted (well under a second each when rewards are flat)
+    delay = random.Random().uniform(0.0, 0.8 * _step_span(full))
+    why = f"(kill {delay:.2f} s after the first checkpoint)"  # in every failure message below
 
     code = _kill_after_first_checkpoint(crashed, delay)
     assert code == -signal.SIGKILL, f"the run ended by itself before the kill {why}"
