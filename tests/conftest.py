@@ -191,33 +191,22 @@ def write_fake_mix_run(run_dir: Path, *, steps: int = 12) -> Path:
     the estimator's settings (algorithm.estimator / eps / std). For the notebook's testbed section."""
     import json
 
+    from mapo.analysis.regression import regression_block
+
     tiers = {"mix_easy": (0.95, 1.0), "mix_medium": (0.4, 0.8), "mix_hard": (0.0, 0.3)}
     _write_fake_records(run_dir, steps, 12, 8, tiers)
     before = {"mix_easy": 1.0, "mix_medium": 0.5, "mix_hard": 0.0}
     after = {"mix_easy": 0.9375, "mix_medium": 0.75, "mix_hard": 0.25}
 
-    def rates(name: str) -> dict:
-        regressed = round(16 * max(before[name] - after[name], 0.0)) + (name == "mix_medium")
-        gained = round(16 * max(after[name] - before[name], 0.0)) + (name == "mix_medium")
-        right = round(16 * before[name])
-        return dict(
-            prompts=16,
-            right_before=right,
-            regressed=regressed,
-            gained=gained,
-            regression_rate=regressed / 16,
-            gain_rate=gained / 16,
-        )
-
-    per_set = {name: rates(name) for name in tiers}
-    total = {k: sum(r[k] for r in per_set.values()) for k in ("prompts", "right_before")}
-    for k in ("regressed", "gained"):
-        total[k] = sum(r[k] for r in per_set.values())
-    total["regression_rate"] = total["regressed"] / total["prompts"]
-    total["gain_rate"] = total["gained"] / total["prompts"]
+    # per prompt: right before / after RL, from the accuracies above (16 prompts per tier)
+    correct = {
+        when: {t: {str(i): i < round(16 * acc[t]) for i in range(16)} for t in tiers}
+        for when, acc in (("before", before), ("after", after))
+    }
+    regression = regression_block(correct["before"], correct["after"])
     metrics = {
         "before": {"datasets": before},
-        "after": {"datasets": after, "regression": {"datasets": per_set, "all": total}},
+        "after": {"datasets": after, "regression": regression},
         "config": {"experiment_name": "fake_mix_mapo", "estimator": "mapo"},
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
