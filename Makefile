@@ -11,7 +11,7 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv test test-fast test-vllm test-deepspeed demo notebook lint bench bench-10m bench-shape curves curves-losses clean gpu-wheels gpu-check study
+.PHONY: venv test test-fast test-vllm test-deepspeed demo notebook lint bench bench-10m bench-shape bench-lora curves curves-losses clean gpu-wheels gpu-check study
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -96,17 +96,31 @@ bench-10m: $(BENCH_STAMP)  ## 10 M VLM: HF vs HF, then vLLM vs vLLM (TRL colocat
 	-$(BENCH_VLLM_VENV)/bin/python -m benchmarks.vs_trl $(BENCH_10M) --engine vllm \
 	  --json $(BENCH_OUT)/vs_trl_10m_vllm.json
 
-# The realistic shape (docs/benchmarks.md, "Realistic shape vs TRL"): hours on 2 cores; run it
-# on an idle machine. The crossover's vLLM side needs .venv-vllm (built here; the '-' keeps a
-# failed vLLM build or run from stopping the comparison after it).
+# The realistic shape (docs/benchmarks.md, "Realistic shape vs TRL"): over an hour on 2 cores;
+# run it on an idle machine. The vLLM pieces (the breakdown with our vLLM engine, the crossover,
+# the two stacks: ours with vLLM against TRL) need .venv-vllm, built here; the '-' keeps a
+# failed vLLM build or run from stopping the HF comparison after them.
 SHAPE_ROUNDS ?= 3
+SHAPE_STEPS := --prompts 2 --group 8 --warmup 2 --timed 3
 bench-shape: $(BENCH_STAMP)  ## ours vs TRL vs bare compute at the realistic shape; last line: ratio <ours/TRL training, ckpt on>
-	$(BENCH_PY) -m benchmarks.overhead --workload shape --prompts 2 --group 8 --warmup 2 \
-	  --timed 3 --gradient-checkpointing
+	$(BENCH_PY) -m benchmarks.overhead --workload shape $(SHAPE_STEPS) --gradient-checkpointing
 	-VLLM_VENV=$(VLLM_VENV) bash scripts/vllm_env.sh
+	-$(VLLM_VENV)/bin/python -m benchmarks.overhead --workload shape --engine vllm $(SHAPE_STEPS) \
+	  --gradient-checkpointing
 	-$(BENCH_PY) -m benchmarks.crossover --rounds 2 --vllm-python $(VLLM_VENV)/bin/python \
 	  --png $(BENCH_OUT)/crossover.png --json $(BENCH_OUT)/crossover.json
+	-$(BENCH_PY) -m benchmarks.vs_trl_shape --engine vllm --ckpt on --rounds $(SHAPE_ROUNDS) \
+	  --vllm-python $(VLLM_VENV)/bin/python --json $(BENCH_OUT)/vs_trl_shape_vllm.json
 	$(BENCH_PY) -m benchmarks.vs_trl_shape --rounds $(SHAPE_ROUNDS) --json $(BENCH_OUT)/vs_trl_shape.json
+
+# Full fine-tuning against LoRA (docs/benchmarks.md, "LoRA vs full fine-tuning"): ~30 min.
+bench-lora: $(STAMP)  ## full fine-tuning vs LoRA r=16: s/step, peak RSS, bytes synced; last line: lora_ratio
+	-VLLM_VENV=$(VLLM_VENV) bash scripts/vllm_env.sh
+	-$(VLLM_VENV)/bin/python -m benchmarks.lora_cost --workload shape --engine vllm --rounds 1 \
+	  --json $(BENCH_OUT)/lora_shape_vllm.json
+	$(PY) -m benchmarks.lora_cost --workload toy --size 10m --prompts 16 --group 8 --no-coldstart \
+	  --json $(BENCH_OUT)/lora_10m.json
+	$(PY) -m benchmarks.lora_cost --workload shape --json $(BENCH_OUT)/lora_shape.json
 
 curves: $(STAMP)  ## learning curves, 5 methods x 3 seeds (about an hour on 2 cores)
 	$(PY) -m benchmarks.curves

@@ -48,6 +48,7 @@ class Settings:
     # realistic shape (benchmarks/shape_setup.py; prompts / group as set here)
     gradient_checkpointing: bool = False  # ours: model.gradient_checkpointing
     fixed_length: int = 0  # shape workloads: every completion this long (0: the drawn lengths)
+    lora_rank: int = 0  # ours only: model.lora.rank (0: full fine-tuning), decoder-only adapters
     cache_dir: str = str(ROOT / ".cache")
 
     @property
@@ -161,6 +162,8 @@ def overrides(s: Settings, run_dir: str | os.PathLike, *extra: str) -> list[str]
         f"optim.lr={s.lr}",
         f"+run_dir={run_dir}",
     ]
+    if s.lora_rank:  # the real-model setting: adapters on the decoder's projections only
+        base += [f"model.lora.rank={s.lora_rank}", "model.lora.vision=false"]
     # an extra override replaces the base one with the same key (Hydra refuses duplicates)
     taken = {e.split("=", 1)[0].lstrip("+~") for e in extra}
     return [o for o in base if o.split("=", 1)[0].lstrip("+") not in taken] + list(extra)

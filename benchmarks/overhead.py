@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         a, share_prompt=a.share_prompt, gradient_checkpointing=a.gradient_checkpointing
     )
     os.environ.setdefault("OMP_NUM_THREADS", str(s.threads))
+    if s.engine == "vllm":  # vLLM's CPU worker binds its own OMP threads: as many as torch's
+        bind = "0" if s.threads == 1 else f"0-{s.threads - 1}"
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", bind)
     load = load_average()
     instrument()
     result, cb = run(s, callback=PhaseClock)

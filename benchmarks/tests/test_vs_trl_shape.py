@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks import crossover, vs_trl_shape
-from benchmarks.shape_setup import ForceLengths, targets_for
+from benchmarks.shape_setup import ForceLengths, regroup, split_requests, targets_for
 
 TINY = ["--quick", "--prompts", "2", "--group", "2", "--rounds", "1", "--warmup", "1"]
 TINY += ["--timed", "1", "--ckpt", "on"]
@@ -23,6 +23,47 @@ def test_targets_follow_each_prompt_not_the_row_order():
         targets_for([65], table)
     with pytest.raises(RuntimeError, match="more than 2 rows"):
         targets_for([64, 64, 64], table)
+
+
+class _Params:  # the fields of vllm.SamplingParams that split_requests touches
+    def __init__(self, n, seed=None):
+        self.n, self.seed, self.min_tokens, self.max_tokens = n, seed, 0, 99
+
+    def clone(self):
+        return _Params(self.n, self.seed)
+
+
+class _Out:  # a vllm RequestOutput with its samples
+    def __init__(self, samples):
+        self.outputs = samples
+
+
+class _Sample:
+    def __init__(self, text):
+        self.text, self.index = text, 0
+
+
+def test_vllm_requests_split_per_rollout_and_regroup_in_order():
+    table = {64: [3, 5], 70: [7, 2]}
+    rows, params, owner = split_requests(
+        ["a", "b"], [_Params(2, seed=10), _Params(2)], [70, 64], table
+    )
+    assert rows == ["a", "a", "b", "b"] and owner == [0, 0, 1, 1]
+    assert [(q.n, q.min_tokens, q.max_tokens) for q in params] == [
+        (1, 7, 7),
+        (1, 2, 2),
+        (1, 3, 3),
+        (1, 5, 5),
+    ]
+    assert [q.seed for q in params] == [10, 11, None, None]  # distinct samples per seeded prompt
+    outs = [_Out([_Sample(t)]) for t in ("a0", "a1", "b0", "b1")]
+    merged = regroup(outs, owner)
+    assert [[(x.text, x.index) for x in m.outputs] for m in merged] == [
+        [("a0", 0), ("a1", 1)],
+        [("b0", 0), ("b1", 1)],
+    ]
+    with pytest.raises(RuntimeError, match="more than 2 rows"):
+        split_requests(["a"], [_Params(3)], [64], table)
 
 
 def test_force_lengths_forbids_eos_then_forces_it():
