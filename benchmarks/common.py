@@ -11,6 +11,7 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -246,3 +247,44 @@ def parse_result(stdout: str) -> dict[str, Any]:
             "worker printed no RESULT line; its output ends with:\n" + stdout[-3000:]
         )
     return json.loads(lines[-1][len(RESULT_PREFIX) :])
+
+
+def worker_env(side: str, s: Settings) -> dict[str, str]:
+    """The environment of one worker: `s.threads` threads for torch, BLAS and vLLM alike; this
+    checkout first on the import path (an env's editable install may point at another)."""
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(s.threads),
+        MKL_NUM_THREADS=str(s.threads),
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONWARNINGS="ignore",
+        PYTHONPATH=str(ROOT),
+    )
+    engine = s.trl_engine if side == "trl" else s.engine
+    if engine == "vllm":  # vLLM's CPU worker binds its own OMP threads
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "0" if s.threads == 1 else f"0-{s.threads - 1}"
+    else:  # a bind inherited from this process (set once vLLM was imported here) is not theirs
+        env.pop("VLLM_CPU_OMP_THREADS_BIND", None)
+    return env
+
+
+def spawn_worker(module: str, side: str, s: Settings, python: str, timeout: float) -> dict:
+    """One fresh worker process (``python -m module <s as json>``): its RESULT, with the load
+    average before it and its wall time."""
+    load, clock = load_average(), time.perf_counter()
+    proc = subprocess.run(
+        [python, "-m", module, s.to_json()],
+        cwd=ROOT,
+        env=worker_env(side, s),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{side} worker failed (exit {proc.returncode}); last output:\n"
+            + (proc.stdout + proc.stderr)[-4000:]
+        )
+    return dict(parse_result(proc.stdout), load_before=load, wall_s=time.perf_counter() - clock)

@@ -18,21 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.common import (
-    ROOT,
     Settings,
     load_average,
-    parse_result,
     settings_from_args,
     settings_parser,
+    spawn_worker,
 )
 
 WORKERS = {
@@ -42,46 +38,10 @@ WORKERS = {
 }
 
 
-def worker_env(side: str, s: Settings) -> dict[str, str]:
-    """The environment of one worker: `s.threads` threads for torch, BLAS and vLLM alike."""
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS=str(s.threads),
-        MKL_NUM_THREADS=str(s.threads),
-        TOKENIZERS_PARALLELISM="false",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        PYTHONWARNINGS="ignore",
-    )
-    engine = s.trl_engine if side == "trl" else s.engine
-    if engine == "vllm":  # vLLM's CPU worker binds its own OMP threads
-        env["VLLM_CPU_OMP_THREADS_BIND"] = "0" if s.threads == 1 else f"0-{s.threads - 1}"
-    else:  # a bind inherited from this process (set once vLLM was imported here) is not theirs
-        env.pop("VLLM_CPU_OMP_THREADS_BIND", None)
-    return env
-
-
 def run_worker(side: str, s: Settings, python: str, timeout: float) -> dict:
     if side == "ours-full":  # ours without the shared prompt pass (every row runs its prompt)
         s = replace(s, share_prompt=False)
-    load = load_average()
-    clock = time.perf_counter()
-    proc = subprocess.run(
-        [python, "-m", WORKERS[side], s.to_json()],
-        cwd=ROOT,
-        env=worker_env(side, s),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"{side} worker failed (exit {proc.returncode}); last output:\n"
-            + (proc.stdout + proc.stderr)[-4000:]
-        )
-    result = parse_result(proc.stdout)
-    result["load_before"] = load
-    result["wall_s"] = time.perf_counter() - clock
+    result = spawn_worker(WORKERS[side], side, s, python, timeout)
     result.pop("phases", None)  # per-step metrics are for benchmarks.overhead
     return result
 

@@ -34,11 +34,9 @@ import math
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, Settings, load_average, parse_result
-from benchmarks.vs_trl import worker_env
+from benchmarks.common import Settings, load_average, spawn_worker
 
 WORKERS = {"ours": "benchmarks.run_ours", "trl": "benchmarks.run_trl", "bare": "benchmarks.bare"}
 PHASES = {
@@ -58,25 +56,8 @@ BARE_KEYS = (
 
 
 def spawn(side: str, s: Settings, python: str, timeout: float) -> dict:
-    """One fresh worker process; its RESULT, with the load before it and its wall time."""
-    load, clock = load_average(), time.perf_counter()
-    env = worker_env(side, s)
-    env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.run(
-        [python, "-m", WORKERS[side], s.to_json()],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"{side} worker failed (exit {proc.returncode}); last output:\n"
-            + (proc.stdout + proc.stderr)[-4000:]
-        )
-    result = parse_result(proc.stdout)
-    return dict(result, load_before=load, wall_s=time.perf_counter() - clock)
+    """One fresh ``side`` worker process; its RESULT, load before it and wall time."""
+    return spawn_worker(WORKERS[side], side, s, python, timeout)
 
 
 def trainer_summary(runs: list[dict], rollouts: int) -> dict:

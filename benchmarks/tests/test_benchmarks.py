@@ -172,7 +172,7 @@ def test_vs_trl_matches_the_engines_unless_told_otherwise():
 
 
 def test_vllm_threads_are_bound_for_every_side_that_runs_vllm():
-    from benchmarks.vs_trl import worker_env
+    from benchmarks.common import worker_env
 
     s = Settings(engine="vllm", trl_engine="hf", threads=1)
     assert worker_env("ours", s)["VLLM_CPU_OMP_THREADS_BIND"] == "0"
