@@ -118,6 +118,8 @@ bench-lora: $(STAMP)  ## full fine-tuning vs LoRA r=16: s/step, peak RSS, bytes 
 	-VLLM_VENV=$(VLLM_VENV) bash scripts/vllm_env.sh
 	-$(VLLM_VENV)/bin/python -m benchmarks.lora_cost --workload shape --engine vllm --rounds 1 \
 	  --json $(BENCH_OUT)/lora_shape_vllm.json
+	-$(VLLM_VENV)/bin/python -m benchmarks.lora_cost --workload shape --engine vllm --rounds 1 \
+	  --lora-sync merged --json $(BENCH_OUT)/lora_shape_vllm_merged.json
 	$(PY) -m benchmarks.lora_cost --workload toy --size 10m --prompts 16 --group 8 --no-coldstart \
 	  --json $(BENCH_OUT)/lora_10m.json
 	$(PY) -m benchmarks.lora_cost --workload shape --json $(BENCH_OUT)/lora_shape.json

@@ -50,6 +50,7 @@ class Settings:
     gradient_checkpointing: bool = False  # ours: model.gradient_checkpointing
     fixed_length: int = 0  # shape workloads: every completion this long (0: the drawn lengths)
     lora_rank: int = 0  # ours only: model.lora.rank (0: full fine-tuning), decoder-only adapters
+    lora_sync: str = "adapter"  # ours with LoRA and vLLM: rollout.lora_sync (adapter | merged)
     cache_dir: str = str(ROOT / ".cache")
 
     @property
@@ -165,6 +166,8 @@ def overrides(s: Settings, run_dir: str | os.PathLike, *extra: str) -> list[str]
     ]
     if s.lora_rank:  # the real-model setting: adapters on the decoder's projections only
         base += [f"model.lora.rank={s.lora_rank}", "model.lora.vision=false"]
+        if s.engine == "vllm":
+            base.append(f"rollout.lora_sync={s.lora_sync}")
     # an extra override replaces the base one with the same key (Hydra refuses duplicates)
     taken = {e.split("=", 1)[0].lstrip("+~") for e in extra}
     return [o for o in base if o.split("=", 1)[0].lstrip("+") not in taken] + list(extra)

@@ -5,8 +5,8 @@ attention and MLP projections, the real-model setting), fresh processes alternat
     python -m benchmarks.lora_cost --workload shape --json outputs/bench/lora_shape.json
     python -m benchmarks.lora_cost --workload toy --size 10m --prompts 16 --group 8 \\
         --no-coldstart --json outputs/bench/lora_10m.json
-    python -m benchmarks.lora_cost --workload shape --engine vllm --fixed-length 64 \\
-        --python .venv-vllm/bin/python        # bytes synced per step to our vLLM engine
+    .venv-vllm/bin/python -m benchmarks.lora_cost --workload shape --engine vllm --rounds 1 \\
+        [--lora-sync merged]                  # with our vLLM engine: bytes synced per step
 
 Reported per side: s/step (median over every timed step of every round), the phases
 (generation, reference log-probs, update; training = log-probs + update), peak RSS of the
@@ -36,6 +36,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = settings_parser(__doc__.split("\n\n")[0])
     ap.set_defaults(workload="shape", prompts=2, group=8, warmup=2, timed=3)
     ap.add_argument("--rank", type=int, default=16, help="the LoRA side's model.lora.rank")
+    ap.add_argument(
+        "--lora-sync",
+        choices=["adapter", "merged"],
+        default="adapter",
+        help="with --engine vllm: what the LoRA side sends vLLM (rollout.lora_sync)",
+    )
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds")
     ap.add_argument("--ckpt", choices=["on", "off"], default="on", help="gradient checkpointing")
     ap.add_argument("--python", default=sys.executable, help="the workers' interpreter")
@@ -84,9 +90,10 @@ def report(sides: dict, ratios: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     a = parse_args(argv)
     base = settings_from_args(a, gradient_checkpointing=a.ckpt == "on")
-    settings = {"full": base, "lora": replace(base, lora_rank=a.rank)}
+    settings = {"full": base, "lora": replace(base, lora_rank=a.rank, lora_sync=a.lora_sync)}
     load = load_average()
-    print(f"lora_cost: {a.workload} workload, engine {a.engine}, rank {a.rank}, load {load}")
+    sync = f" ({a.lora_sync} sync)" if a.engine == "vllm" else ""
+    print(f"lora_cost: {a.workload} workload, engine {a.engine}{sync}, rank {a.rank}, load {load}")
     runs: dict[str, list[dict]] = {side: [] for side in SIDES}
     for i in range(a.rounds):
         for side in SIDES:

@@ -64,6 +64,11 @@ if [[ "${GPU_CHECK_SMALL:-0}" == 1 ]]; then  # the same path at CPU size: tests/
         --warmup 1 --timed 1 --steps-jsonl "$OUT_DIR/arch7b_steps.jsonl"
         --json "$OUT_DIR/arch7b.json")
 fi
+# ARCH7B_LORA=R: the same step with LoRA rank R on the decoder (docs/benchmarks.md, "LoRA vs
+# full fine-tuning"): its peak GPU memory checks the computed ZeRO-3 bytes per GPU.
+if [[ -n "${ARCH7B_LORA:-}" ]]; then
+    ARCH7B_TIME+=("model.lora.rank=$ARCH7B_LORA" model.lora.vision=false)
+fi
 PYTEST=(-m pytest -m gpu tests/test_gpu.py -q -rA -p no:cacheprovider
     --junitxml="$OUT_DIR/pytest.xml" -o junit_logging=all)
 
