@@ -83,6 +83,28 @@ def test_crossover_interpolates_in_log_length():
     assert crossover.crossover(hf, {n: {"s_per_step": 9.0} for n in hf}) is None
 
 
+def _run(s_per_step: float, logprobs: float, update: float) -> dict:
+    phase = {"time/rollout": 1.0, "time/logprobs": logprobs, "time/update": update}
+    return {"s_per_step": s_per_step, "phases": [phase]}
+
+
+def test_the_two_stacks_report_whole_step_ratios_without_a_bare_side():
+    """--engine vllm: ours (vLLM) and TRL only; the ratios skip the bare ones and the last line
+    is the whole-step ratio."""
+    runs = {"ours": [_run(2.0, 0.5, 1.0), _run(4.0, 0.5, 1.5)], "trl": [_run(8.0, 2.0, 4.0)] * 2}
+    sides = {
+        "ours": {"s_per_step": 3.0, "training_s": 1.75, "generation_s": 1.0},
+        "trl": {"s_per_step": 8.0, "training_s": 6.0, "generation_s": 2.0},
+    }
+    r = vs_trl_shape.ratios(sides, runs)
+    assert not any("bare" in k for k in r)
+    assert r["ours_over_trl_step"] == pytest.approx(3 / 8)
+    assert r["round_ours_over_trl_step"] == pytest.approx([0.25, 0.5])
+    assert r["round_ours_over_trl_training"] == pytest.approx([1.5 / 6, 2.0 / 6])
+    line = vs_trl_shape.final_line({"on": {"sides": sides, "ratios": r}})
+    assert line == "stack_ratio 0.375"
+
+
 def _positive_finite(node, path="") -> None:
     if isinstance(node, dict):
         for k, v in node.items():
