@@ -282,6 +282,7 @@ def time_steps(a: argparse.Namespace) -> dict:
         **median,
         "per_step": per_step,
         "params": counts,
+        "trainable_parameters": result["trainable_parameters"],  # LoRA: the adapters only
         "flop_formula": "model 6*N*T, hardware 8*N*T with checkpointing (else 6*N*T); "
         "N = params['flops'], T = train_tokens (benchmarks/mfu.py)",
         "peak_tflops": H200_BF16_DENSE_TFLOPS,

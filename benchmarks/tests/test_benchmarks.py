@@ -155,6 +155,22 @@ def test_arch7b_small_builds_and_times_through_the_trainer(tmp_path):
     )
 
 
+def test_arch7b_small_step_with_lora_as_the_gpu_kit_runs_it(tmp_path):
+    """ARCH7B_LORA=R in scripts/gpu_check.sh: the 7B step's command with the vision tower frozen
+    and decoder adapters; only the adapters train."""
+    from benchmarks import arch7b
+
+    arch7b.build(tmp_path / "m", small=True, dtype="float32")
+    args = ["time", "--model", str(tmp_path / "m"), "--engine", "hf", "--trainer", "default"]
+    args += ["--dtype", "float32", "--prompts", "2", "--group", "2", "--max-new-tokens", "3"]
+    args += ["--micro-batch", "2", "--warmup", "1", "--timed", "1", "--min-pixels", "12544"]
+    args += ["--beta", "0", "--freeze-vision", "--json", str(tmp_path / "t.json")]
+    arch7b.main([*args, "model.lora.rank=4", "model.lora.vision=false"])
+    res = json.loads((tmp_path / "t.json").read_text())
+    assert res["s_per_step"] > 0
+    assert 0 < res["trainable_parameters"] < res["params"]["total"] / 20
+
+
 def test_vs_trl_matches_the_engines_unless_told_otherwise():
     from benchmarks import vs_trl
 
