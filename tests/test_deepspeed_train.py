@@ -59,7 +59,9 @@ def test_short_rl_run_under_cpu_deepspeed(tmp_path, stage, family):
     assert "after:" in proc.stdout
 
 
-def _train(run_dir: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+def _train(
+    run_dir: Path, *extra: str, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable,
         "train.py",
@@ -79,10 +81,11 @@ def _train(run_dir: Path, *extra: str, check: bool = True) -> subprocess.Complet
         "data.eval_limit=8",
         "callbacks.model_checkpoint.every_n_train_steps=1",
         f"hydra.run.dir={run_dir}",
-        *extra,
     ]
+    taken = {e.split("=", 1)[0] for e in extra}  # an extra key replaces the base one
+    cmd = [c for c in cmd if c.split("=", 1)[0] not in taken] + list(extra)
     env = {
-        **os.environ,
+        **(env or os.environ),
         "OMP_NUM_THREADS": "1",
         "TORCH_EXTENSIONS_DIR": os.environ.get(
             "TORCH_EXTENSIONS_DIR", str(ROOT / ".cache/torch_extensions")
@@ -115,3 +118,22 @@ def test_zero3_resume_reproduces_the_uninterrupted_run(tmp_path):
     a, b = resumed[resumed.step == 2], straight[straight.step == 2]
     for col in ("prompt_id", "rollout_index", "text", "response_length", "advantage"):
         assert a[col].tolist() == b[col].tolist(), col
+
+
+def test_zero3_ranks_evaluate_shards_of_unequal_length(tmp_path, subprocess_env):
+    """2 ranks under ZeRO-3 with evaluation on, 3 prompts per set and one prompt per generate
+    call: rank 0 generates twice per set, rank 1 once plus a filler call that is not scored
+    (HF generation under ZeRO-3 is collective: unequal numbers of calls would leave the ranks
+    waiting on each other). The metrics count every prompt once."""
+    run_dir = tmp_path / "run"
+    _train(
+        run_dir,
+        "steps=1",
+        "trainer.devices=2",
+        "eval.after=true",
+        "data.eval_limit=3",
+        "rollout.eval.batch_size=1",
+        env=subprocess_env(),
+    )
+    after = json.loads((run_dir / "metrics.json").read_text())["after"]
+    assert after["n"] == {name: 3 for name in after["datasets"]} and len(after["n"]) == 3

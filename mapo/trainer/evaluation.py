@@ -86,10 +86,10 @@ def evaluate(
     )
     with Progress(desc, total, unit="prompts", enabled=progress and rank == 0) as bar:
         for name, prompts in sets.prompts.items():
-            shard = prompts[rank::world_size]
-            for start in range(0, len(shard), batch_size):
-                chunk = shard[start : start + batch_size]
+            for chunk, real in rank_chunks(prompts, rank, world_size, batch_size):
                 comps = engine.generate(chunk, one)
+                if not real:  # a filler call (see rank_chunks): generated, never scored
+                    continue
                 scores = scorer(chunk, comps)
                 correct = torch.as_tensor(scores["accuracy"]).float() == 1.0
                 metric.update(correct, name)
@@ -108,3 +108,18 @@ def evaluate(
                         )
                 bar.advance(len(chunk))
     return metric.to_block(), preds
+
+
+def rank_chunks(
+    prompts: Sequence[Prompt], rank: int, world_size: int, batch_size: int
+) -> list[tuple[list[Prompt], int]]:
+    """This rank's strided shard of ``prompts`` in generate calls of at most ``batch_size``,
+    as (prompts to generate, how many of them are real). Every rank makes the same number of
+    calls: under ZeRO-3 generation is collective (every forward gathers the sharded weights),
+    so a rank with one call fewer would leave the others waiting. A rank whose shard runs out
+    first makes each missing call with one prompt of the set, whose answer is dropped."""
+    shard = list(prompts[rank::world_size])
+    longest = -(-len(prompts) // world_size)  # the first rank's shard
+    calls = -(-longest // batch_size)
+    chunks = [shard[i * batch_size : (i + 1) * batch_size] for i in range(calls)]
+    return [(chunk or [prompts[0]], len(chunk)) for chunk in chunks]
