@@ -129,7 +129,8 @@ def set_threads(n: int) -> None:
     import torch
 
     torch.set_num_threads(n)
-    torch.set_num_interop_threads(1)
+    if torch.get_num_interop_threads() != 1:  # settable once per process (in-process callers)
+        torch.set_num_interop_threads(1)
 
 
 def overrides(s: Settings, run_dir: str | os.PathLike, *extra: str) -> list[str]:
