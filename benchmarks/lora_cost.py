@@ -27,7 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.common import load_average, settings_from_args, settings_parser
-from benchmarks.vs_trl_shape import round_training, spawn, trainer_summary
+from benchmarks.vs_trl_shape import print_ratios, round_training, spawn, trainer_summary
 
 SIDES = ("full", "lora")
 
@@ -82,9 +82,7 @@ def report(sides: dict, ratios: dict) -> None:
             f"{a['update_s']:9.3f} {a['training_s']:8.3f} {a['peak_rss_mb']:7.0f} "
             f"{a['sync_bytes_per_step'] / 2**20:12.3f}"
         )
-    for k, v in ratios.items():
-        shown = ", ".join(f"{x:.2f}" for x in v) if isinstance(v, list) else f"{v:.2f}"
-        print(f"  {k}: {shown}")
+    print_ratios(ratios)
 
 
 def main(argv: list[str] | None = None) -> dict:
